@@ -1,0 +1,261 @@
+"""HTTP client for the provider's record endpoints.
+
+The body is streamed straight to a spool file and handed to a `consume` callback (the
+warehouse loader), so a response is never held in memory, let alone twice. Retries
+wrap download *and* consumption: a body that turns out not to be a complete JSON array
+is fetched again, and nothing downstream ever sees it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import IO, TypeVar
+from urllib.parse import urlsplit
+
+import requests
+import structlog
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay
+
+from rcs_sync.errors import (
+    ApiUnavailable,
+    AuthRejected,
+    BadBody,
+    BadRequest,
+    Stopped,
+    TransientApiError,
+)
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+CHUNK = 1 << 20
+WHITESPACE = b" \t\r\n"
+SPLITTABLE_STATUSES = {502, 504}
+"""Gateway failures that typically mean "this response is too big or too slow"."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    budget: timedelta
+    initial: timedelta
+    maximum: timedelta
+
+
+@dataclass(frozen=True)
+class Response:
+    """What the loader needs to know about one successful download."""
+
+    path: Path
+    size: int
+    sent_at: datetime
+    """Local clock when the request was sent."""
+    server_sent_at: datetime | None
+    """When the server received the request, by its own clock: `Date` minus the round
+    trip. Always at or before the moment the server took its snapshot of the data."""
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """Seconds to wait from a `Retry-After` header in either of its two forms."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def parse_date_header(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def describe_endpoint(base_url: str) -> str:
+    """The host an error refers to, never a URL with parameters."""
+    return urlsplit(base_url).netloc
+
+
+class ApiClient:
+    def __init__(
+        self,
+        base_url: str,
+        token: Callable[[], str],
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        retry: RetryPolicy,
+        spool_dir: Path,
+        ca_bundle: Path | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._token = token
+        self._timeouts = (connect_timeout, read_timeout)
+        self._retry = retry
+        self._spool_dir = spool_dir
+        self._stop = stop or threading.Event()
+        self._session = requests.Session()
+        self._session.headers["Accept"] = "application/json"
+        self._session.headers["User-Agent"] = "rcs-sync"
+        self._session.verify = str(ca_bundle) if ca_bundle else True
+        self._host = describe_endpoint(base_url)
+
+    def close(self) -> None:
+        self._session.close()
+
+    def fetch(self, path: str, params: Mapping[str, str], consume: Callable[[Response], T]) -> T:
+        """GET `path`, spool the body, and return `consume(response)`, retrying transient
+        failures (of either step) with exponential backoff and jitter within the budget."""
+        retrying = Retrying(
+            retry=retry_if_exception_type(TransientApiError),
+            stop=stop_after_delay(self._retry.budget.total_seconds()),
+            wait=self._wait,
+            sleep=self._sleep,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    return self._fetch_once(path, params, consume)
+        except TransientApiError as exc:
+            raise ApiUnavailable(
+                f"API at {self._host} still failing after retries: {exc}",
+                splittable=exc.splittable,
+            ) from None
+        raise AssertionError("unreachable: tenacity either returns or raises")
+
+    def _fetch_once(
+        self, path: str, params: Mapping[str, str], consume: Callable[[Response], T]
+    ) -> T:
+        self._spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, name = tempfile.mkstemp(prefix="body-", suffix=".json", dir=self._spool_dir)
+        spool = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                response = self._download(path, params, out)
+            return consume(Response(spool, *response))
+        finally:
+            spool.unlink(missing_ok=True)
+
+    def _download(
+        self, path: str, params: Mapping[str, str], out: IO[bytes]
+    ) -> tuple[int, datetime, datetime | None]:
+        headers = {"Authorization": f"Bearer {self._token()}"}
+        sent_at = datetime.now(UTC)
+        started = time.monotonic()
+        try:
+            with self._session.get(
+                self.base_url + path,
+                params=dict(params),
+                headers=headers,
+                timeout=self._timeouts,
+                stream=True,
+            ) as resp:
+                elapsed = time.monotonic() - started
+                self._check_status(resp)
+                size = _spool(resp, out)
+        except requests.Timeout as exc:
+            raise TransientApiError(f"timed out ({type(exc).__name__})", splittable=True) from None
+        except requests.RequestException as exc:
+            raise TransientApiError(f"connection failed ({type(exc).__name__})") from None
+        date = parse_date_header(resp.headers.get("Date"))
+        server_sent_at = date - timedelta(seconds=elapsed) if date else None
+        log.debug("api_response", path=path, status=resp.status_code, bytes=size)
+        return size, sent_at, server_sent_at
+
+    def _check_status(self, resp: requests.Response) -> None:
+        status = resp.status_code
+        if status == 200:
+            content_type = resp.headers.get("Content-Type", "application/json")
+            if "json" not in content_type.lower():
+                raise BadBody(f"HTTP 200 with content type {content_type!r}, not JSON")
+            return
+        detail = _snippet(resp)
+        if status == 403:
+            raise AuthRejected(f"token rejected by {self._host} (HTTP 403)")
+        if status == 429 or status >= 500:
+            retry_after = parse_retry_after(resp.headers.get("Retry-After"), datetime.now(UTC))
+            raise TransientApiError(
+                f"HTTP {status}",
+                retry_after=retry_after,
+                splittable=status in SPLITTABLE_STATUSES,
+            )
+        raise BadRequest(f"API at {self._host} refused the request (HTTP {status}): {detail}")
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        base = self._retry.initial.total_seconds() * 2 ** (state.attempt_number - 1)
+        wait = random.uniform(0, min(base, self._retry.maximum.total_seconds()))  # full jitter
+        if isinstance(exc, TransientApiError) and exc.retry_after is not None:
+            wait = max(wait, exc.retry_after)
+        remaining = self._retry.budget.total_seconds() - (time.monotonic() - state.start_time)
+        return max(0.0, min(wait, remaining))
+
+    def _sleep(self, seconds: float) -> None:
+        if self._stop.wait(seconds):
+            raise Stopped("stop requested")
+
+    @staticmethod
+    def _log_retry(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "api_retry",
+            attempt=state.attempt_number,
+            error=str(exc),
+            wait=round(state.upcoming_sleep, 2),
+        )
+
+
+def _spool(resp: requests.Response, out: IO[bytes]) -> int:
+    """Copy the body to `out`, checking it is framed like a JSON array.
+
+    DuckDB happily reads a truncated `[{...},` as one record, so the first and last
+    non-blank bytes are checked here, in passing, without keeping the body.
+    """
+    size = 0
+    first: int | None = None
+    last: int | None = None
+    for chunk in resp.iter_content(CHUNK):
+        if not chunk:
+            continue
+        out.write(chunk)
+        size += len(chunk)
+        if first is None:
+            stripped = chunk.lstrip(WHITESPACE)
+            if stripped:
+                first = stripped[0]
+        stripped_end = chunk.rstrip(WHITESPACE)
+        if stripped_end:
+            last = stripped_end[-1]
+    if first != ord("[") or last != ord("]"):
+        raise BadBody(f"HTTP 200 but the body ({size} bytes) is not a complete JSON array")
+    return size
+
+
+def _snippet(resp: requests.Response) -> str:
+    with contextlib.suppress(requests.RequestException):
+        text = resp.raw.read(300, decode_content=True).decode("utf-8", "replace")
+        return " ".join(text.split())[:200]
+    return ""

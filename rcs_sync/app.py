@@ -1,0 +1,78 @@
+"""Wiring: settings in, a ready API client, warehouse and syncer out.
+
+The CLI commands and the daemon build their objects here, so both run exactly the
+same machinery with the same settings.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from rcs_sync.api import ApiClient, RetryPolicy
+from rcs_sync.config import Settings, read_token
+from rcs_sync.streams import RCS_RECORDS, Stream
+from rcs_sync.sync import Listener, Options, Scope, Syncer
+from rcs_sync.warehouse import Warehouse
+from rcs_sync.windows import SyncPolicy
+
+
+@dataclass
+class App:
+    settings: Settings
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        wh = self.settings.warehouse
+        self.warehouse = Warehouse(
+            wh.path,
+            lock_timeout=wh.lock_timeout.total_seconds(),
+            memory_limit=wh.memory_limit,
+            threads=wh.threads,
+            stop=self.stop,
+        )
+
+    def token(self) -> str:
+        """Read afresh for every request, so a rotated token file is used at once."""
+        return read_token(self.settings.api, self.env)
+
+    def api(self) -> ApiClient:
+        api = self.settings.api
+        return ApiClient(
+            api.base_url,
+            self.token,
+            connect_timeout=api.connect_timeout.total_seconds(),
+            read_timeout=api.timeout.total_seconds(),
+            retry=RetryPolicy(api.retry_budget, api.backoff_initial, api.backoff_max),
+            spool_dir=self.settings.warehouse.spool_path,
+            ca_bundle=api.ca_bundle,
+            stop=self.stop,
+        )
+
+    def options(self) -> Options:
+        s = self.settings.sync
+        return Options(
+            policy=SyncPolicy(
+                initial_start=s.initial_start,
+                window=s.window,
+                update_horizon=s.update_horizon,
+                overlap=s.overlap,
+                clock_skew=s.clock_skew,
+            ),
+            include_optional=self.settings.api.include_content,
+            max_records=s.max_records_per_request,
+            min_window=s.min_window,
+            clock_skew=s.clock_skew,
+        )
+
+    def syncer(
+        self, api: ApiClient, stream: Stream = RCS_RECORDS, listener: Listener | None = None
+    ) -> Syncer:
+        return Syncer(stream, api, self.warehouse, self.options(), listener)
+
+    def scopes(self) -> list[Scope]:
+        teams = self.settings.api.teams
+        return [Scope(t) for t in teams] if teams else [Scope()]

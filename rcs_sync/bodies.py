@@ -1,0 +1,87 @@
+"""The slow path for response bodies DuckDB's JSON parser refuses.
+
+A body can be valid JSON and still break `read_json`: a lone UTF-16 surrogate escape,
+raw bytes that are not UTF-8, an element that is not an object. Rather than lose the
+whole window, the body is split into elements here; elements DuckDB can load are
+rewritten as newline-delimited JSON, the rest are returned for quarantine. A body that
+is not JSON at all is a `BadBody`, fetched again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from rcs_sync.errors import BadBody
+
+WHITESPACE = " \t\r\n"
+RAW_LIMIT = 100_000
+"""Characters of a rejected element kept in quarantine (a 10 MB string is not kept whole)."""
+
+
+@dataclass(frozen=True)
+class Rejected:
+    record_id: str | None
+    reason: str
+    raw: str
+
+
+def _elements(text: str) -> list[object]:
+    decoder = json.JSONDecoder()
+    pos = len(text) - len(text.lstrip(WHITESPACE))
+    if not text.startswith("[", pos):
+        raise BadBody("body is not a JSON array")
+    pos += 1
+    items: list[object] = []
+    expect_value = True
+    while True:
+        while pos < len(text) and text[pos] in WHITESPACE:
+            pos += 1
+        if pos >= len(text):
+            raise BadBody("body ends inside the JSON array")
+        if text[pos] == "]" and (not items or not expect_value):
+            return items
+        if not expect_value:
+            if text[pos] != ",":
+                raise BadBody(f"body is not valid JSON near character {pos}")
+            pos += 1
+            expect_value = True
+            continue
+        try:
+            item, pos = decoder.raw_decode(text, pos)
+        except (json.JSONDecodeError, RecursionError):
+            raise BadBody(f"body is not valid JSON near character {pos}") from None
+        items.append(item)
+        expect_value = False
+
+
+def _check(item: object, key: str) -> tuple[str | None, str | None]:
+    """(record id as text, reason to reject) for one element."""
+    if not isinstance(item, dict):
+        return None, "record: not a JSON object"
+    record_id = item.get(key)
+    shown = None if record_id is None else str(record_id)[:100]
+    try:
+        json.dumps(item, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return shown, "record: text is not valid Unicode (non-UTF-8 bytes or lone surrogate)"
+    return shown, None
+
+
+def sanitize_body(body: Path, key: str) -> tuple[Path, list[Rejected]]:
+    """Rewrite `body` as NDJSON of loadable objects; return the path and the rejects."""
+    text = body.read_bytes().decode("utf-8", "surrogateescape")
+    rejected: list[Rejected] = []
+    out_path = body.with_suffix(".ndjson")
+    with out_path.open("w", encoding="utf-8") as out:
+        for item in _elements(text):
+            record_id, reason = _check(item, key)
+            if reason is None:
+                out.write(json.dumps(item, ensure_ascii=False))
+                out.write("\n")
+                continue
+            raw = json.dumps(item, ensure_ascii=False)
+            raw = raw.encode("utf-8", "backslashreplace").decode("utf-8")
+            rejected.append(Rejected(record_id, reason, raw[:RAW_LIMIT]))
+    return out_path, rejected

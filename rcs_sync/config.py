@@ -1,0 +1,425 @@
+"""TOML configuration → typed, validated settings, plus the API token lookup.
+
+Everything is checked at load time so a typo or a bad value stops the daemon at start,
+with one line naming the key, instead of surfacing hours later in the middle of a pass.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+import stat
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import structlog
+
+from rcs_sync.durations import as_utc, format_duration, parse_duration, parse_instant
+from rcs_sync.logs import register_secret
+
+CONFIG_ENV = "RCS_SYNC_CONFIG"
+DEFAULT_CONFIG_FILE = "rcs-sync.toml"
+TOKEN_ENV = "RCS_SYNC_TOKEN"  # noqa: S105 - a variable name, not a secret
+CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"  # set by systemd for LoadCredential=
+CREDENTIAL_NAME = "token"
+# The API rejects modified_since older than 48 hours (server clock).
+MODIFIED_SINCE_LIMIT = timedelta(hours=48)
+
+_MILLISECOND = timedelta(milliseconds=1)
+_SECOND = timedelta(seconds=1)
+_HOUR = timedelta(hours=1)
+# A token file is one short line; anything bigger is a mis-pointed path whose contents
+# must not end up in an HTTP header.
+_MAX_TOKEN_BYTES = 16 * 1024
+_MEMORY_LIMIT = re.compile(r"\d+(\.\d+)?\s*([KMGT]i?B|B|%)", re.IGNORECASE)
+_MISSING = object()
+
+_log = structlog.get_logger(__name__)
+_warned_world_readable: set[Path] = set()
+
+
+class ConfigError(Exception):
+    """A configuration problem worded for the operator: one line, naming where it is.
+
+    ``key`` is "[section] name" for a setting, "[section]" for a table, or the file
+    path for problems with the file as a whole.
+    """
+
+    key: str
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"config: {key}: {problem}")
+        self.key = key
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    base_url: str  # no trailing slash; https unless the host is loopback
+    token_file: Path | None = None
+    teams: tuple[int, ...] = ()  # empty: one pass over everything the token sees
+    include_content: bool = False
+    timeout: timedelta = timedelta(seconds=30)
+    connect_timeout: timedelta = timedelta(seconds=10)
+    retry_budget: timedelta = timedelta(minutes=2)  # total retrying time for one request
+    backoff_initial: timedelta = timedelta(milliseconds=500)
+    backoff_max: timedelta = timedelta(seconds=30)
+    ca_bundle: Path | None = None  # extra CAs; TLS verification is never disabled
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    initial_start: datetime = datetime(2026, 1, 1, tzinfo=UTC)
+    window: timedelta = timedelta(days=1)
+    update_horizon: timedelta = timedelta(days=7)
+    interval: timedelta = timedelta(minutes=5)
+    overlap: timedelta = timedelta(minutes=2)  # modified_since = checkpoint - overlap
+    clock_skew: timedelta = timedelta(minutes=5)
+    max_records_per_request: int = 500_000  # at or above: suspect truncation, split
+    min_window: timedelta = timedelta(seconds=1)  # splitting stops here
+
+
+@dataclass(frozen=True)
+class WarehouseSettings:
+    path: Path = Path("rcs.duckdb")  # loaded configs resolve it against the file's directory
+    spool_dir: Path | None = None  # None: see spool_path
+    lock_timeout: timedelta = timedelta(seconds=60)
+    memory_limit: str = "1GB"
+    threads: int = 2
+
+    @property
+    def spool_path(self) -> Path:
+        """Where response bodies are spooled: ``spool_dir``, else "<path>.spool" beside the DB."""
+        return self.spool_dir or self.path.with_name(self.path.name + ".spool")
+
+
+@dataclass(frozen=True)
+class Settings:
+    api: ApiSettings
+    sync: SyncSettings = field(default_factory=SyncSettings)
+    warehouse: WarehouseSettings = field(default_factory=WarehouseSettings)
+    source: Path | None = None
+
+
+_SCHEMA = {"api": ApiSettings, "sync": SyncSettings, "warehouse": WarehouseSettings}
+
+
+def config_path(cli_value: str | None, env: Mapping[str, str]) -> Path:
+    """Choose the config file: --config, then $RCS_SYNC_CONFIG, then ./rcs-sync.toml."""
+    return Path(cli_value or env.get(CONFIG_ENV) or DEFAULT_CONFIG_FILE).expanduser()
+
+
+def load_settings(path: Path) -> Settings:
+    """Read and validate ``path``; relative paths inside it are relative to its directory."""
+    source = path.expanduser().absolute()
+    try:
+        document = tomllib.loads(source.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            str(source), f"file not found (pass --config or set {CONFIG_ENV})"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(str(source), f"cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(source), "not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(source), f"invalid TOML: {exc}") from None
+
+    tables = _split_sections(document, source.parent)
+    return Settings(
+        api=_api(tables["api"]),
+        sync=_sync(tables["sync"]),
+        warehouse=_warehouse(tables["warehouse"]),
+        source=source,
+    )
+
+
+def read_token(api: ApiSettings, env: Mapping[str, str]) -> str:
+    """Return the API token: $RCS_SYNC_TOKEN, systemd credential, then ``api.token_file``.
+
+    Called on every pass so a rotated token is used without a restart; costs one env
+    lookup or one small file read. A blank $RCS_SYNC_TOKEN counts as unset. The token
+    is registered for log redaction, and no message here ever contains it.
+    """
+    from_env = env.get(TOKEN_ENV, "").strip()
+    if from_env:
+        return _accept_token(from_env, TOKEN_ENV)
+    credentials = env.get(CREDENTIALS_ENV)
+    if credentials and (credential := Path(credentials) / CREDENTIAL_NAME).is_file():
+        return _token_from_file(credential, f"${CREDENTIALS_ENV}/{CREDENTIAL_NAME}")
+    if api.token_file is not None:
+        return _token_from_file(api.token_file, "[api] token_file")
+    raise ConfigError(
+        "[api] token_file",
+        f"no API token: set {TOKEN_ENV}, provide a systemd credential named "
+        f"'{CREDENTIAL_NAME}' (LoadCredential={CREDENTIAL_NAME}:...), or set [api] token_file",
+    )
+
+
+def _token_from_file(path: Path, key: str) -> str:
+    try:
+        with path.open("rb") as handle:
+            mode = os.fstat(handle.fileno()).st_mode
+            raw = handle.read(_MAX_TOKEN_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(key, f"token file {path} not found") from None
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read token file {path}: {exc.strerror}") from None
+    if mode & stat.S_IROTH and path not in _warned_world_readable:
+        _warned_world_readable.add(path)
+        _log.warning("token_file_world_readable", path=str(path), fix=f"chmod o-r {path}")
+    if len(raw) > _MAX_TOKEN_BYTES:
+        raise ConfigError(key, f"token file {path} is too large to be a token")
+    try:
+        token = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(key, f"token file {path} is not UTF-8 text") from None
+    if not token:
+        raise ConfigError(key, f"token file {path} is empty")
+    return _accept_token(token, f"{key} ({path})")
+
+
+def _accept_token(token: str, key: str) -> str:
+    # Anything outside visible ASCII would break or be rejected in the Authorization
+    # header, and the HTTP library's error message could then echo the token.
+    if not all("!" <= char <= "~" for char in token):
+        raise ConfigError(key, "token contains whitespace, control or non-ASCII characters")
+    register_secret(token)
+    return token
+
+
+class _Table:
+    """One TOML table; its allowed keys are the field names of the matching dataclass."""
+
+    def __init__(self, section: str, values: Mapping[str, object], base_dir: Path) -> None:
+        self.section = section
+        self.base_dir = base_dir
+        self._values = values
+
+    def error(self, name: str, problem: str) -> ConfigError:
+        return ConfigError(f"[{self.section}] {name}", problem)
+
+    def get(self, name: str) -> object:
+        return self._values.get(name, _MISSING)
+
+    def string(self, name: str, default: str) -> str:
+        value = self.get(name)
+        if value is _MISSING:
+            return default
+        if not isinstance(value, str) or not value.strip():
+            raise self.error(name, f"expected a non-empty string, got {_show(value)}")
+        return value.strip()
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.get(name)
+        if value is _MISSING:
+            return default
+        if not isinstance(value, bool):
+            raise self.error(name, f"expected true or false, got {_show(value)}")
+        return value
+
+    def integer(self, name: str, default: int, *, minimum: int) -> int:
+        value = self.get(name)
+        if value is _MISSING:
+            return default
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise self.error(name, f"expected an integer, got {_show(value)}")
+        if value < minimum:
+            raise self.error(name, f"must be at least {minimum}, got {value}")
+        return value
+
+    def duration(self, name: str, default: timedelta, *, minimum: timedelta) -> timedelta:
+        value = self.get(name)
+        if value is _MISSING:
+            return default
+        if not isinstance(value, str):
+            raise self.error(name, f"expected a duration like '30s' or '1h30m', got {_show(value)}")
+        try:
+            parsed = parse_duration(value)
+        except ValueError as exc:
+            raise self.error(name, str(exc)) from None
+        if parsed < minimum:
+            raise self.error(name, f"must be at least {format_duration(minimum)}, got {value!r}")
+        return parsed
+
+    def instant(self, name: str, default: datetime) -> datetime:
+        value = self.get(name)
+        if value is _MISSING:
+            return default
+        # TOML has native date-times and dates; quoted strings are accepted too.
+        if isinstance(value, datetime):
+            return as_utc(value)
+        if isinstance(value, date):
+            return datetime(value.year, value.month, value.day, tzinfo=UTC)
+        if not isinstance(value, str):
+            raise self.error(
+                name, f"expected a time like '2026-01-01T00:00:00Z', got {_show(value)}"
+            )
+        try:
+            return parse_instant(value)
+        except ValueError as exc:
+            raise self.error(name, str(exc)) from None
+
+    def path(self, name: str) -> Path | None:
+        value = self.get(name)
+        if value is _MISSING:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise self.error(name, f"expected a path, got {_show(value)}")
+        return self.base_dir / Path(value.strip()).expanduser()
+
+
+def _show(value: object) -> str:
+    """A short rendering of a bad value for an error line (TOML spelling for booleans)."""
+    text = str(value).lower() if isinstance(value, bool) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _split_sections(document: Mapping[str, object], base_dir: Path) -> dict[str, _Table]:
+    """Check sections and key names before any value.
+
+    A typo is then reported as a typo, not as a confusing consequence of the default
+    it silently left in place (e.g. "min_window longer than window").
+    """
+    sections = ", ".join(f"[{name}]" for name in _SCHEMA)
+    for name, value in document.items():
+        if name in _SCHEMA:
+            continue
+        if isinstance(value, dict):
+            raise ConfigError(f"[{name}]", f"unknown section; expected one of {sections}")
+        raise ConfigError(name, f"unknown top-level key; settings belong in {sections}")
+    tables = {}
+    for name, schema in _SCHEMA.items():
+        values = document.get(name, {})
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{name}]", f"expected a table, got {_show(values)}")
+        known = [item.name for item in fields(schema)]
+        for key in values:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(known)}"
+                raise ConfigError(f"[{name}] {key}", f"unknown key; {hint}")
+        tables[name] = _Table(name, values, base_dir)
+    return tables
+
+
+def _api(table: _Table) -> ApiSettings:
+    settings = ApiSettings(
+        base_url=_base_url(table),
+        token_file=table.path("token_file"),
+        teams=_teams(table),
+        include_content=table.boolean("include_content", ApiSettings.include_content),
+        timeout=table.duration("timeout", ApiSettings.timeout, minimum=_MILLISECOND),
+        connect_timeout=table.duration(
+            "connect_timeout", ApiSettings.connect_timeout, minimum=_MILLISECOND
+        ),
+        retry_budget=table.duration("retry_budget", ApiSettings.retry_budget, minimum=timedelta()),
+        backoff_initial=table.duration(
+            "backoff_initial", ApiSettings.backoff_initial, minimum=_MILLISECOND
+        ),
+        backoff_max=table.duration("backoff_max", ApiSettings.backoff_max, minimum=_MILLISECOND),
+        ca_bundle=table.path("ca_bundle"),
+    )
+    if settings.backoff_max < settings.backoff_initial:
+        raise table.error("backoff_max", "must not be shorter than backoff_initial")
+    if settings.ca_bundle is not None and not settings.ca_bundle.is_file():
+        raise table.error("ca_bundle", f"{settings.ca_bundle} is not a file")
+    return settings
+
+
+def _base_url(table: _Table) -> str:
+    value = table.get("base_url")
+    if value is _MISSING:
+        raise table.error("base_url", "required, e.g. base_url = 'https://api.example.com'")
+    if not isinstance(value, str):
+        raise table.error("base_url", f"expected a URL string, got {_show(value)}")
+    url = value.strip().rstrip("/")
+    parts = urlsplit(url)
+    if "@" in parts.netloc:
+        # Deliberately not echoed: the value holds a credential.
+        raise table.error(
+            "base_url", f"must not contain credentials; use {TOKEN_ENV} or token_file"
+        )
+    try:
+        parts.port  # noqa: B018 - the property validates the port
+    except ValueError:
+        raise table.error("base_url", f"has an invalid port, got {url!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise table.error("base_url", f"expected a URL like 'https://api.example.com', got {url!r}")
+    if parts.query or parts.fragment:
+        raise table.error("base_url", f"must not contain a query or fragment, got {url!r}")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise table.error(
+            "base_url", f"must use https (http is allowed only for loopback hosts), got {url!r}"
+        )
+    return url
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _teams(table: _Table) -> tuple[int, ...]:
+    value = table.get("teams")
+    if value is _MISSING:
+        return ApiSettings.teams
+    if not isinstance(value, list) or not all(
+        isinstance(team, int) and not isinstance(team, bool) and team >= 0 for team in value
+    ):
+        raise table.error("teams", f"expected a list of team ids like [12, 34], got {_show(value)}")
+    if len(set(value)) != len(value):
+        raise table.error("teams", f"lists a team more than once: {_show(value)}")
+    return tuple(value)
+
+
+def _sync(table: _Table) -> SyncSettings:
+    settings = SyncSettings(
+        initial_start=table.instant("initial_start", SyncSettings.initial_start),
+        window=table.duration("window", SyncSettings.window, minimum=_SECOND),
+        update_horizon=table.duration(
+            "update_horizon", SyncSettings.update_horizon, minimum=_SECOND
+        ),
+        interval=table.duration("interval", SyncSettings.interval, minimum=_SECOND),
+        overlap=table.duration("overlap", SyncSettings.overlap, minimum=timedelta()),
+        clock_skew=table.duration("clock_skew", SyncSettings.clock_skew, minimum=timedelta()),
+        max_records_per_request=table.integer(
+            "max_records_per_request", SyncSettings.max_records_per_request, minimum=1
+        ),
+        min_window=table.duration("min_window", SyncSettings.min_window, minimum=_SECOND),
+    )
+    if settings.min_window > settings.window:
+        raise table.error("min_window", "must not be longer than window")
+    if settings.overlap + settings.clock_skew >= MODIFIED_SINCE_LIMIT:
+        raise table.error(
+            "overlap",
+            f"overlap + clock_skew must stay under {MODIFIED_SINCE_LIMIT // _HOUR}h, "
+            "the API's limit for modified_since",
+        )
+    return settings
+
+
+def _warehouse(table: _Table) -> WarehouseSettings:
+    memory_limit = table.string("memory_limit", WarehouseSettings.memory_limit)
+    if not _MEMORY_LIMIT.fullmatch(memory_limit):
+        raise table.error(
+            "memory_limit", f"expected a size like '1GB', '512MiB' or '50%', got {memory_limit!r}"
+        )
+    return WarehouseSettings(
+        path=table.path("path") or table.base_dir / WarehouseSettings.path,
+        spool_dir=table.path("spool_dir"),
+        lock_timeout=table.duration(
+            "lock_timeout", WarehouseSettings.lock_timeout, minimum=timedelta()
+        ),
+        memory_limit=memory_limit,
+        threads=table.integer("threads", WarehouseSettings.threads, minimum=1),
+    )

@@ -1,0 +1,78 @@
+"""Typed failures, each carrying the CLI exit code that tells an operator what broke."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_AUTH = 3
+EXIT_API = 4
+EXIT_WAREHOUSE = 5
+
+
+class RcsSyncError(Exception):
+    """Base of every expected failure; its message is one line fit for an operator."""
+
+    exit_code = EXIT_FAILURE
+
+
+class AuthRejected(RcsSyncError):
+    """HTTP 403: the provider refused the token. Retrying cannot help."""
+
+    exit_code = EXIT_AUTH
+
+
+class BadRequest(RcsSyncError):
+    """HTTP 400: our parameters were refused. Retrying the same request cannot help."""
+
+    exit_code = EXIT_API
+
+
+class ApiUnavailable(RcsSyncError):
+    """The API kept failing until the retry budget ran out."""
+
+    exit_code = EXIT_API
+
+    def __init__(self, message: str, *, splittable: bool = False) -> None:
+        super().__init__(message)
+        self.splittable = splittable
+        """True when the failures are of a kind a smaller window may avoid (timeouts, 502/504)."""
+
+
+class TransientApiError(RcsSyncError):
+    """One failed attempt worth retrying: connection trouble, 429, 5xx, a bad body."""
+
+    exit_code = EXIT_API
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, splittable: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.splittable = splittable
+
+
+class BadBody(TransientApiError):
+    """A 200 whose body is not a complete JSON array (HTML page, truncation, `{}`)."""
+
+
+class SuspectedTruncation(RcsSyncError):
+    """A response reached the size at which the server may have cut it silently."""
+
+    exit_code = EXIT_API
+
+
+class WarehouseLocked(RcsSyncError):
+    """Another process held the DuckDB file past our lock retry budget."""
+
+    exit_code = EXIT_WAREHOUSE
+
+
+class WarehouseUnavailable(RcsSyncError):
+    """The DuckDB file could not be opened or written (disk full, permissions, corruption)."""
+
+    exit_code = EXIT_WAREHOUSE
+
+
+class Stopped(RcsSyncError):
+    """A stop was requested (SIGTERM/SIGINT) while waiting; nothing half-written remains."""

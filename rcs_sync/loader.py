@@ -1,0 +1,241 @@
+"""Load one spooled response into the warehouse, inside the caller's transaction.
+
+DuckDB parses the body (`read_json` with every documented field typed JSON), the
+validation rules compiled in `validation.py` sort good records from bad, and one
+`INSERT … ON CONFLICT` upserts the batch. Python never touches a record, except on
+the rare body DuckDB's parser refuses (see `bodies.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+
+from rcs_sync.bodies import Rejected, sanitize_body
+from rcs_sync.errors import SuspectedTruncation
+from rcs_sync.streams import Stream
+from rcs_sync.validation import (
+    literal,
+    quote,
+    raw_expr,
+    reason_expr,
+    staging_columns,
+    typed,
+    value_expr,
+)
+
+SAMPLE_SIZE = 20_480
+"""Records DuckDB samples to discover undocumented fields (kept in `extra`)."""
+
+SUPERSEDED = "id: duplicate in response, superseded by another copy"
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    received: int
+    inserted: int
+    updated: int
+    quarantined: int
+
+
+def load(
+    con: duckdb.DuckDBPyConnection,
+    stream: Stream,
+    body: Path,
+    *,
+    run_id: int | None,
+    now: datetime,
+    include_optional: bool,
+    max_records: int | None = None,
+) -> LoadResult:
+    """Stage, validate, dedupe and upsert one response body; the caller commits."""
+    rejected: list[Rejected] = []
+    try:
+        received = _stage(con, stream, body, "array")
+    except (duckdb.InvalidInputException, duckdb.ConversionException):
+        clean, rejected = sanitize_body(body, stream.key)
+        try:
+            received = _stage(con, stream, clean, "newline_delimited")
+        finally:
+            clean.unlink(missing_ok=True)
+    received += len(rejected)
+    if max_records is not None and received >= max_records:
+        raise SuspectedTruncation(
+            f"response holds {received} records, at the truncation threshold {max_records}"
+        )
+    quarantined = len(rejected) + _quarantine_invalid(con, stream, run_id, now)
+    if rejected:
+        con.executemany(
+            f"INSERT INTO {quote(stream.quarantine_table)} VALUES (?, ?, ?, ?, ?)",
+            [[run_id, r.record_id, r.reason, r.raw, now] for r in rejected],
+        )
+    quarantined += _drop_duplicates(con, stream, run_id, now)
+    inserted, updated = _count_changes(con, stream, include_optional=include_optional)
+    _upsert(con, stream, now, include_optional=include_optional)
+    con.execute("DROP TABLE _batch")
+    return LoadResult(received, inserted, updated, quarantined)
+
+
+def _extra_fields(
+    con: duckdb.DuckDBPyConnection, stream: Stream, body: Path, fmt: str
+) -> tuple[str, ...]:
+    """Undocumented fields found in a sample of the body (e.g. `portal` once was)."""
+    known = {f.name for f in stream.all_fields()}
+    rows = con.execute(
+        f"DESCRIBE SELECT * FROM read_json(?, format={literal(fmt)}, sample_size={SAMPLE_SIZE})",
+        [str(body)],
+    ).fetchall()
+    return tuple(str(r[0]) for r in rows if r[0] not in known)
+
+
+def _stage(con: duckdb.DuckDBPyConnection, stream: Stream, body: Path, fmt: str) -> int:
+    """Parse the body once into `_batch`: typed values, a rejection reason, raw JSON of rejects."""
+    extra = _extra_fields(con, stream, body, fmt)
+    fields = stream.all_fields()
+    names = tuple(f.name for f in fields)
+    values = ", ".join(f"{value_expr(f)} AS {typed(f.name)}" for f in fields)
+    loaded = ", ".join(f"{typed(f.name)}::{f.sql_type} AS {quote(f.name)}" for f in fields)
+    if extra:
+        all_null = " AND ".join(f"{quote(n)} IS NULL" for n in extra)
+        extra_expr = f"CASE WHEN {all_null} THEN NULL ELSE {raw_expr(extra)} END"
+    else:
+        extra_expr = "NULL::JSON"
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE _batch AS
+        SELECT {loaded}, {extra_expr} AS extra, _reason,
+               CASE WHEN _reason IS NOT NULL THEN {raw_expr(names + extra)} END AS _raw
+        FROM (
+            SELECT *, {reason_expr(fields)} AS _reason
+            FROM (
+                SELECT *, {values}
+                FROM read_json(?, format={literal(fmt)}, columns={staging_columns(names + extra)})
+            )
+        )
+        """,
+        [str(body)],
+    )
+    row = con.execute("SELECT count(*) FROM _batch").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _quarantine_invalid(
+    con: duckdb.DuckDBPyConnection, stream: Stream, run_id: int | None, now: datetime
+) -> int:
+    con.execute(
+        f"""
+        INSERT INTO {quote(stream.quarantine_table)}
+            (run_id, record_id, reason, raw, quarantined_at)
+        SELECT ?, _raw ->> {literal(stream.key)}, _reason, _raw, ?
+        FROM _batch WHERE _reason IS NOT NULL
+        """,
+        [run_id, now],
+    )
+    row = con.execute("SELECT count(*) FROM _batch WHERE _reason IS NOT NULL").fetchone()
+    count = int(row[0]) if row else 0
+    if count:
+        con.execute("DELETE FROM _batch WHERE _reason IS NOT NULL")
+    return count
+
+
+def _drop_duplicates(
+    con: duckdb.DuckDBPyConnection, stream: Stream, run_id: int | None, now: datetime
+) -> int:
+    """Keep one copy per key: DuckDB's ON CONFLICT would silently keep the *first*.
+
+    The copy kept is the one the stream's `precedence` ranks highest (for RCS, the most
+    advanced state), the last in the response on a tie; the others are quarantined so
+    nothing disappears silently.
+    """
+    key = quote(stream.key)
+    row = con.execute(f"SELECT count(*) - count(DISTINCT {key}) FROM _batch").fetchone()
+    if not row or not row[0]:
+        return 0
+    names = tuple(f.name for f in stream.all_fields())
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE _losers AS
+        SELECT rowid AS rid FROM _batch
+        QUALIFY row_number() OVER (
+            PARTITION BY {key} ORDER BY {stream.precedence} DESC, rowid DESC) > 1
+        """
+    )
+    con.execute(
+        f"""
+        INSERT INTO {quote(stream.quarantine_table)}
+            (run_id, record_id, reason, raw, quarantined_at)
+        SELECT ?, {key}::VARCHAR, ?, {raw_expr(names)}, ?
+        FROM _batch WHERE rowid IN (SELECT rid FROM _losers)
+        """,
+        [run_id, SUPERSEDED, now],
+    )
+    con.execute("DELETE FROM _batch WHERE rowid IN (SELECT rid FROM _losers)")
+    con.execute("DROP TABLE _losers")
+    return int(row[0])
+
+
+def _written(stream: Stream, *, include_optional: bool) -> list[str]:
+    """The non-key fields a load overwrites; optional ones only when they were requested."""
+    optional = {f.name for f in stream.optional_fields}
+    return [
+        f.name
+        for f in stream.all_fields()
+        if f.name != stream.key and (include_optional or f.name not in optional)
+    ]
+
+
+def _changed(stream: Stream, old: str, new: str, *, include_optional: bool) -> str:
+    """SQL that is true when loading `new` over `old` changes the stored row."""
+    conditions = [
+        f"{old}.{quote(n)} IS DISTINCT FROM {new}.{quote(n)}"
+        for n in _written(stream, include_optional=include_optional)
+    ]
+    conditions.append(f"({new}.extra IS NOT NULL AND {new}.extra IS DISTINCT FROM {old}.extra)")
+    return " OR ".join(conditions)
+
+
+def _count_changes(
+    con: duckdb.DuckDBPyConnection, stream: Stream, *, include_optional: bool
+) -> tuple[int, int]:
+    key = quote(stream.key)
+    changed = _changed(stream, "t", "b", include_optional=include_optional)
+    row = con.execute(
+        f"""
+        SELECT count(*) FILTER (WHERE t.{key} IS NULL),
+               count(*) FILTER (WHERE t.{key} IS NOT NULL AND ({changed}))
+        FROM _batch b LEFT JOIN {quote(stream.table)} t ON t.{key} = b.{key}
+        """
+    ).fetchone()
+    return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
+def _upsert(
+    con: duckdb.DuckDBPyConnection, stream: Stream, now: datetime, *, include_optional: bool
+) -> None:
+    """Insert new records; rewrite existing ones only where something changed.
+
+    Optional fields (content_message) are only overwritten when they were requested,
+    and `extra` only when the response carried undocumented fields, so a pass made
+    without them never erases what an earlier pass stored.
+    """
+    table = quote(stream.table)
+    names = [f.name for f in stream.all_fields()]
+    cols = ", ".join(quote(n) for n in [*names, "extra", "first_seen_at", "updated_at"])
+    sets = [
+        f"{quote(n)} = excluded.{quote(n)}"
+        for n in _written(stream, include_optional=include_optional)
+    ]
+    sets.append(f"extra = coalesce(excluded.extra, {table}.extra)")
+    sets.append("updated_at = excluded.updated_at")
+    con.execute(
+        f"""
+        INSERT INTO {table} ({cols})
+        SELECT {", ".join(quote(n) for n in names)}, extra, ?, ? FROM _batch
+        ON CONFLICT ({quote(stream.key)}) DO UPDATE SET {", ".join(sets)}
+        WHERE {_changed(stream, table, "excluded", include_optional=include_optional)}
+        """,
+        [now, now],
+    )

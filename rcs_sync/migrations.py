@@ -1,0 +1,75 @@
+"""Numbered schema migrations; each runs once, in order, and is recorded in the database.
+
+Never edit a migration that has shipped: add a new one. The primary key is the only
+index on the records table (DuckDB's ART indexes are costly to maintain on bulk
+upserts), and keys are never updated.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[tuple[int, str, str], ...] = (
+    (
+        1,
+        "core tables: records, quarantine, checkpoints, windows, runs",
+        """
+        CREATE TABLE rcs_records (
+            id BIGINT PRIMARY KEY,
+            campaign BIGINT,
+            job BIGINT,
+            team BIGINT,
+            number VARCHAR,
+            reference VARCHAR,
+            portal VARCHAR,
+            state UTINYINT NOT NULL,
+            "timestamp" TIMESTAMPTZ NOT NULL,
+            content_message VARCHAR,
+            extra JSON,
+            first_seen_at TIMESTAMPTZ NOT NULL,
+            updated_at TIMESTAMPTZ NOT NULL
+        );
+        CREATE TABLE rcs_quarantine (
+            run_id BIGINT,
+            record_id VARCHAR,
+            reason VARCHAR NOT NULL,
+            raw VARCHAR,
+            quarantined_at TIMESTAMPTZ NOT NULL
+        );
+        CREATE TABLE sync_checkpoints (
+            stream VARCHAR NOT NULL,
+            scope VARCHAR NOT NULL,
+            checkpoint TIMESTAMPTZ NOT NULL,
+            updated_at TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (stream, scope)
+        );
+        CREATE TABLE sync_windows (
+            stream VARCHAR NOT NULL,
+            scope VARCHAR NOT NULL,
+            window_start TIMESTAMPTZ NOT NULL,
+            window_end TIMESTAMPTZ NOT NULL,
+            fetched_at TIMESTAMPTZ NOT NULL,
+            records BIGINT NOT NULL,
+            run_id BIGINT,
+            completed_at TIMESTAMPTZ NOT NULL
+        );
+        CREATE SEQUENCE sync_runs_id;
+        CREATE TABLE sync_runs (
+            run_id BIGINT PRIMARY KEY DEFAULT nextval('sync_runs_id'),
+            stream VARCHAR NOT NULL,
+            scope VARCHAR NOT NULL,
+            command VARCHAR NOT NULL,
+            mode VARCHAR,
+            pid INTEGER,
+            started_at TIMESTAMPTZ NOT NULL,
+            finished_at TIMESTAMPTZ,
+            status VARCHAR NOT NULL,
+            windows INTEGER NOT NULL DEFAULT 0,
+            received BIGINT NOT NULL DEFAULT 0,
+            inserted BIGINT NOT NULL DEFAULT 0,
+            updated BIGINT NOT NULL DEFAULT 0,
+            quarantined BIGINT NOT NULL DEFAULT 0,
+            checkpoint TIMESTAMPTZ,
+            error VARCHAR
+        );
+        """,
+    ),
+)

@@ -1,0 +1,112 @@
+"""What `rcs-sync status` reports, read from the warehouse's bookkeeping tables.
+
+The JSON shape built here is a documented interface (README, "status --json"):
+add keys freely, never rename or remove one.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from rcs_sync.durations import format_duration, format_instant
+from rcs_sync.warehouse import Warehouse
+from rcs_sync.windows import Window, merge
+
+RUNS_SHOWN = 5
+RUN_COLUMNS = (
+    "run_id",
+    "command",
+    "mode",
+    "status",
+    "started_at",
+    "finished_at",
+    "windows",
+    "received",
+    "inserted",
+    "updated",
+    "quarantined",
+    "error",
+)
+
+
+def _json_value(value: Any) -> Any:
+    return format_instant(value) if isinstance(value, datetime) else value
+
+
+def collect(warehouse: Warehouse, now: datetime | None = None) -> dict[str, Any]:
+    now = now or datetime.now(UTC)
+    with warehouse.connect(read_only=True) as con:
+        version = con.execute("SELECT max(version) FROM schema_migrations").fetchone()
+        records = con.execute("SELECT count(*) FROM rcs_records").fetchone()
+        quarantined = con.execute("SELECT count(*) FROM rcs_quarantine").fetchone()
+        scopes = con.execute(
+            "SELECT stream, scope FROM sync_checkpoints UNION SELECT stream, scope FROM sync_runs "
+            "UNION SELECT stream, scope FROM sync_windows ORDER BY ALL"
+        ).fetchall()
+        entries = []
+        for stream, scope in scopes:
+            checkpoint = con.execute(
+                "SELECT checkpoint FROM sync_checkpoints WHERE stream = ? AND scope = ?",
+                [stream, scope],
+            ).fetchone()
+            windows = con.execute(
+                "SELECT window_start, window_end FROM sync_windows WHERE stream = ? AND scope = ?",
+                [stream, scope],
+            ).fetchall()
+            runs = con.execute(
+                f"SELECT {', '.join(RUN_COLUMNS)} FROM sync_runs WHERE stream = ? AND scope = ? "
+                "ORDER BY run_id DESC LIMIT ?",
+                [stream, scope, RUNS_SHOWN],
+            ).fetchall()
+            cp = checkpoint[0] if checkpoint else None
+            entries.append(
+                {
+                    "stream": stream,
+                    "scope": scope,
+                    "checkpoint": _json_value(cp),
+                    "checkpoint_age_s": round((now - cp).total_seconds(), 1) if cp else None,
+                    "completed": [
+                        [format_instant(w.start), format_instant(w.end)]
+                        for w in merge(Window(a, b) for a, b in windows)
+                    ],
+                    "last_runs": [
+                        {k: _json_value(v) for k, v in zip(RUN_COLUMNS, run, strict=True)}
+                        for run in runs
+                    ],
+                }
+            )
+    return {
+        "warehouse": str(warehouse.path),
+        "schema_version": version[0] if version else None,
+        "records": records[0] if records else 0,
+        "quarantined": quarantined[0] if quarantined else 0,
+        "scopes": entries,
+    }
+
+
+def render(report: dict[str, Any]) -> str:
+    """A terse human view of `collect`'s output."""
+    lines = [
+        f"warehouse {report['warehouse']} (schema v{report['schema_version']}): "
+        f"{report['records']} records, {report['quarantined']} quarantined"
+    ]
+    for entry in report["scopes"]:
+        age = entry["checkpoint_age_s"]
+        shown_age = (
+            format_duration(timedelta(seconds=int(age))) + " ago" if age is not None else "none yet"
+        )
+        lines.append(
+            f"{entry['stream']} / {entry['scope']}: checkpoint "
+            f"{entry['checkpoint'] or '-'} ({shown_age})"
+        )
+        for start, end in entry["completed"]:
+            lines.append(f"  completed windows {start} .. {end}")
+        for run in entry["last_runs"]:
+            lines.append(
+                f"  run {run['run_id']}: {run['command']}/{run['mode']} {run['status']} "
+                f"at {run['started_at']}: {run['windows']} windows, {run['received']} received, "
+                f"{run['inserted']} inserted, {run['updated']} updated, "
+                f"{run['quarantined']} quarantined" + (f" — {run['error']}" if run["error"] else "")
+            )
+    return "\n".join(lines)

@@ -1,0 +1,282 @@
+"""One pass over one (stream, scope): plan → fetch → load → commit.
+
+The plan comes from `windows.py`; this module only carries it out. Each response is
+committed together with the bookkeeping it earns (a completed window, or the
+checkpoint once the pass is whole), so a crash at any moment redoes at most the
+request in flight.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import structlog
+
+from rcs_sync.api import ApiClient, Response
+from rcs_sync.durations import format_instant
+from rcs_sync.errors import ApiUnavailable, SuspectedTruncation
+from rcs_sync.loader import LoadResult
+from rcs_sync.streams import Stream
+from rcs_sync.warehouse import Commit, Warehouse
+from rcs_sync.windows import (
+    Fetch,
+    PassPlan,
+    SyncPolicy,
+    Window,
+    checkpoint_after_full_pass,
+    checkpoint_after_incremental,
+    gaps,
+    plan_pass,
+    plan_windows,
+)
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Everything the token sees (`team=None`), or one team, each with its own checkpoint."""
+
+    team: int | None = None
+
+    @property
+    def key(self) -> str:
+        return "all" if self.team is None else str(self.team)
+
+
+@dataclass(frozen=True)
+class Options:
+    policy: SyncPolicy
+    include_optional: bool
+    max_records: int
+    min_window: timedelta
+    clock_skew: timedelta
+
+
+@dataclass
+class PassResult:
+    scope: Scope
+    mode: str
+    windows: int = 0
+    received: int = 0
+    inserted: int = 0
+    updated: int = 0
+    quarantined: int = 0
+    splits: int = 0
+    checkpoint: datetime | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    def add(self, result: LoadResult) -> None:
+        self.windows += 1
+        self.received += result.received
+        self.inserted += result.inserted
+        self.updated += result.updated
+        self.quarantined += result.quarantined
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "scope": self.scope.key,
+            "mode": self.mode,
+            "windows": self.windows,
+            "received": self.received,
+            "inserted": self.inserted,
+            "updated": self.updated,
+            "quarantined": self.quarantined,
+            "splits": self.splits,
+            "checkpoint": format_instant(self.checkpoint) if self.checkpoint else None,
+            "duration_s": round(time.monotonic() - self.started, 3),
+        }
+
+
+@dataclass
+class Coverage:
+    """What this pass has committed of its span, and the checkpoint the whole earns."""
+
+    span: Window
+    fetches: list[Fetch]
+    earn: Callable[[Window, list[Fetch]], datetime] | None
+    """Checkpoint for a complete span; None for passes that never move the checkpoint."""
+
+    def checkpoint_with(self, fetch: Fetch) -> datetime | None:
+        """The checkpoint to commit alongside `fetch`, if it completes the span."""
+        done = [*self.fetches, fetch]
+        if self.earn is None or gaps(self.span, [f.window for f in done]):
+            return None
+        return self.earn(self.span, done)
+
+
+@dataclass
+class _Pass:
+    """The state one pass threads through its (possibly split) requests."""
+
+    scope: Scope
+    run_id: int
+    result: PassResult
+    coverage: Coverage
+    modified_since: datetime | None
+    record_windows: bool
+
+
+Listener = Callable[[str, dict[str, object]], None]
+"""Progress events: ("planned", {"windows": n}) and ("window", {...counts})."""
+
+
+class Syncer:
+    def __init__(
+        self,
+        stream: Stream,
+        api: ApiClient,
+        warehouse: Warehouse,
+        options: Options,
+        listener: Listener | None = None,
+    ) -> None:
+        self.stream = stream
+        self.api = api
+        self.warehouse = warehouse
+        self.options = options
+        self._listen = listener or (lambda _event, _data: None)
+
+    def sync(self, scope: Scope, *, now: datetime | None = None) -> PassResult:
+        """The pass the checkpoint calls for: first backfill, catch-up or incremental."""
+        now = now or datetime.now(UTC)
+        plan = plan_pass(
+            self.warehouse.checkpoint(self.stream, scope.key), now, self.options.policy
+        )
+        return self._run(scope, plan, command="sync")
+
+    def backfill(self, scope: Scope, span: Window, *, force: bool) -> PassResult:
+        """Read `span` in full windows, skipping those already read unless `force`."""
+        fresh_after = datetime.now(UTC) if force else None
+        return self._run(
+            scope,
+            PassPlan("backfill", span, fresh_after=fresh_after),
+            command="backfill",
+            sets_checkpoint=False,
+        )
+
+    def _run(
+        self, scope: Scope, plan: PassPlan, *, command: str, sets_checkpoint: bool = True
+    ) -> PassResult:
+        result = PassResult(scope, plan.mode)
+        run_id = self.warehouse.start_run(self.stream, scope.key, command, plan.mode)
+        log.info(
+            "pass_started",
+            stream=self.stream.name,
+            scope=scope.key,
+            mode=plan.mode,
+            span_start=format_instant(plan.span.start),
+            span_end=format_instant(plan.span.end),
+            modified_since=format_instant(plan.modified_since) if plan.modified_since else None,
+        )
+        try:
+            if plan.mode == "incremental":
+                self._incremental(scope, plan, run_id, result)
+            else:
+                self._full(scope, plan, run_id, result, sets_checkpoint=sets_checkpoint)
+        except BaseException as exc:
+            self.warehouse.finish_run(run_id, error=str(exc) or type(exc).__name__)
+            raise
+        self.warehouse.finish_run(run_id, error=None)
+        log.info("pass_complete", stream=self.stream.name, **result.summary())
+        return result
+
+    def _full(
+        self,
+        scope: Scope,
+        plan: PassPlan,
+        run_id: int,
+        result: PassResult,
+        *,
+        sets_checkpoint: bool,
+    ) -> None:
+        fresh = [
+            f
+            for f in self.warehouse.fetches(self.stream, scope.key)
+            if plan.fresh_after is None or f.fetched_at >= plan.fresh_after
+        ]
+        todo = plan_windows(plan.span, fresh, self.options.policy.window, None)
+        self._listen("planned", {"windows": len(todo), "scope": scope.key})
+        horizon = self.options.policy.update_horizon
+        coverage = Coverage(
+            plan.span,
+            fresh,
+            (lambda span, done: checkpoint_after_full_pass(span, done, horizon))
+            if sets_checkpoint
+            else None,
+        )
+        ctx = _Pass(scope, run_id, result, coverage, None, record_windows=True)
+        for window in todo:
+            self._read(ctx, window)
+
+    def _incremental(self, scope: Scope, plan: PassPlan, run_id: int, result: PassResult) -> None:
+        self._listen("planned", {"windows": 1, "scope": scope.key})
+        coverage = Coverage(plan.span, [], checkpoint_after_incremental)
+        ctx = _Pass(scope, run_id, result, coverage, plan.modified_since, record_windows=False)
+        self._read(ctx, plan.span)
+
+    def _read(self, ctx: _Pass, window: Window) -> None:
+        """Fetch and commit one window, halving it while the server seems to truncate or
+        choke on it (there is no pagination to fall back on)."""
+        start, end = window.request_bounds()
+        params = {"start": format_instant(start), "end": format_instant(end)}
+        if ctx.modified_since is not None:
+            params["modified_since"] = format_instant(ctx.modified_since)
+        if ctx.scope.team is not None:
+            params["team"] = str(ctx.scope.team)
+        if self.options.include_optional:
+            params["include"] = ",".join(f.name for f in self.stream.optional_fields)
+
+        def consume(response: Response) -> LoadResult:
+            fetched_at = response.server_sent_at or response.sent_at - self.options.clock_skew
+            fetch = Fetch(window, fetched_at)
+            commit = Commit(
+                stream=self.stream,
+                scope=ctx.scope.key,
+                run_id=ctx.run_id,
+                fetched_at=fetched_at,
+                window=window if ctx.record_windows else None,
+                checkpoint=ctx.coverage.checkpoint_with(fetch),
+            )
+            loaded = self.warehouse.commit_batch(
+                response.path,
+                commit,
+                include_optional=self.options.include_optional,
+                max_records=self.options.max_records,
+            )
+            ctx.coverage.fetches.append(fetch)
+            if commit.checkpoint is not None:
+                ctx.result.checkpoint = commit.checkpoint
+            return loaded
+
+        try:
+            loaded = self.api.fetch(self.stream.path, params, consume)
+        except (SuspectedTruncation, ApiUnavailable) as exc:
+            splittable = isinstance(exc, SuspectedTruncation) or exc.splittable
+            if not splittable or window.span / 2 < self.options.min_window:
+                raise
+            log.warning(
+                "window_split",
+                scope=ctx.scope.key,
+                window_start=format_instant(window.start),
+                window_end=format_instant(window.end),
+                reason=str(exc),
+            )
+            ctx.result.splits += 1
+            for half in window.halves():
+                self._read(ctx, half)
+            return
+        ctx.result.add(loaded)
+        event = {
+            "scope": ctx.scope.key,
+            "window_start": format_instant(window.start),
+            "window_end": format_instant(window.end),
+            "received": loaded.received,
+            "inserted": loaded.inserted,
+            "updated": loaded.updated,
+            "quarantined": loaded.quarantined,
+        }
+        log.info("window_loaded", **event)
+        self._listen("window", event)

@@ -1,0 +1,260 @@
+"""The DuckDB file: connections with lock retries, migrations, and the sync bookkeeping.
+
+DuckDB lets one process write or many read, never both, so a connection is opened per
+transaction and closed straight after: a reader (or another rcs-sync) delays us, and
+we delay it, only for the length of one commit.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import structlog
+from tenacity import (
+    Retrying,
+    retry_if_exception,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from rcs_sync.errors import Stopped, WarehouseLocked, WarehouseUnavailable
+from rcs_sync.loader import LoadResult, load
+from rcs_sync.migrations import MIGRATIONS
+from rcs_sync.streams import Stream
+from rcs_sync.windows import Fetch, Window
+
+log = structlog.get_logger(__name__)
+
+FILE_MODE = 0o640
+LOCK_PID = re.compile(r"\(PID (\d+)\)")
+
+
+class _LockConflict(Exception):
+    """One failed attempt to take the file lock; retried until the budget runs out."""
+
+
+def _is_lock_conflict(exc: BaseException) -> bool:
+    return isinstance(exc, _LockConflict)
+
+
+@dataclass(frozen=True)
+class Commit:
+    """Bookkeeping written in the same transaction as a batch of records."""
+
+    stream: Stream
+    scope: str
+    run_id: int
+    fetched_at: datetime
+    window: Window | None = None
+    """Set for full-window reads: recorded as completed, so a rerun skips it."""
+    checkpoint: datetime | None = None
+    """Set when this batch completes a pass: the checkpoint it earns."""
+
+
+class Warehouse:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        lock_timeout: float = 60.0,
+        memory_limit: str = "1GB",
+        threads: int = 2,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.path = path
+        self._lock_timeout = lock_timeout
+        self._config: dict[str, str | int] = {"memory_limit": memory_limit, "threads": threads}
+        self._stop = stop or threading.Event()
+
+    @contextmanager
+    def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Open the file, retrying while another process holds its lock."""
+        retrying = Retrying(
+            retry=retry_if_exception(_is_lock_conflict),
+            stop=stop_after_delay(self._lock_timeout),
+            wait=wait_exponential_jitter(initial=0.05, max=2.0),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        try:
+            con = retrying(self._open, read_only)
+        except _LockConflict as exc:
+            raise WarehouseLocked(
+                f"warehouse {self.path} is locked by another process{exc}; "
+                f"gave up after {self._lock_timeout:g}s"
+            ) from None
+        try:
+            yield con
+        finally:
+            con.close()
+
+    def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        if read_only and not self.path.exists():
+            raise WarehouseUnavailable(f"warehouse {self.path} does not exist yet: run a sync")
+        created = not self.path.exists()
+        try:
+            con = duckdb.connect(str(self.path), read_only=read_only, config=dict(self._config))
+        except duckdb.IOException as exc:
+            message = str(exc)
+            if "lock" in message.lower():
+                pid = LOCK_PID.search(message)
+                raise _LockConflict(f" (PID {pid.group(1)})" if pid else "") from None
+            raise WarehouseUnavailable(f"cannot open warehouse {self.path}: {message}") from None
+        except duckdb.Error as exc:
+            raise WarehouseUnavailable(f"cannot open warehouse {self.path}: {exc}") from None
+        if created:
+            os.chmod(self.path, FILE_MODE)
+        return con
+
+    def _sleep(self, seconds: float) -> None:
+        if self._stop.wait(seconds):
+            raise Stopped("stop requested")
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A write transaction: committed on success, rolled back on any failure."""
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            try:
+                con.execute("COMMIT")
+            except duckdb.Error as exc:
+                raise WarehouseUnavailable(f"commit to {self.path} failed: {exc}") from None
+
+    def migrate(self) -> list[int]:
+        """Apply pending migrations, each in its own transaction; return those applied."""
+        applied: list[int] = []
+        with self.connect() as con:
+            con.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                "version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, "
+                "applied_at TIMESTAMPTZ NOT NULL)"
+            )
+            done = {
+                int(r[0]) for r in con.execute("SELECT version FROM schema_migrations").fetchall()
+            }
+            for version, name, sql in MIGRATIONS:
+                if version in done:
+                    continue
+                con.execute("BEGIN TRANSACTION")
+                try:
+                    con.execute(sql)
+                    con.execute(
+                        "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                        [version, name, datetime.now(UTC)],
+                    )
+                    con.execute("COMMIT")
+                except duckdb.Error as exc:
+                    con.execute("ROLLBACK")
+                    raise WarehouseUnavailable(f"migration {version} failed: {exc}") from None
+                applied.append(version)
+                log.info("migration_applied", version=version, name=name)
+        return applied
+
+    def start_run(self, stream: Stream, scope: str, command: str, mode: str) -> int:
+        with self.connect() as con:
+            row = con.execute(
+                "INSERT INTO sync_runs (stream, scope, command, mode, pid, started_at, status) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'running') RETURNING run_id",
+                [stream.name, scope, command, mode, os.getpid(), datetime.now(UTC)],
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def finish_run(self, run_id: int, *, error: str | None) -> None:
+        with self.connect() as con:
+            con.execute(
+                "UPDATE sync_runs SET finished_at = ?, status = ?, error = ? WHERE run_id = ?",
+                [datetime.now(UTC), "failed" if error else "ok", error, run_id],
+            )
+
+    def checkpoint(self, stream: Stream, scope: str) -> datetime | None:
+        with self.connect() as con:
+            row = con.execute(
+                "SELECT checkpoint FROM sync_checkpoints WHERE stream = ? AND scope = ?",
+                [stream.name, scope],
+            ).fetchone()
+        return _utc(row[0]) if row else None
+
+    def fetches(self, stream: Stream, scope: str) -> list[Fetch]:
+        with self.connect() as con:
+            rows = con.execute(
+                "SELECT window_start, window_end, fetched_at FROM sync_windows "
+                "WHERE stream = ? AND scope = ?",
+                [stream.name, scope],
+            ).fetchall()
+        return [Fetch(Window(_utc(a), _utc(b)), _utc(f)) for a, b, f in rows]
+
+    def commit_batch(
+        self, body: Path, commit: Commit, *, include_optional: bool, max_records: int | None
+    ) -> LoadResult:
+        """Load one response and its bookkeeping in ONE transaction: after a crash at any
+        instant either both are in the file or neither is."""
+        now = datetime.now(UTC)
+        with self.transaction() as con:
+            result = load(
+                con,
+                commit.stream,
+                body,
+                run_id=commit.run_id,
+                now=now,
+                include_optional=include_optional,
+                max_records=max_records,
+            )
+            if commit.window is not None:
+                con.execute(
+                    "INSERT INTO sync_windows VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        commit.stream.name,
+                        commit.scope,
+                        commit.window.start,
+                        commit.window.end,
+                        commit.fetched_at,
+                        result.received,
+                        commit.run_id,
+                        now,
+                    ],
+                )
+            if commit.checkpoint is not None:
+                con.execute(
+                    "INSERT INTO sync_checkpoints VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (stream, scope) DO UPDATE SET "
+                    "checkpoint = excluded.checkpoint, updated_at = excluded.updated_at",
+                    [commit.stream.name, commit.scope, commit.checkpoint, now],
+                )
+            con.execute(
+                "UPDATE sync_runs SET windows = windows + 1, received = received + ?, "
+                "inserted = inserted + ?, updated = updated + ?, quarantined = quarantined + ?, "
+                "checkpoint = coalesce(?, checkpoint) WHERE run_id = ?",
+                [
+                    result.received,
+                    result.inserted,
+                    result.updated,
+                    result.quarantined,
+                    commit.checkpoint,
+                    commit.run_id,
+                ],
+            )
+        return result
+
+    def query(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+        """A read-only query for status and reports (opens the file read-only)."""
+        with self.connect(read_only=True) as con:
+            return con.execute(sql, params or []).fetchall()
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)

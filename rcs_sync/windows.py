@@ -1,0 +1,203 @@
+"""Pure planning: which time windows to fetch, and what checkpoint a set of fetches earns.
+
+No I/O here. Everything is a function of the clock, the settings and what the
+warehouse says is already done, so it can be tested exhaustively in memory.
+
+Vocabulary
+- A *window* is a half-open span `[start, end)` of record timestamps.
+- A *fetch* is a completed window with the server time its request was sent: it holds
+  every record of the window as the server saw it then.
+- The *checkpoint* of a (stream, scope) is a server time `c` such that every change the
+  provider made before `c` to a record that could still change is in the warehouse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
+from typing import Literal
+
+MODIFIED_SINCE_LIMIT = timedelta(hours=48)
+"""The API rejects a `modified_since` older than this (server clock)."""
+
+BOUNDARY_PAD = timedelta(seconds=1)
+"""Each request starts this much before its window, so neighbours overlap: whether the
+server treats `start`/`end` as inclusive or exclusive is undocumented."""
+
+GRID_ANCHOR = datetime(1970, 1, 1, tzinfo=UTC)
+"""Windows are cut on a grid anchored here, so different commands produce the same
+windows for the same period and recognise each other's completed work."""
+
+
+@dataclass(frozen=True, order=True)
+class Window:
+    start: datetime
+    end: datetime
+
+    def __post_init__(self) -> None:
+        if self.end <= self.start:
+            raise ValueError(f"empty window {self.start} .. {self.end}")
+
+    @property
+    def span(self) -> timedelta:
+        return self.end - self.start
+
+    def halves(self) -> tuple[Window, Window]:
+        middle = self.start + (self.span / 2)
+        return Window(self.start, middle), Window(middle, self.end)
+
+    def request_bounds(self) -> tuple[datetime, datetime]:
+        """The `start`/`end` to send: padded so no boundary record can fall between windows."""
+        return self.start - BOUNDARY_PAD, self.end
+
+
+@dataclass(frozen=True)
+class Fetch:
+    window: Window
+    fetched_at: datetime
+
+
+@dataclass(frozen=True)
+class SyncPolicy:
+    initial_start: datetime
+    window: timedelta
+    update_horizon: timedelta
+    overlap: timedelta
+    clock_skew: timedelta
+
+
+Mode = Literal["backfill", "catchup", "incremental"]
+
+
+@dataclass(frozen=True)
+class PassPlan:
+    """What one pass over a (stream, scope) does.
+
+    `backfill` and `catchup` read `span` in full windows, skipping windows already
+    fetched at or after `fresh_after` (any fetch counts when it is None).
+    `incremental` makes one request over `span` with `modified_since`.
+    """
+
+    mode: Mode
+    span: Window
+    modified_since: datetime | None = None
+    fresh_after: datetime | None = None
+
+
+def merge(windows: Iterable[Window]) -> list[Window]:
+    """The union of windows as sorted, disjoint, non-touching windows."""
+    merged: list[Window] = []
+    for w in sorted(windows):
+        if merged and w.start <= merged[-1].end:
+            if w.end > merged[-1].end:
+                merged[-1] = Window(merged[-1].start, w.end)
+        else:
+            merged.append(w)
+    return merged
+
+
+def gaps(want: Window, covered: Iterable[Window]) -> list[Window]:
+    """The parts of `want` that no covered window touches."""
+    result: list[Window] = []
+    cursor = want.start
+    for w in merge(covered):
+        if w.end <= cursor:
+            continue
+        if w.start >= want.end:
+            break
+        if w.start > cursor:
+            result.append(Window(cursor, w.start))
+        cursor = max(cursor, w.end)
+        if cursor >= want.end:
+            break
+    if cursor < want.end:
+        result.append(Window(cursor, want.end))
+    return result
+
+
+def cut(span: Window, size: timedelta) -> list[Window]:
+    """Cut a span on the grid of `size`: inner windows are exactly grid cells."""
+    if size <= timedelta(0):
+        raise ValueError("window size must be positive")
+    result: list[Window] = []
+    cursor = span.start
+    while cursor < span.end:
+        cell = (cursor - GRID_ANCHOR) // size
+        boundary = GRID_ANCHOR + (cell + 1) * size
+        end = min(boundary, span.end)
+        result.append(Window(cursor, end))
+        cursor = end
+    return result
+
+
+def plan_windows(
+    span: Window, fetches: Iterable[Fetch], size: timedelta, fresh_after: datetime | None
+) -> list[Window]:
+    """The windows still to fetch: the grid cells of `span` not covered by a fresh fetch."""
+    covered = [f.window for f in fetches if fresh_after is None or f.fetched_at >= fresh_after]
+    return [w for gap in gaps(span, covered) for w in cut(gap, size)]
+
+
+def plan_pass(checkpoint: datetime | None, now: datetime, policy: SyncPolicy) -> PassPlan:
+    """Choose the pass for a scope from its checkpoint and the local clock.
+
+    The end of every span is `now + clock_skew` so a server clock ahead of ours cannot
+    hide fresh records. The incremental span starts `update_horizon` before the
+    `modified_since` it sends, not before now: a record created just before that
+    horizon can still change between the checkpoint and now.
+    """
+    end = now + policy.clock_skew
+    if checkpoint is None:
+        return PassPlan("backfill", Window(policy.initial_start, end))
+    since = checkpoint - policy.overlap
+    if now - since > MODIFIED_SINCE_LIMIT - policy.clock_skew - policy.overlap:
+        return PassPlan(
+            "catchup", Window(checkpoint - policy.update_horizon, end), fresh_after=checkpoint
+        )
+    return PassPlan("incremental", Window(since - policy.update_horizon, end), modified_since=since)
+
+
+def freshness(span: Window, fetches: Iterable[Fetch]) -> list[Fetch]:
+    """Split `span` into segments, each with the latest fetch time covering it.
+
+    Parts of `span` no fetch covers are left out; callers check coverage with `gaps`.
+    """
+    relevant = [f for f in fetches if f.window.end > span.start and f.window.start < span.end]
+    points = sorted(
+        {span.start, span.end}
+        | {max(span.start, f.window.start) for f in relevant}
+        | {min(span.end, f.window.end) for f in relevant}
+    )
+    segments: list[Fetch] = []
+    for lo, hi in pairwise(points):
+        times = [f.fetched_at for f in relevant if f.window.start <= lo and f.window.end >= hi]
+        if times:
+            segments.append(Fetch(Window(lo, hi), max(times)))
+    return segments
+
+
+def checkpoint_after_full_pass(
+    span: Window, fetches: Sequence[Fetch], update_horizon: timedelta
+) -> datetime:
+    """The checkpoint earned once every window of `span` is fetched.
+
+    A segment whose records could still change when it was fetched
+    (`end + update_horizon > fetched_at`) holds only the changes made before that
+    fetch, so the checkpoint can be no later than its fetch time. Segments that were
+    already final when fetched do not hold the checkpoint back. Records created after
+    `span.end` were never asked for, so the checkpoint never passes it either.
+    """
+    live = [
+        seg.fetched_at
+        for seg in freshness(span, fetches)
+        if seg.window.end + update_horizon > seg.fetched_at
+    ]
+    return min([*live, span.end])
+
+
+def checkpoint_after_incremental(span: Window, pieces: Sequence[Fetch]) -> datetime:
+    """An incremental read holds the changes made before each of its requests reached
+    the server, to records whose timestamp lies inside the requested span."""
+    return min([*(p.fetched_at for p in pieces), span.end])
