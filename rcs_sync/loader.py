@@ -1,4 +1,8 @@
-"""Load one spooled response into the warehouse, inside the caller's transaction.
+"""Load one spooled response into the warehouse in two steps.
+
+`stage` parses the body into a connection-local temp table *before* the transaction:
+a body DuckDB refuses aborts nothing, and the slow path can take over. `apply` then
+quarantines, dedupes and upserts inside the caller's transaction.
 
 DuckDB parses the body (`read_json` with every documented field typed JSON), the
 validation rules compiled in `validation.py` sort good records from bad, and one
@@ -41,17 +45,18 @@ class LoadResult:
     quarantined: int
 
 
-def load(
-    con: duckdb.DuckDBPyConnection,
-    stream: Stream,
-    body: Path,
-    *,
-    run_id: int | None,
-    now: datetime,
-    include_optional: bool,
-    max_records: int | None = None,
-) -> LoadResult:
-    """Stage, validate, dedupe and upsert one response body; the caller commits."""
+@dataclass(frozen=True)
+class Staged:
+    """A body parsed into the temp table `_batch`, plus what the slow path rejected."""
+
+    received: int
+    rejected: list[Rejected]
+
+
+def stage(
+    con: duckdb.DuckDBPyConnection, stream: Stream, body: Path, *, max_records: int | None
+) -> Staged:
+    """Parse and validate a body into `_batch`, outside any transaction."""
     rejected: list[Rejected] = []
     try:
         received = _stage(con, stream, body, "array")
@@ -66,6 +71,21 @@ def load(
         raise SuspectedTruncation(
             f"response holds {received} records, at the truncation threshold {max_records}"
         )
+    return Staged(received, rejected)
+
+
+def apply(
+    con: duckdb.DuckDBPyConnection,
+    stream: Stream,
+    staged: Staged,
+    *,
+    run_id: int | None,
+    now: datetime,
+    include_optional: bool,
+) -> LoadResult:
+    """Quarantine, dedupe and upsert the staged batch; the caller commits."""
+    rejected = staged.rejected
+    received = staged.received
     quarantined = len(rejected) + _quarantine_invalid(con, stream, run_id, now)
     if rejected:
         con.executemany(

@@ -23,11 +23,11 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_after_delay,
-    wait_exponential_jitter,
+    wait_random_exponential,
 )
 
 from rcs_sync.errors import Stopped, WarehouseLocked, WarehouseUnavailable
-from rcs_sync.loader import LoadResult, load
+from rcs_sync.loader import LoadResult, apply, stage
 from rcs_sync.migrations import MIGRATIONS
 from rcs_sync.streams import Stream
 from rcs_sync.windows import Fetch, Window
@@ -81,7 +81,7 @@ class Warehouse:
         retrying = Retrying(
             retry=retry_if_exception(_is_lock_conflict),
             stop=stop_after_delay(self._lock_timeout),
-            wait=wait_exponential_jitter(initial=0.05, max=2.0),
+            wait=wait_random_exponential(multiplier=0.05, max=2.0),
             sleep=self._sleep,
             reraise=True,
         )
@@ -119,21 +119,6 @@ class Warehouse:
         if self._stop.wait(seconds):
             raise Stopped("stop requested")
 
-    @contextmanager
-    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A write transaction: committed on success, rolled back on any failure."""
-        with self.connect() as con:
-            con.execute("BEGIN TRANSACTION")
-            try:
-                yield con
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            try:
-                con.execute("COMMIT")
-            except duckdb.Error as exc:
-                raise WarehouseUnavailable(f"commit to {self.path} failed: {exc}") from None
-
     def migrate(self) -> list[int]:
         """Apply pending migrations, each in its own transaction; return those applied."""
         applied: list[int] = []
@@ -149,16 +134,14 @@ class Warehouse:
             for version, name, sql in MIGRATIONS:
                 if version in done:
                     continue
-                con.execute("BEGIN TRANSACTION")
                 try:
-                    con.execute(sql)
-                    con.execute(
-                        "INSERT INTO schema_migrations VALUES (?, ?, ?)",
-                        [version, name, datetime.now(UTC)],
-                    )
-                    con.execute("COMMIT")
+                    with _transaction(con, self.path):
+                        con.execute(sql)
+                        con.execute(
+                            "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                            [version, name, datetime.now(UTC)],
+                        )
                 except duckdb.Error as exc:
-                    con.execute("ROLLBACK")
                     raise WarehouseUnavailable(f"migration {version} failed: {exc}") from None
                 applied.append(version)
                 log.info("migration_applied", version=version, name=name)
@@ -203,57 +186,79 @@ class Warehouse:
     ) -> LoadResult:
         """Load one response and its bookkeeping in ONE transaction: after a crash at any
         instant either both are in the file or neither is."""
-        now = datetime.now(UTC)
-        with self.transaction() as con:
-            result = load(
-                con,
-                commit.stream,
-                body,
-                run_id=commit.run_id,
-                now=now,
-                include_optional=include_optional,
-                max_records=max_records,
-            )
-            if commit.window is not None:
-                con.execute(
-                    "INSERT INTO sync_windows VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        commit.stream.name,
-                        commit.scope,
-                        commit.window.start,
-                        commit.window.end,
-                        commit.fetched_at,
-                        result.received,
-                        commit.run_id,
-                        now,
-                    ],
+        with self.connect() as con:
+            staged = stage(con, commit.stream, body, max_records=max_records)
+            now = datetime.now(UTC)
+            with _transaction(con, self.path):
+                result = apply(
+                    con,
+                    commit.stream,
+                    staged,
+                    run_id=commit.run_id,
+                    now=now,
+                    include_optional=include_optional,
                 )
-            if commit.checkpoint is not None:
-                con.execute(
-                    "INSERT INTO sync_checkpoints VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (stream, scope) DO UPDATE SET "
-                    "checkpoint = excluded.checkpoint, updated_at = excluded.updated_at",
-                    [commit.stream.name, commit.scope, commit.checkpoint, now],
-                )
+                self._record(con, commit, result, now)
+        return result
+
+    @staticmethod
+    def _record(
+        con: duckdb.DuckDBPyConnection, commit: Commit, result: LoadResult, now: datetime
+    ) -> None:
+        if commit.window is not None:
             con.execute(
-                "UPDATE sync_runs SET windows = windows + 1, received = received + ?, "
-                "inserted = inserted + ?, updated = updated + ?, quarantined = quarantined + ?, "
-                "checkpoint = coalesce(?, checkpoint) WHERE run_id = ?",
+                "INSERT INTO sync_windows VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
+                    commit.stream.name,
+                    commit.scope,
+                    commit.window.start,
+                    commit.window.end,
+                    commit.fetched_at,
                     result.received,
-                    result.inserted,
-                    result.updated,
-                    result.quarantined,
-                    commit.checkpoint,
                     commit.run_id,
+                    now,
                 ],
             )
-        return result
+        if commit.checkpoint is not None:
+            con.execute(
+                "INSERT INTO sync_checkpoints VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (stream, scope) DO UPDATE SET "
+                "checkpoint = excluded.checkpoint, updated_at = excluded.updated_at",
+                [commit.stream.name, commit.scope, commit.checkpoint, now],
+            )
+        con.execute(
+            "UPDATE sync_runs SET windows = windows + 1, received = received + ?, "
+            "inserted = inserted + ?, updated = updated + ?, quarantined = quarantined + ?, "
+            "checkpoint = coalesce(?, checkpoint) WHERE run_id = ?",
+            [
+                result.received,
+                result.inserted,
+                result.updated,
+                result.quarantined,
+                commit.checkpoint,
+                commit.run_id,
+            ],
+        )
 
     def query(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
         """A read-only query for status and reports (opens the file read-only)."""
         with self.connect(read_only=True) as con:
             return con.execute(sql, params or []).fetchall()
+
+
+@contextmanager
+def _transaction(con: duckdb.DuckDBPyConnection, path: Path) -> Iterator[None]:
+    """Committed on success, rolled back on any failure (a kill -9 is a rollback too)."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    try:
+        con.execute("COMMIT")
+    except duckdb.Error as exc:
+        raise WarehouseUnavailable(f"commit to {path} failed: {exc}") from None
 
 
 def _utc(value: datetime) -> datetime:

@@ -22,6 +22,11 @@ from typing import Literal
 MODIFIED_SINCE_LIMIT = timedelta(hours=48)
 """The API rejects a `modified_since` older than this (server clock)."""
 
+CATCHUP_FRESHNESS = MODIFIED_SINCE_LIMIT / 2
+"""A catch-up re-reads every window fetched longer ago than this. Windows read more
+recently (e.g. by the same catch-up before it was killed) are kept, and still leave a
+checkpoint young enough for `modified_since` afterwards."""
+
 BOUNDARY_PAD = timedelta(seconds=1)
 """Each request starts this much before its window, so neighbours overlap: whether the
 server treats `start`/`end` as inclusive or exclusive is undocumented."""
@@ -154,7 +159,9 @@ def plan_pass(checkpoint: datetime | None, now: datetime, policy: SyncPolicy) ->
     since = checkpoint - policy.overlap
     if now - since > MODIFIED_SINCE_LIMIT - policy.clock_skew - policy.overlap:
         return PassPlan(
-            "catchup", Window(checkpoint - policy.update_horizon, end), fresh_after=checkpoint
+            "catchup",
+            Window(checkpoint - policy.update_horizon, end),
+            fresh_after=now - CATCHUP_FRESHNESS,
         )
     return PassPlan("incremental", Window(since - policy.update_horizon, end), modified_since=since)
 

@@ -1,0 +1,165 @@
+"""Shared fixtures: a simulator on 127.0.0.1, a config for it, and the real CLI.
+
+End-to-end tests run `rcs-sync` as a subprocess (real process, real signals, real exit
+codes) against a simulator served over HTTP from the test process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from rcs_sync.durations import format_instant
+from rcs_sync.simulator import RunningSimulator, SimConfig, start_simulator
+
+RCS_SYNC = str(Path(sys.executable).with_name("rcs-sync"))
+TOKEN = "tok-3f9a7c1e5b2d"
+"""Distinctive, so a test can scan any output for it."""
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `condition` until true; fail the test with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def make_sim() -> Iterator[Callable[..., RunningSimulator]]:
+    running: list[RunningSimulator] = []
+
+    def make(**config: Any) -> RunningSimulator:
+        settings: dict[str, Any] = {
+            "frozen": True,
+            "records": 5_000,
+            "days": 10.0,
+            "token": TOKEN,
+            **config,
+        }
+        sim = start_simulator(SimConfig(**settings))
+        running.append(sim)
+        return sim
+
+    yield make
+    for sim in running:
+        sim.stop()
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return '"' + str(value) + '"'
+
+
+@dataclass
+class Site:
+    """One rcs-sync installation under test: its config, its database, its simulator."""
+
+    dir: Path
+    sim: RunningSimulator
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "rcs-sync.toml"
+
+    @property
+    def db(self) -> Path:
+        return self.dir / "rcs.duckdb"
+
+    def write_config(self, **sections: dict[str, Any]) -> None:
+        start = self.sim.sim.now() - timedelta(days=self.sim.sim.config.days + 1)
+        defaults: dict[str, dict[str, Any]] = {
+            "api": {
+                "base_url": self.sim.base_url,
+                "timeout": "5s",
+                "retry_budget": "30s",
+                "backoff_initial": "50ms",
+                "backoff_max": "1s",
+            },
+            "sync": {
+                "initial_start": format_instant(start.replace(hour=0, minute=0, second=0)),
+                # The simulator may change any record; keep them all within the horizon.
+                "update_horizon": f"{int(self.sim.sim.config.days) + 2}d",
+            },
+            "warehouse": {"path": "rcs.duckdb", "lock_timeout": "10s"},
+        }
+        for name, values in sections.items():
+            defaults[name] = {**defaults[name], **values}
+        text = "\n".join(
+            f"[{name}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in values.items())
+            for name, values in defaults.items()
+        )
+        self.config.write_text(text, encoding="utf-8")
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RCS_SYNC")}
+        return {**env, "RCS_SYNC_TOKEN": TOKEN, **extra}
+
+    def command(self, *args: str) -> list[str]:
+        return [RCS_SYNC, "--config", str(self.config), *args]
+
+    def run(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 180
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.command(*args),
+            env=env or self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def ok(self, *args: str) -> subprocess.CompletedProcess[str]:
+        result = self.run(*args)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    def query(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+        with duckdb.connect(str(self.db), read_only=True) as con:
+            return con.execute(sql, params or []).fetchall()
+
+    def execute(self, sql: str, params: list[Any] | None = None) -> None:
+        with duckdb.connect(str(self.db)) as con:
+            con.execute(sql, params or [])
+
+    def table(self) -> dict[int, int]:
+        return dict(self.query("SELECT id, state FROM rcs_records"))  # type: ignore[arg-type]
+
+    def assert_converged(self) -> None:
+        """Every valid record of the simulator present exactly once, in its latest state."""
+        _, truth, bad = self.sim.sim.snapshot()
+        table = self.table()
+        missing = truth.keys() - table.keys()
+        wrong = {i: (table[i], s) for i, s in truth.items() if i in table and table[i] != s}
+        extra = table.keys() - truth.keys()
+        assert not missing, f"{len(missing)} records missing, e.g. {sorted(missing)[:5]}"
+        assert not wrong, f"{len(wrong)} records in a stale state, e.g. {list(wrong.items())[:5]}"
+        assert not extra - bad, f"unexpected ids {sorted(extra)[:5]}"
+        assert not extra & bad, "malformed records reached the table"
+
+
+@pytest.fixture
+def site(tmp_path: Path, make_sim: Callable[..., RunningSimulator]) -> Callable[..., Site]:
+    def make(sync: dict[str, Any] | None = None, **sim_config: Any) -> Site:
+        s = Site(tmp_path, make_sim(**sim_config))
+        s.write_config(sync=sync or {})
+        return s
+
+    return make

@@ -1,0 +1,270 @@
+"""End to end: the real CLI, over real HTTP, against the simulator's truth."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from rcs_sync.durations import format_instant
+from tests.conftest import TOKEN, Site, wait_for
+
+SiteFactory = Callable[..., Site]
+
+
+def summary(result: subprocess.CompletedProcess[str]) -> str:
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_backfill_then_incremental_passes_converge(site: SiteFactory) -> None:
+    s = site(records=20_000, days=10)
+    first = s.ok("sync")
+    assert "all: backfill, 12 windows" in summary(first)
+    s.assert_converged()
+    assert s.query("SELECT count(*) FROM sync_checkpoints") == [(1,)]
+
+    for round_ in range(3):
+        s.sim.sim.advance(300)
+        changed = s.sim.sim.mutate(40)
+        before = len(s.sim.sim.requests)
+        result = s.ok("sync")
+        assert "incremental, 1 windows" in summary(result), result.stdout
+        s.assert_converged()
+        [request] = s.sim.sim.requests[before:]
+        assert "modified_since" in request.params
+        # Only what changed (plus the overlap margin) travels, not the population.
+        assert len(changed) <= request.records < 2_000, (round_, request.records)
+
+
+def test_catchup_when_the_checkpoint_is_too_old_for_modified_since(site: SiteFactory) -> None:
+    s = site(records=5_000, days=12)
+    s.ok("sync")
+    # As if the daemon had been down for 50 hours since its last pass.
+    [(checkpoint,)] = s.query("SELECT checkpoint FROM sync_checkpoints")
+    stale = checkpoint - timedelta(hours=50)
+    s.execute("UPDATE sync_checkpoints SET checkpoint = ?", [stale])
+    s.execute("UPDATE sync_windows SET fetched_at = fetched_at - INTERVAL 50 HOUR")
+    s.sim.sim.advance(60)
+    s.sim.sim.mutate(100)
+    before = len(s.sim.sim.requests)
+    result = s.ok("sync")
+    assert "all: catchup," in summary(result)
+    requests = s.sim.sim.requests[before:]
+    assert requests and all("modified_since" not in r.params for r in requests)
+    s.assert_converged()
+    [(checkpoint,)] = s.query("SELECT checkpoint FROM sync_checkpoints")
+    assert checkpoint > stale + timedelta(hours=49)
+    assert "incremental" in summary(s.ok("sync"))
+
+
+def test_backfill_killed_mid_way_resumes_and_loses_nothing(site: SiteFactory) -> None:
+    s = site(records=20_000, days=40, latency=0.1)
+    start = format_instant(s.sim.sim.now() - timedelta(days=41))
+    end = format_instant(s.sim.sim.now() + timedelta(hours=1))
+    proc = subprocess.Popen(
+        s.command("backfill", "--start", start, "--end", end),
+        env=s.env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for(lambda: len(s.sim.sim.requests) >= 15, 60, "15 window requests")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert proc.returncode == -signal.SIGKILL
+    [(done,)] = s.query("SELECT count(*) FROM sync_windows")
+    assert 10 <= done < 42
+    before = len(s.sim.sim.requests)
+    rerun = s.ok("backfill", "--start", start, "--end", end)
+    assert "backfill" in summary(rerun)
+    refetched = len(s.sim.sim.requests) - before
+    [(total,)] = s.query("SELECT count(*) FROM sync_windows")
+    # Resumed: at most the window in flight at the kill is read twice.
+    assert refetched <= total - done + 1
+    s.assert_converged()
+    assert s.query("SELECT count(*) = count(DISTINCT id) FROM rcs_records") == [(True,)]
+    # A first `sync` afterwards reuses the backfilled windows instead of reading them again.
+    before = len(s.sim.sim.requests)
+    s.ok("sync")
+    assert len(s.sim.sim.requests) - before <= 2
+
+
+def test_token_rejected_exits_3_with_one_line(site: SiteFactory) -> None:
+    s = site(records=100)
+    result = s.run("sync", env=s.env(RCS_SYNC_TOKEN="wrong-token-123"))
+    assert result.returncode == 3
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"rcs-sync: error: token rejected by 127.0.0.1:{s.sim.port} (HTTP 403)"
+    )
+    assert "Traceback" not in result.stderr
+    assert "wrong-token-123" not in result.stderr + result.stdout
+
+
+def test_bad_request_exits_4_and_keeps_the_checkpoint(site: SiteFactory) -> None:
+    s = site(records=500)
+    s.ok("sync")
+    # Just young enough for us, already too old for a server whose clock runs ahead.
+    near_limit = datetime.now(UTC) - timedelta(hours=47, minutes=45)
+    s.execute("UPDATE sync_checkpoints SET checkpoint = ?", [near_limit])
+    s.sim.sim.advance(3600)
+    result = s.run("sync")
+    assert result.returncode == 4, result.stderr
+    assert "refused the request (HTTP 400)" in result.stderr.splitlines()[-1]
+    assert s.query("SELECT checkpoint FROM sync_checkpoints") == [(near_limit,)]
+    [(status, error)] = s.query(
+        "SELECT status, error FROM sync_runs ORDER BY run_id DESC LIMIT 1"
+    )
+    assert status == "failed" and "HTTP 400" in error
+
+
+def test_api_failing_past_the_retry_budget_exits_4_and_keeps_committed_work(
+    site: SiteFactory,
+) -> None:
+    s = site(records=2_000)
+    s.write_config(api={"retry_budget": "1s", "backoff_initial": "10ms"})
+    s.ok("sync")
+    [(checkpoint,)] = s.query("SELECT checkpoint FROM sync_checkpoints")
+    s.sim.sim.advance(120)
+    s.sim.sim.mutate(30)
+    s.sim.sim.update_config(fault_rate=1.0, faults=("500", "503"))
+    result = s.run("sync")
+    assert result.returncode == 4
+    assert "still failing after retries" in result.stderr.splitlines()[-1]
+    assert s.query("SELECT checkpoint FROM sync_checkpoints") == [(checkpoint,)]
+    s.sim.sim.update_config(fault_rate=0.0)
+    s.ok("sync")
+    s.assert_converged()
+
+
+def test_fault_storm_with_state_changes_converges_exactly(site: SiteFactory) -> None:
+    """The bar: >= 200k records over >= 30 windows plus 3 incremental passes, 10 % faults."""
+    s = site(
+        records=210_000,
+        days=32,
+        fault_rate=0.10,
+        faults=("429", "500", "503", "drop", "truncate", "html", "reset"),
+        seed=7,
+    )
+    first = s.ok("sync")
+    assert "backfill, 34 windows" in summary(first)
+    assert any(r.fault for r in s.sim.sim.requests), "the storm injected no fault"
+    s.assert_converged()
+    for _ in range(3):
+        s.sim.sim.advance(240)
+        s.sim.sim.mutate(500)
+        assert "incremental" in summary(s.ok("sync"))
+        s.assert_converged()
+    [(faulted,)] = [(sum(1 for r in s.sim.sim.requests if r.fault),)]
+    assert faulted >= 3
+
+
+def test_malformed_records_are_quarantined_and_valid_ones_converge(site: SiteFactory) -> None:
+    s = site(records=5_000, bad_fraction=0.03, extra_fields=True)
+    result = s.ok("sync")
+    s.assert_converged()
+    bad = s.sim.sim.bad_ids()
+    assert bad
+    quarantined = {int(r) for (r,) in s.query("SELECT record_id FROM rcs_quarantine") if r and r.lstrip("-").isdigit()}
+    assert quarantined <= bad | set(s.sim.sim.truth())
+    [(count,)] = s.query("SELECT count(DISTINCT raw) FROM rcs_quarantine")
+    assert count >= len(bad)
+    assert f"{count}" in result.stdout or "quarantined" in result.stdout
+    [(with_extra,)] = s.query("SELECT count(*) FROM rcs_records WHERE extra IS NOT NULL")
+    assert with_extra > 0
+
+
+def test_truncating_server_makes_windows_split_until_nothing_is_lost(site: SiteFactory) -> None:
+    s = site(records=6_000, days=6, truncate_at=300, sync={"max_records_per_request": 300})
+    result = s.ok("sync")
+    assert json.dumps("splits")  # the summary line below carries the count
+    s.assert_converged()
+    assert any(r.records >= 300 for r in s.sim.sim.requests)
+    log_lines = [json.loads(line[3:]) for line in result.stderr.splitlines() if line.startswith("<")]
+    assert any(e["event"] == "window_split" for e in log_lines)
+
+
+def test_a_reader_holding_the_file_delays_a_pass_or_fails_it_with_exit_5(
+    site: SiteFactory,
+) -> None:
+    s = site(records=500)
+    s.ok("sync")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time\n"
+            f"con = duckdb.connect({str(s.db)!r}, read_only=True)\n"
+            "print('held', flush=True)\n"
+            "time.sleep(float(sys.argv[1]))\n",
+            "4",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == "held"
+    s.write_config(warehouse={"lock_timeout": "1s"})
+    result = s.run("sync")
+    assert result.returncode == 5, result.stderr
+    assert "locked by another process" in result.stderr.splitlines()[-1]
+    assert f"PID {holder.pid}" in result.stderr
+    s.write_config(warehouse={"lock_timeout": "30s"})
+    s.sim.sim.mutate(10)
+    s.ok("sync")  # waits for the reader to let go
+    holder.wait(timeout=10)
+    s.assert_converged()
+
+
+def test_teams_are_synced_as_separate_scopes(site: SiteFactory) -> None:
+    s = site(records=3_000, teams=3)
+    s.write_config(api={"teams": [1, 3], "include_content": True})
+    result = s.ok("sync")
+    assert result.stdout.count("backfill") == 2
+    truth = {i: st for i, st in s.sim.sim.truth().items()}
+    teams = dict(s.query("SELECT id, team FROM rcs_records"))
+    assert set(teams.values()) == {1, 3}
+    assert {i: truth[i] for i in teams} == s.table()
+    assert s.query("SELECT count(*) FROM rcs_records WHERE content_message IS NULL") == [(0,)]
+    scopes = s.query("SELECT scope FROM sync_checkpoints ORDER BY scope")
+    assert scopes == [("1",), ("3",)]
+
+
+def test_status_reports_checkpoints_windows_and_runs(site: SiteFactory) -> None:
+    s = site(records=1_000)
+    s.ok("sync")
+    s.ok("sync")
+    report = json.loads(s.ok("status", "--json").stdout)
+    assert report["records"] == len(s.sim.sim.truth())
+    [scope] = report["scopes"]
+    assert scope["scope"] == "all"
+    assert scope["checkpoint_age_s"] >= 0
+    assert len(scope["completed"]) == 1
+    assert [r["mode"] for r in scope["last_runs"]] == ["incremental", "backfill"]
+    assert all(r["status"] == "ok" for r in scope["last_runs"])
+    text = s.ok("status").stdout
+    assert "rcs_records / all: checkpoint" in text
+
+
+def test_the_token_never_appears_in_any_output(site: SiteFactory) -> None:
+    s = site(records=2_000, fault_rate=0.2, faults=("429", "500", "drop"))
+    outputs = [s.run("-v", "sync"), s.run("-v", "sync"), s.run("status", "--json")]
+    for result in outputs:
+        assert result.returncode == 0, result.stderr
+        assert TOKEN not in result.stdout + result.stderr
+    assert not s.query(
+        "SELECT count(*) FROM sync_runs WHERE error LIKE ?", [f"%{TOKEN}%"]
+    )[0][0]
+
+
+def test_config_errors_exit_2_naming_the_key(site: SiteFactory) -> None:
+    s = site(records=10)
+    s.write_config(sync={"window": "soon"})
+    result = s.run("sync")
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("rcs-sync: config: [sync] window:")
+    assert len(result.stderr.strip().splitlines()) == 1
+    bad_cli = s.run("backfill", "--start", "yesterday", "--end", "2026-01-01")
+    assert bad_cli.returncode == 2
+    assert "Traceback" not in bad_cli.stderr

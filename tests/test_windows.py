@@ -1,0 +1,207 @@
+"""Window and checkpoint planning: pure functions, no network, no database."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rcs_sync.windows import (
+    BOUNDARY_PAD,
+    CATCHUP_FRESHNESS,
+    MODIFIED_SINCE_LIMIT,
+    Fetch,
+    SyncPolicy,
+    Window,
+    checkpoint_after_full_pass,
+    checkpoint_after_incremental,
+    cut,
+    freshness,
+    gaps,
+    merge,
+    plan_pass,
+    plan_windows,
+)
+
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+DAY = timedelta(days=1)
+HOUR = timedelta(hours=1)
+POLICY = SyncPolicy(
+    initial_start=datetime(2026, 1, 1, tzinfo=UTC),
+    window=DAY,
+    update_horizon=7 * DAY,
+    overlap=timedelta(minutes=2),
+    clock_skew=timedelta(minutes=5),
+)
+
+
+def w(start_h: float, end_h: float) -> Window:
+    return Window(T0 + start_h * HOUR, T0 + end_h * HOUR)
+
+
+def test_empty_window_is_rejected() -> None:
+    with pytest.raises(ValueError, match="empty window"):
+        Window(T0, T0)
+
+
+def test_request_bounds_overlap_the_previous_window() -> None:
+    start, end = w(24, 48).request_bounds()
+    assert start == T0 + DAY - BOUNDARY_PAD
+    assert end == T0 + 2 * DAY
+
+
+def test_cut_aligns_inner_windows_to_the_grid() -> None:
+    span = Window(T0 + 6 * HOUR, T0 + 2 * DAY + 3 * HOUR)
+    assert cut(span, DAY) == [
+        Window(T0 + 6 * HOUR, T0 + DAY),
+        Window(T0 + DAY, T0 + 2 * DAY),
+        Window(T0 + 2 * DAY, T0 + 2 * DAY + 3 * HOUR),
+    ]
+
+
+def test_merge_joins_touching_and_overlapping_windows() -> None:
+    assert merge([w(5, 6), w(0, 2), w(2, 3), w(1, 2.5)]) == [w(0, 3), w(5, 6)]
+
+
+def test_gaps_are_what_the_covered_windows_miss() -> None:
+    assert gaps(w(0, 10), [w(1, 2), w(2, 4), w(6, 12)]) == [w(0, 1), w(4, 6)]
+    assert gaps(w(0, 10), []) == [w(0, 10)]
+    assert gaps(w(0, 10), [w(-1, 11)]) == []
+
+
+def test_plan_windows_skips_completed_windows_and_fills_gaps() -> None:
+    span = Window(T0, T0 + 5 * DAY)
+    done = [Fetch(Window(T0 + DAY, T0 + 3 * DAY), T0)]
+    assert plan_windows(span, done, DAY, None) == [
+        Window(T0, T0 + DAY),
+        Window(T0 + 3 * DAY, T0 + 4 * DAY),
+        Window(T0 + 4 * DAY, T0 + 5 * DAY),
+    ]
+
+
+def test_plan_windows_ignores_fetches_older_than_fresh_after() -> None:
+    span = Window(T0, T0 + 2 * DAY)
+    done = [Fetch(Window(T0, T0 + DAY), T0), Fetch(Window(T0 + DAY, T0 + 2 * DAY), T0 + HOUR)]
+    assert plan_windows(span, done, DAY, fresh_after=T0 + HOUR) == [Window(T0, T0 + DAY)]
+
+
+def test_first_pass_is_a_backfill_from_initial_start() -> None:
+    plan = plan_pass(None, T0, POLICY)
+    assert plan.mode == "backfill"
+    assert plan.span == Window(POLICY.initial_start, T0 + POLICY.clock_skew)
+    assert plan.modified_since is None
+
+
+def test_recent_checkpoint_gives_an_incremental_pass() -> None:
+    checkpoint = T0 - timedelta(minutes=5)
+    plan = plan_pass(checkpoint, T0, POLICY)
+    since = checkpoint - POLICY.overlap
+    assert plan.mode == "incremental"
+    assert plan.modified_since == since
+    # The span reaches back a full horizon before modified_since, not before now:
+    # a record created just before that can still change after the checkpoint.
+    assert plan.span.start == since - POLICY.update_horizon
+    assert plan.span.end == T0 + POLICY.clock_skew
+
+
+def test_checkpoint_too_old_for_modified_since_gives_a_catchup() -> None:
+    checkpoint = T0 - MODIFIED_SINCE_LIMIT
+    plan = plan_pass(checkpoint, T0, POLICY)
+    assert plan.mode == "catchup"
+    assert plan.modified_since is None
+    # Windows read before the checkpoint, or so long ago that the checkpoint they earn
+    # would be too old again, are read anew.
+    assert plan.fresh_after == T0 - CATCHUP_FRESHNESS
+    assert T0 - (MODIFIED_SINCE_LIMIT - 2 * POLICY.clock_skew) < plan.fresh_after < T0
+    assert plan.span.start == checkpoint - POLICY.update_horizon
+
+
+def test_catchup_starts_before_the_api_would_refuse() -> None:
+    margin = POLICY.clock_skew + POLICY.overlap
+    young = T0 - (MODIFIED_SINCE_LIMIT - margin - POLICY.overlap - timedelta(seconds=1))
+    old = T0 - (MODIFIED_SINCE_LIMIT - margin - POLICY.overlap + timedelta(seconds=1))
+    assert plan_pass(young, T0, POLICY).mode == "incremental"
+    assert plan_pass(old, T0, POLICY).mode == "catchup"
+
+
+def test_freshness_takes_the_latest_fetch_per_segment() -> None:
+    fetches = [Fetch(w(0, 10), T0 + 100 * HOUR), Fetch(w(4, 6), T0 + 200 * HOUR)]
+    assert freshness(w(0, 10), fetches) == [
+        Fetch(w(0, 4), T0 + 100 * HOUR),
+        Fetch(w(4, 6), T0 + 200 * HOUR),
+        Fetch(w(6, 10), T0 + 100 * HOUR),
+    ]
+
+
+def test_full_pass_checkpoint_is_held_back_by_live_windows_only() -> None:
+    horizon = 7 * DAY
+    span = Window(T0 - 30 * DAY, T0)
+    old_final = Fetch(Window(T0 - 30 * DAY, T0 - 20 * DAY), T0 - 5 * DAY)  # final when read
+    old_live = Fetch(Window(T0 - 20 * DAY, T0 - 2 * DAY), T0 - HOUR)
+    newest = Fetch(Window(T0 - 2 * DAY, T0), T0 + HOUR)
+    assert checkpoint_after_full_pass(span, [old_final, old_live, newest], horizon) == T0 - HOUR
+
+
+def test_full_pass_checkpoint_never_passes_the_span_end() -> None:
+    span = Window(T0 - DAY, T0)
+    fetched_late = Fetch(span, T0 + HOUR)  # server clock ahead of ours
+    assert checkpoint_after_full_pass(span, [fetched_late], 7 * DAY) == T0
+
+
+def test_incremental_checkpoint_is_the_earliest_piece() -> None:
+    span = w(0, 10)
+    pieces = [Fetch(w(0, 5), T0 + 12 * HOUR), Fetch(w(5, 10), T0 + 11 * HOUR)]
+    assert checkpoint_after_incremental(span, pieces) == T0 + 10 * HOUR
+    assert checkpoint_after_incremental(w(0, 20), pieces) == T0 + 11 * HOUR
+
+
+instants = st.integers(min_value=0, max_value=10_000).map(lambda m: T0 + timedelta(minutes=m))
+
+
+@st.composite
+def windows(draw: st.DrawFn) -> Window:
+    start = draw(instants)
+    length = draw(st.integers(min_value=1, max_value=3_000))
+    return Window(start, start + timedelta(minutes=length))
+
+
+@settings(max_examples=300, deadline=None)
+@given(span=windows(), done=st.lists(windows(), max_size=8), size_min=st.integers(1, 2_000))
+def test_planned_windows_cover_exactly_the_gaps(
+    span: Window, done: list[Window], size_min: int
+) -> None:
+    size = timedelta(minutes=size_min)
+    planned = plan_windows(span, [Fetch(d, T0) for d in done], size, None)
+    # Nothing missing: planned plus done covers the span.
+    assert gaps(span, planned + done) == []
+    # Nothing redundant: planned windows never overlap each other or completed work.
+    for a, b in zip(planned, planned[1:], strict=False):
+        assert a.end <= b.start
+    for p in planned:
+        assert all(p.end <= d.start or p.start >= d.end for d in done)
+        assert span.start <= p.start and p.end <= span.end
+        assert p.span <= size
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    span=windows(),
+    fetches=st.lists(st.tuples(windows(), instants), min_size=1, max_size=8),
+    horizon_min=st.integers(0, 5_000),
+)
+def test_full_pass_checkpoint_never_passes_an_uncommitted_change(
+    span: Window, fetches: list[tuple[Window, datetime]], horizon_min: int
+) -> None:
+    """For every point of the span, the checkpoint is no later than the freshest fetch
+    covering it, unless that point was already beyond its update horizon then."""
+    horizon = timedelta(minutes=horizon_min)
+    done = [Fetch(win, at) for win, at in fetches]
+    if gaps(span, [f.window for f in done]):
+        return
+    checkpoint = checkpoint_after_full_pass(span, done, horizon)
+    assert checkpoint <= span.end
+    for segment in freshness(span, done):
+        if segment.window.end + horizon > segment.fetched_at:
+            assert checkpoint <= segment.fetched_at
