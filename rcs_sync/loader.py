@@ -93,8 +93,8 @@ def apply(
             [[run_id, r.record_id, r.reason, r.raw, now] for r in rejected],
         )
     quarantined += _drop_duplicates(con, stream, run_id, now)
-    inserted, updated = _count_changes(con, stream, include_optional=include_optional)
-    _upsert(con, stream, now, include_optional=include_optional)
+    updated = _update_existing(con, stream, now, include_optional=include_optional)
+    inserted = _insert_new(con, stream, now)
     con.execute("DROP TABLE _batch")
     return LoadResult(received, inserted, updated, quarantined)
 
@@ -217,45 +217,46 @@ def _changed(stream: Stream, old: str, new: str, *, include_optional: bool) -> s
     return " OR ".join(conditions)
 
 
-def _count_changes(
-    con: duckdb.DuckDBPyConnection, stream: Stream, *, include_optional: bool
-) -> tuple[int, int]:
-    key = quote(stream.key)
-    changed = _changed(stream, "t", "b", include_optional=include_optional)
-    row = con.execute(
-        f"""
-        SELECT count(*) FILTER (WHERE t.{key} IS NULL),
-               count(*) FILTER (WHERE t.{key} IS NOT NULL AND ({changed}))
-        FROM _batch b LEFT JOIN {quote(stream.table)} t ON t.{key} = b.{key}
-        """
-    ).fetchone()
-    return (int(row[0]), int(row[1])) if row else (0, 0)
-
-
-def _upsert(
+def _update_existing(
     con: duckdb.DuckDBPyConnection, stream: Stream, now: datetime, *, include_optional: bool
-) -> None:
-    """Insert new records; rewrite existing ones only where something changed.
+) -> int:
+    """Rewrite stored records the batch changes; identical ones are left untouched.
 
     Optional fields (content_message) are only overwritten when they were requested,
     and `extra` only when the response carried undocumented fields, so a pass made
     without them never erases what an earlier pass stored.
     """
-    table = quote(stream.table)
-    names = [f.name for f in stream.all_fields()]
-    cols = ", ".join(quote(n) for n in [*names, "extra", "first_seen_at", "updated_at"])
+    key = quote(stream.key)
+    changed = _changed(stream, "t", "b", include_optional=include_optional)
     sets = [
-        f"{quote(n)} = excluded.{quote(n)}"
-        for n in _written(stream, include_optional=include_optional)
+        f"{quote(n)} = b.{quote(n)}" for n in _written(stream, include_optional=include_optional)
     ]
-    sets.append(f"extra = coalesce(excluded.extra, {table}.extra)")
-    sets.append("updated_at = excluded.updated_at")
-    con.execute(
+    sets += ["extra = coalesce(b.extra, t.extra)", "updated_at = ?"]
+    row = con.execute(
         f"""
-        INSERT INTO {table} ({cols})
-        SELECT {", ".join(quote(n) for n in names)}, extra, ?, ? FROM _batch
-        ON CONFLICT ({quote(stream.key)}) DO UPDATE SET {", ".join(sets)}
-        WHERE {_changed(stream, table, "excluded", include_optional=include_optional)}
+        UPDATE {quote(stream.table)} AS t SET {", ".join(sets)}
+        FROM _batch AS b
+        WHERE t.{key} = b.{key} AND ({changed})
+        """,
+        [now],
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _insert_new(con: duckdb.DuckDBPyConnection, stream: Stream, now: datetime) -> int:
+    """Insert the records the table does not hold yet.
+
+    A plain INSERT costs half of `INSERT … ON CONFLICT` in DuckDB, and every key of
+    `_batch` is unique and absent from the table here, so no conflict can arise.
+    """
+    key = quote(stream.key)
+    names = [quote(f.name) for f in stream.all_fields()]
+    row = con.execute(
+        f"""
+        INSERT INTO {quote(stream.table)} ({", ".join(names)}, extra, first_seen_at, updated_at)
+        SELECT {", ".join(f"b.{n}" for n in names)}, b.extra, ?, ? FROM _batch AS b
+        WHERE NOT EXISTS (SELECT 1 FROM {quote(stream.table)} AS t WHERE t.{key} = b.{key})
         """,
         [now, now],
-    )
+    ).fetchone()
+    return int(row[0]) if row else 0

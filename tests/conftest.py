@@ -140,7 +140,7 @@ class Site:
             con.execute(sql, params or [])
 
     def table(self) -> dict[int, int]:
-        return dict(self.query("SELECT id, state FROM rcs_records"))  # type: ignore[arg-type]
+        return dict(self.query("SELECT id, state FROM rcs_records"))
 
     def assert_converged(self) -> None:
         """Every valid record of the simulator present exactly once, in its latest state."""

@@ -70,7 +70,7 @@ def test_valid_records_land_typed(warehouse: Warehouse, tmp_path: Path) -> None:
         tmp_path,
         [
             record(1, state=0, timestamp="2013-02-25T09:21:14Z"),
-            record(2, state=4, portal="web", number="+33 6 ü \"quoted\" \\ slash"),
+            record(2, state=4, portal="web", number='+33 6 ü "quoted" \\ slash'),
         ],
     )
     assert (result.received, result.inserted, result.updated, result.quarantined) == (2, 2, 0, 0)
@@ -212,9 +212,9 @@ def test_window_and_records_commit_together(warehouse: Warehouse, tmp_path: Path
     assert rows(warehouse, "SELECT window_start, window_end, records FROM sync_windows") == [
         (WINDOW.start, WINDOW.end, 1)
     ]
-    assert [
-        (w.window, w.fetched_at) for w in warehouse.fetches(RCS_RECORDS, "all")
-    ] == [(WINDOW, T0)]
+    assert [(w.window, w.fetched_at) for w in warehouse.fetches(RCS_RECORDS, "all")] == [
+        (WINDOW, T0)
+    ]
 
 
 def test_migrations_run_once(warehouse: Warehouse) -> None:

@@ -113,9 +113,7 @@ def test_bad_request_exits_4_and_keeps_the_checkpoint(site: SiteFactory) -> None
     assert result.returncode == 4, result.stderr
     assert "refused the request (HTTP 400)" in result.stderr.splitlines()[-1]
     assert s.query("SELECT checkpoint FROM sync_checkpoints") == [(near_limit,)]
-    [(status, error)] = s.query(
-        "SELECT status, error FROM sync_runs ORDER BY run_id DESC LIMIT 1"
-    )
+    [(status, error)] = s.query("SELECT status, error FROM sync_runs ORDER BY run_id DESC LIMIT 1")
     assert status == "failed" and "HTTP 400" in error
 
 
@@ -166,7 +164,11 @@ def test_malformed_records_are_quarantined_and_valid_ones_converge(site: SiteFac
     s.assert_converged()
     bad = s.sim.sim.bad_ids()
     assert bad
-    quarantined = {int(r) for (r,) in s.query("SELECT record_id FROM rcs_quarantine") if r and r.lstrip("-").isdigit()}
+    quarantined = {
+        int(r)
+        for (r,) in s.query("SELECT record_id FROM rcs_quarantine")
+        if r and r.lstrip("-").isdigit()
+    }
     assert quarantined <= bad | set(s.sim.sim.truth())
     [(count,)] = s.query("SELECT count(DISTINCT raw) FROM rcs_quarantine")
     assert count >= len(bad)
@@ -181,7 +183,9 @@ def test_truncating_server_makes_windows_split_until_nothing_is_lost(site: SiteF
     assert json.dumps("splits")  # the summary line below carries the count
     s.assert_converged()
     assert any(r.records >= 300 for r in s.sim.sim.requests)
-    log_lines = [json.loads(line[3:]) for line in result.stderr.splitlines() if line.startswith("<")]
+    log_lines = [
+        json.loads(line[3:]) for line in result.stderr.splitlines() if line.startswith("<")
+    ]
     assert any(e["event"] == "window_split" for e in log_lines)
 
 
@@ -253,9 +257,7 @@ def test_the_token_never_appears_in_any_output(site: SiteFactory) -> None:
     for result in outputs:
         assert result.returncode == 0, result.stderr
         assert TOKEN not in result.stdout + result.stderr
-    assert not s.query(
-        "SELECT count(*) FROM sync_runs WHERE error LIKE ?", [f"%{TOKEN}%"]
-    )[0][0]
+    assert not s.query("SELECT count(*) FROM sync_runs WHERE error LIKE ?", [f"%{TOKEN}%"])[0][0]
 
 
 def test_config_errors_exit_2_naming_the_key(site: SiteFactory) -> None:

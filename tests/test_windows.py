@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -177,7 +178,7 @@ def test_planned_windows_cover_exactly_the_gaps(
     # Nothing missing: planned plus done covers the span.
     assert gaps(span, planned + done) == []
     # Nothing redundant: planned windows never overlap each other or completed work.
-    for a, b in zip(planned, planned[1:], strict=False):
+    for a, b in itertools.pairwise(planned):
         assert a.end <= b.start
     for p in planned:
         assert all(p.end <= d.start or p.start >= d.end for d in done)
