@@ -196,7 +196,10 @@ class ApiClient:
         if status == 403:
             raise AuthRejected(f"token rejected by {self._host} (HTTP 403)")
         if status == 429 or status >= 500:
-            retry_after = parse_retry_after(resp.headers.get("Retry-After"), datetime.now(UTC))
+            # An HTTP-date is read against the server's own clock (its Date header), so
+            # clock skew between us and the server cannot stretch or cancel the wait.
+            server_now = parse_date_header(resp.headers.get("Date")) or datetime.now(UTC)
+            retry_after = parse_retry_after(resp.headers.get("Retry-After"), server_now)
             raise TransientApiError(
                 f"HTTP {status}",
                 retry_after=retry_after,
