@@ -108,6 +108,7 @@ class ApiClient:
         spool_dir: Path,
         ca_bundle: Path | None = None,
         stop: threading.Event | None = None,
+        on_response: Callable[[int | None], None] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._token = token
@@ -120,6 +121,8 @@ class ApiClient:
         self._session.headers["User-Agent"] = "rcs-sync"
         self._session.verify = str(ca_bundle) if ca_bundle else True
         self._host = describe_endpoint(base_url)
+        self._on_response = on_response or (lambda _status: None)
+        """Told each response's status, None for no response (metrics)."""
 
     def close(self) -> None:
         self._session.close()
@@ -174,11 +177,14 @@ class ApiClient:
                 stream=True,
             ) as resp:
                 elapsed = time.monotonic() - started
+                self._on_response(resp.status_code)
                 self._check_status(resp)
-                size = _spool(resp, out)
+                size = _spool(resp, out, self._stop)
         except requests.Timeout as exc:
+            self._on_response(None)
             raise TransientApiError(f"timed out ({type(exc).__name__})", splittable=True) from None
         except requests.RequestException as exc:
+            self._on_response(None)
             raise TransientApiError(f"connection failed ({type(exc).__name__})") from None
         date = parse_date_header(resp.headers.get("Date"))
         server_sent_at = date - timedelta(seconds=elapsed) if date else None
@@ -231,7 +237,7 @@ class ApiClient:
         )
 
 
-def _spool(resp: requests.Response, out: IO[bytes]) -> int:
+def _spool(resp: requests.Response, out: IO[bytes], stop: threading.Event) -> int:
     """Copy the body to `out`, checking it is framed like a JSON array.
 
     DuckDB happily reads a truncated `[{...},` as one record, so the first and last
@@ -241,6 +247,8 @@ def _spool(resp: requests.Response, out: IO[bytes]) -> int:
     first: int | None = None
     last: int | None = None
     for chunk in resp.iter_content(CHUNK):
+        if stop.is_set():
+            raise Stopped("stop requested during a download")
         if not chunk:
             continue
         out.write(chunk)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from rcs_sync.api import ApiClient, RetryPolicy
@@ -39,7 +39,7 @@ class App:
         """Read afresh for every request, so a rotated token file is used at once."""
         return read_token(self.settings.api, self.env)
 
-    def api(self) -> ApiClient:
+    def api(self, on_response: Callable[[int | None], None] | None = None) -> ApiClient:
         api = self.settings.api
         return ApiClient(
             api.base_url,
@@ -50,6 +50,7 @@ class App:
             spool_dir=self.settings.warehouse.spool_path,
             ca_bundle=api.ca_bundle,
             stop=self.stop,
+            on_response=on_response,
         )
 
     def options(self) -> Options:
@@ -71,7 +72,9 @@ class App:
     def syncer(
         self, api: ApiClient, stream: Stream = RCS_RECORDS, listener: Listener | None = None
     ) -> Syncer:
-        return Syncer(stream, api, self.warehouse, self.options(), listener)
+        return Syncer(
+            stream, api, self.warehouse, self.options(), listener=listener, stop=self.stop
+        )
 
     def scopes(self) -> list[Scope]:
         teams = self.settings.api.teams

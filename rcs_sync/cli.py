@@ -1,42 +1,43 @@
-"""The `rcs-sync` command: a thin layer of click over `app`, `sync` and `status`.
+"""The `rcs-sync` command: a thin layer of click over `app`, `sync`, `service` and `status`.
 
 Every expected failure ends as one redacted line on stderr and a distinct exit code
-(see `errors.py`); a traceback is only shown with `-v -v`.
+(see `errors.py`); a traceback is only shown with `-vv`.
+
+Modules that pull in DuckDB and requests are imported inside the commands that need
+them: `rcs-sync run` is a small long-lived process that never loads them itself (each
+pass runs as a `rcs-sync sync` child), and `--help` stays instant.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import nullcontext
 from datetime import datetime
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import click
 import structlog
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
-from rcs_sync import status as status_report
-from rcs_sync.app import App
-from rcs_sync.config import ConfigError, config_path, load_settings
-from rcs_sync.durations import parse_instant
-from rcs_sync.errors import EXIT_FAILURE, EXIT_USAGE, RcsSyncError
+from rcs_sync.config import ConfigError, Settings, config_path, load_settings, read_token
+from rcs_sync.durations import format_instant, parse_instant
+from rcs_sync.errors import EXIT_FAILURE, EXIT_UNHEALTHY, EXIT_USAGE, RcsSyncError
 from rcs_sync.logs import configure_logging, redact
-from rcs_sync.simulator import BOUNDS, FAULT_KINDS, SimConfig, serve_forever
-from rcs_sync.sync import Listener, PassResult, Scope
+from rcs_sync.sim_population import BOUNDS, FAULT_KINDS
+from rcs_sync.streams import RCS_RECORDS
 from rcs_sync.windows import Window
 
+if TYPE_CHECKING:
+    from rcs_sync.app import App
+    from rcs_sync.sync import PassResult, ScopeOutcome
+
 log = structlog.get_logger(__name__)
+
+Emit = Callable[[dict[str, object]], None]
 
 
 class Instant(click.ParamType[datetime]):
@@ -73,31 +74,133 @@ def cli(ctx: click.Context, config_file: str | None, verbose: int, log_format: s
     """Keep a DuckDB warehouse in step with the provider's RCS delivery records."""
     as_json = None if log_format == "auto" else log_format == "json"
     configure_logging(json=as_json, level="debug" if verbose else "info")
-    ctx.obj = {"config": config_file, "verbose": verbose}
+    ctx.obj = {"config": config_file, "verbose": verbose, "log_format": log_format}
+
+
+def _settings(ctx: click.Context) -> Settings:
+    return load_settings(config_path(ctx.obj["config"], os.environ))
 
 
 def _app(ctx: click.Context) -> App:
-    path = config_path(ctx.obj["config"], os.environ)
-    return App(load_settings(path))
+    from rcs_sync.app import App
+
+    return App(_settings(ctx))
+
+
+def _stop_on_signals(app: App) -> None:
+    """SIGTERM/SIGINT finish or roll back the window in hand, then exit: this is how
+    the daemon stops a pass, and how Ctrl-C stops a backfill."""
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        log.info("stop_requested", signal=signal.Signals(signum).name)
+        app.stop.set()
+        app.warehouse.interrupt()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+
+
+def _emitter() -> Emit:
+    def emit(event: dict[str, object]) -> None:
+        click.echo(json.dumps(event, default=str))
+        sys.stdout.flush()
+
+    return emit
+
+
+def _listener(emit: Emit | None, label: str) -> Any:
+    """JSON events for the daemon, a progress bar on a terminal, else nothing."""
+    if emit is not None:
+        return nullcontext(lambda event, data: emit({"event": event, **data}))
+    if sys.stderr.isatty():
+        from rcs_sync.progress import progress_bar
+
+        return progress_bar(label)
+    return nullcontext(None)
 
 
 @cli.command()
 @click.option("--team", type=int, help="Only this team (default: the teams in the config).")
+@click.option(
+    "--events",
+    is_flag=True,
+    help="Print JSON lines on stdout: API responses, windows, each scope's outcome "
+    "(what `rcs-sync run` reads).",
+)
+@click.option(
+    "--publish-snapshot", is_flag=True, help="Publish the analysts' snapshot after the pass."
+)
 @click.pass_context
-def sync(ctx: click.Context, team: int | None) -> None:
+def sync(ctx: click.Context, team: int | None, events: bool, publish_snapshot: bool) -> None:
     """One pass: first a backfill from initial_start, later incremental, or a catch-up."""
+    from rcs_sync.sync import Scope, sync_all
+
     app = _app(ctx)
+    _stop_on_signals(app)
     app.token()
     app.warehouse.migrate()
     scopes = [Scope(team)] if team is not None else app.scopes()
-    api = app.api()
+    emit = _emitter() if events else None
+    api = app.api(
+        on_response=(lambda status: emit({"event": "api_response", "status": status}))
+        if emit
+        else None
+    )
     try:
-        with _progress("sync") as listener:
-            results = [app.syncer(api, listener=listener).sync(scope) for scope in scopes]
+        with _listener(emit, "sync") as listener:
+            outcomes = sync_all(app.syncer(api, listener=listener), scopes)
     finally:
         api.close()
-    for result in results:
-        click.echo(_summary(result))
+    for outcome in outcomes:
+        if emit is not None:
+            emit(_scope_event(app, outcome))
+        elif outcome.result is not None:
+            click.echo(_summary(outcome.result))
+    if publish_snapshot and any(o.outcome == "ok" for o in outcomes) and not app.stop.is_set():
+        _publish(app, emit)
+    failed = next((o.error for o in outcomes if o.error is not None), None)
+    if failed is not None:
+        raise failed
+
+
+def _scope_event(app: App, outcome: ScopeOutcome) -> dict[str, object]:
+    """One scope's outcome for the daemon: counts for metrics, the checkpoint for its lag."""
+    checkpoint = outcome.result.checkpoint if outcome.result else None
+    if checkpoint is None and outcome.outcome != "stopped":
+        try:
+            checkpoint = app.warehouse.checkpoint(RCS_RECORDS, outcome.scope.key)
+        except RcsSyncError:
+            checkpoint = None
+    return {
+        "event": "scope",
+        "stream": RCS_RECORDS.name,
+        "scope": outcome.scope.key,
+        "outcome": outcome.outcome,
+        "summary": outcome.result.summary() if outcome.result else None,
+        "checkpoint": format_instant(checkpoint) if checkpoint else None,
+        "error": redact(str(outcome.error)) if outcome.error else None,
+    }
+
+
+def _publish(app: App, emit: Emit | None) -> None:
+    from rcs_sync.snapshot import publish
+
+    wh = app.settings.warehouse
+    try:
+        published = publish(
+            wh.path, wh.snapshot_file, memory_limit=wh.memory_limit, threads=wh.threads
+        )
+    except RcsSyncError as exc:
+        log.error("snapshot_failed", error=str(exc))
+        return
+    log.info(
+        "snapshot_published",
+        path=str(published.path),
+        mode=published.mode,
+        seconds=round(published.seconds, 3),
+    )
+    if emit is not None:
+        emit({"event": "snapshot", "seconds": published.seconds, "mode": published.mode})
 
 
 @cli.command()
@@ -110,19 +213,20 @@ def backfill(
     ctx: click.Context, start: datetime, end: datetime, team: int | None, force: bool
 ) -> None:
     """Read [START, END) in windows; a rerun resumes, skipping completed windows."""
+    from rcs_sync.sync import Scope
+
     if end <= start:
         raise click.BadParameter("--end must be after --start", param_hint="--end")
     app = _app(ctx)
+    _stop_on_signals(app)
     app.token()
     app.warehouse.migrate()
     scopes = [Scope(team)] if team is not None else app.scopes()
     api = app.api()
     try:
-        with _progress("backfill") as listener:
-            results = [
-                app.syncer(api, listener=listener).backfill(scope, Window(start, end), force=force)
-                for scope in scopes
-            ]
+        with _listener(None, "backfill") as listener:
+            syncer = app.syncer(api, listener=listener)
+            results = [syncer.backfill(scope, Window(start, end), force=force) for scope in scopes]
     finally:
         api.close()
     for result in results:
@@ -130,13 +234,57 @@ def backfill(
 
 
 @cli.command()
+@click.pass_context
+def run(ctx: click.Context) -> None:
+    """Run as a daemon: a pass every [sync] interval until SIGTERM or SIGINT.
+
+    Each pass runs as a `rcs-sync sync` child process, so the daemon itself stays
+    small. Speaks systemd's notify protocol when $NOTIFY_SOCKET is set (READY,
+    STATUS, WATCHDOG, STOPPING) and publishes a read-only snapshot for analysts after
+    each successful pass."""
+    from rcs_sync.service import Service
+
+    settings = _settings(ctx)
+    read_token(settings.api, os.environ)
+    if settings.source is None:
+        raise click.UsageError("rcs-sync run needs a config file")
+    command = [
+        sys.executable,
+        "-m",
+        "rcs_sync",
+        "--config",
+        str(settings.source),
+        "--log-format",
+        ctx.obj["log_format"],
+        *(["-v"] * ctx.obj["verbose"]),
+    ]
+    ctx.exit(Service(settings, command).run())
+
+
+@cli.command()
+@click.pass_context
+def migrate(ctx: click.Context) -> None:
+    """Create the warehouse or apply pending schema migrations, then exit."""
+    app = _app(ctx)
+    applied = app.warehouse.migrate()
+    click.echo(f"migrations applied: {applied}" if applied else "schema up to date")
+
+
+@cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (stable keys).")
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
-    """Checkpoints, their age, completed backfill ranges and the last runs per scope."""
+    """Health, checkpoints, completed backfill ranges and the last runs per scope.
+
+    Exits 6 when unhealthy (no successful pass for 3 intervals, or the token is being
+    refused), so it doubles as a monitoring probe."""
+    from rcs_sync import status as status_report
+
     app = _app(ctx)
-    report = status_report.collect(app.warehouse)
+    report = status_report.collect(app.warehouse, app.settings.sync.interval)
     click.echo(json.dumps(report, indent=2) if as_json else status_report.render(report))
+    if not report["healthy"]:
+        ctx.exit(EXIT_UNHEALTHY)
 
 
 @cli.command()
@@ -181,6 +329,8 @@ def simulate(
     extra_fields: bool,
 ) -> None:
     """Serve the built-in API simulator on 127.0.0.1 (token: $RCS_SIM_TOKEN or sim-token)."""
+    from rcs_sync.simulator import SimConfig, serve_forever
+
     kinds = tuple(k.strip() for k in faults.split(",") if k.strip())
     unknown = [k for k in kinds if k not in FAULT_KINDS]
     if unknown:
@@ -223,41 +373,6 @@ def _summary(result: PassResult) -> str:
     )
 
 
-@contextmanager
-def _progress(label: str) -> Iterator[Listener | None]:
-    """A progress bar (windows, records, ETA) on a terminal; plain log lines otherwise."""
-    if not sys.stderr.isatty():
-        yield None
-        return
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("windows · {task.fields[records]:,} records"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, transient=False) as progress:
-        tasks: dict[str, TaskID] = {}
-
-        def listener(event: str, data: dict[str, object]) -> None:
-            scope = str(data["scope"])
-            if event == "planned":
-                tasks[scope] = progress.add_task(
-                    f"{label} {scope}", total=int(str(data["windows"])), records=0
-                )
-            elif event == "window" and scope in tasks:
-                task = progress.tasks[tasks[scope]]
-                progress.update(
-                    tasks[scope],
-                    advance=1,
-                    records=int(task.fields["records"]) + int(str(data["received"])),
-                )
-
-        configure_logging(json=False, level="warning")
-        yield listener
-
-
 def main() -> None:
     """Entry point: run the CLI, turning every failure into one line and an exit code."""
     ctx: click.Context | None = None
@@ -275,7 +390,7 @@ def main() -> None:
         sys.exit(EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code)
     except ConfigError as exc:
         click.echo(f"rcs-sync: {redact(str(exc))}", err=True)
-        sys.exit(EXIT_USAGE)
+        sys.exit(exc.exit_code)
     except RcsSyncError as exc:
         click.echo(f"rcs-sync: error: {redact(str(exc))}", err=True)
         sys.exit(exc.exit_code)

@@ -21,7 +21,9 @@ from urllib.parse import urlsplit
 import structlog
 
 from rcs_sync.durations import as_utc, format_duration, parse_duration, parse_instant
+from rcs_sync.errors import EXIT_USAGE, RcsSyncError
 from rcs_sync.logs import register_secret
+from rcs_sync.metrics import parse_listen
 
 CONFIG_ENV = "RCS_SYNC_CONFIG"
 DEFAULT_CONFIG_FILE = "rcs-sync.toml"
@@ -44,7 +46,7 @@ _log = structlog.get_logger(__name__)
 _warned_world_readable: set[Path] = set()
 
 
-class ConfigError(Exception):
+class ConfigError(RcsSyncError):
     """A configuration problem worded for the operator: one line, naming where it is.
 
     ``key`` is "[section] name" for a setting, "[section]" for a table, or the file
@@ -52,6 +54,8 @@ class ConfigError(Exception):
     """
 
     key: str
+    exit_code = EXIT_USAGE
+    kind = "config"
 
     def __init__(self, key: str, problem: str) -> None:
         super().__init__(f"config: {key}: {problem}")
@@ -92,10 +96,22 @@ class WarehouseSettings:
     memory_limit: str = "1GB"
     threads: int = 2
 
+    snapshot_path: Path | None = None  # None: see snapshot_file
+
     @property
     def spool_path(self) -> Path:
         """Where response bodies are spooled: ``spool_dir``, else "<path>.spool" beside the DB."""
         return self.spool_dir or self.path.with_name(self.path.name + ".spool")
+
+    @property
+    def snapshot_file(self) -> Path:
+        """The analysts' read-only copy: ``snapshot_path``, else "<stem>.snapshot.duckdb"."""
+        return self.snapshot_path or self.path.with_name(self.path.stem + ".snapshot.duckdb")
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    listen: str | None = None  # "127.0.0.1:9464" serves Prometheus metrics; None: off
 
 
 @dataclass(frozen=True)
@@ -103,10 +119,16 @@ class Settings:
     api: ApiSettings
     sync: SyncSettings = field(default_factory=SyncSettings)
     warehouse: WarehouseSettings = field(default_factory=WarehouseSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     source: Path | None = None
 
 
-_SCHEMA = {"api": ApiSettings, "sync": SyncSettings, "warehouse": WarehouseSettings}
+_SCHEMA = {
+    "api": ApiSettings,
+    "sync": SyncSettings,
+    "warehouse": WarehouseSettings,
+    "metrics": MetricsSettings,
+}
 
 
 def config_path(cli_value: str | None, env: Mapping[str, str]) -> Path:
@@ -135,6 +157,7 @@ def load_settings(path: Path) -> Settings:
         api=_api(tables["api"]),
         sync=_sync(tables["sync"]),
         warehouse=_warehouse(tables["warehouse"]),
+        metrics=_metrics(tables["metrics"]),
         source=source,
     )
 
@@ -422,4 +445,20 @@ def _warehouse(table: _Table) -> WarehouseSettings:
         ),
         memory_limit=memory_limit,
         threads=table.integer("threads", WarehouseSettings.threads, minimum=1),
+        snapshot_path=table.path("snapshot_path"),
     )
+
+
+def _metrics(table: _Table) -> MetricsSettings:
+    value = table.get("listen")
+    if value is _MISSING:
+        return MetricsSettings()
+    if not isinstance(value, str):
+        raise table.error(
+            "listen", f"expected 'host:port' like '127.0.0.1:9464', got {_show(value)}"
+        )
+    try:
+        parse_listen(value)
+    except ValueError as exc:
+        raise table.error("listen", str(exc)) from None
+    return MetricsSettings(listen=value)

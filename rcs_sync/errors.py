@@ -8,30 +8,37 @@ EXIT_USAGE = 2
 EXIT_AUTH = 3
 EXIT_API = 4
 EXIT_WAREHOUSE = 5
+EXIT_UNHEALTHY = 6
+EXIT_STOPPED = 130
 
 
 class RcsSyncError(Exception):
     """Base of every expected failure; its message is one line fit for an operator."""
 
     exit_code = EXIT_FAILURE
+    kind = "internal"
+    """Recorded in `sync_runs.error_kind`; `health.py` reads it."""
 
 
 class AuthRejected(RcsSyncError):
     """HTTP 403: the provider refused the token. Retrying cannot help."""
 
     exit_code = EXIT_AUTH
+    kind = "auth"
 
 
 class BadRequest(RcsSyncError):
     """HTTP 400: our parameters were refused. Retrying the same request cannot help."""
 
     exit_code = EXIT_API
+    kind = "api"
 
 
 class ApiUnavailable(RcsSyncError):
     """The API kept failing until the retry budget ran out."""
 
     exit_code = EXIT_API
+    kind = "api"
 
     def __init__(self, message: str, *, splittable: bool = False) -> None:
         super().__init__(message)
@@ -43,6 +50,7 @@ class TransientApiError(RcsSyncError):
     """One failed attempt worth retrying: connection trouble, 429, 5xx, a bad body."""
 
     exit_code = EXIT_API
+    kind = "api"
 
     def __init__(
         self, message: str, *, retry_after: float | None = None, splittable: bool = False
@@ -60,19 +68,30 @@ class SuspectedTruncation(RcsSyncError):
     """A response reached the size at which the server may have cut it silently."""
 
     exit_code = EXIT_API
+    kind = "api"
 
 
 class WarehouseLocked(RcsSyncError):
     """Another process held the DuckDB file past our lock retry budget."""
 
     exit_code = EXIT_WAREHOUSE
+    kind = "warehouse"
 
 
 class WarehouseUnavailable(RcsSyncError):
     """The DuckDB file could not be opened or written (disk full, permissions, corruption)."""
 
     exit_code = EXIT_WAREHOUSE
+    kind = "warehouse"
 
 
 class Stopped(RcsSyncError):
-    """A stop was requested (SIGTERM/SIGINT) while waiting; nothing half-written remains."""
+    """A stop was requested (SIGTERM/SIGINT); nothing half-written remains."""
+
+    exit_code = EXIT_STOPPED
+    kind = "stopped"
+
+
+def error_kind(exc: BaseException) -> str:
+    """The `sync_runs.error_kind` for a failure."""
+    return exc.kind if isinstance(exc, RcsSyncError) else "internal"

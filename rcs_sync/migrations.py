@@ -72,4 +72,9 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         );
         """,
     ),
+    (
+        2,
+        "sync_runs.error_kind: what kind of failure ended a run (auth, api, warehouse, …)",
+        "ALTER TABLE sync_runs ADD COLUMN error_kind VARCHAR;",
+    ),
 )

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+FAULT_KINDS = ("429", "500", "503", "drop", "truncate", "html", "reset", "slow")
+BOUNDS = ("[)", "[]", "()", "(]")
+
 DATABASE = "simdb"  # attached in-memory database, compressed on checkpoint
 TABLE = f"{DATABASE}.pop"
 

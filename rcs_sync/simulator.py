@@ -43,7 +43,9 @@ from urllib.parse import parse_qs, urlsplit
 import duckdb
 
 from rcs_sync.sim_population import (
+    BOUNDS,
     DATABASE,
+    FAULT_KINDS,
     PopulationSpec,
     RecordFilter,
     mutate_sql,
@@ -52,8 +54,6 @@ from rcs_sync.sim_population import (
     truth_sql,
 )
 
-FAULT_KINDS = ("429", "500", "503", "drop", "truncate", "html", "reset", "slow")
-BOUNDS = ("[)", "[]", "()", "(]")
 MODIFIED_SINCE_MAX_AGE = timedelta(hours=48)
 # Everything else shapes the generated population, which is fixed at start.
 RUNTIME_FIELDS = frozenset(

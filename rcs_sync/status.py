@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from rcs_sync.durations import format_duration, format_instant
+from rcs_sync.health import Health, ScopeRuns, evaluate
 from rcs_sync.warehouse import Warehouse
 from rcs_sync.windows import Window, merge
 
@@ -27,6 +28,7 @@ RUN_COLUMNS = (
     "updated",
     "quarantined",
     "error",
+    "error_kind",
 )
 
 
@@ -34,8 +36,11 @@ def _json_value(value: Any) -> Any:
     return format_instant(value) if isinstance(value, datetime) else value
 
 
-def collect(warehouse: Warehouse, now: datetime | None = None) -> dict[str, Any]:
+def collect(
+    warehouse: Warehouse, interval: timedelta, now: datetime | None = None
+) -> dict[str, Any]:
     now = now or datetime.now(UTC)
+    scope_runs: list[ScopeRuns] = []
     with warehouse.connect(read_only=True) as con:
         version = con.execute("SELECT max(version) FROM schema_migrations").fetchone()
         records = con.execute("SELECT count(*) FROM rcs_records").fetchone()
@@ -59,6 +64,19 @@ def collect(warehouse: Warehouse, now: datetime | None = None) -> dict[str, Any]
                 "ORDER BY run_id DESC LIMIT ?",
                 [stream, scope, RUNS_SHOWN],
             ).fetchall()
+            success = con.execute(
+                "SELECT max(finished_at) FROM sync_runs "
+                "WHERE stream = ? AND scope = ? AND status = 'ok'",
+                [stream, scope],
+            ).fetchone()
+            latest = con.execute(
+                "SELECT error_kind FROM sync_runs WHERE stream = ? AND scope = ? "
+                "AND finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT 1",
+                [stream, scope],
+            ).fetchone()
+            last_success = success[0] if success else None
+            last_kind = latest[0] if latest else None
+            scope_runs.append(ScopeRuns(f"{stream}/{scope}", last_success, last_kind))
             cp = checkpoint[0] if checkpoint else None
             entries.append(
                 {
@@ -66,6 +84,7 @@ def collect(warehouse: Warehouse, now: datetime | None = None) -> dict[str, Any]
                     "scope": scope,
                     "checkpoint": _json_value(cp),
                     "checkpoint_age_s": round((now - cp).total_seconds(), 1) if cp else None,
+                    "last_success": _json_value(last_success),
                     "completed": [
                         [format_instant(w.start), format_instant(w.end)]
                         for w in merge(Window(a, b) for a, b in windows)
@@ -76,7 +95,10 @@ def collect(warehouse: Warehouse, now: datetime | None = None) -> dict[str, Any]
                     ],
                 }
             )
+    verdict: Health = evaluate(scope_runs, interval, now)
     return {
+        "healthy": verdict.healthy,
+        "problems": verdict.reasons,
         "warehouse": str(warehouse.path),
         "schema_version": version[0] if version else None,
         "records": records[0] if records else 0,
@@ -88,8 +110,10 @@ def collect(warehouse: Warehouse, now: datetime | None = None) -> dict[str, Any]
 def render(report: dict[str, Any]) -> str:
     """A terse human view of `collect`'s output."""
     lines = [
+        f"{'healthy' if report['healthy'] else 'UNHEALTHY'}: "
+        + ("; ".join(report["problems"]) or "recent passes succeeded"),
         f"warehouse {report['warehouse']} (schema v{report['schema_version']}): "
-        f"{report['records']} records, {report['quarantined']} quarantined"
+        f"{report['records']} records, {report['quarantined']} quarantined",
     ]
     for entry in report["scopes"]:
         age = entry["checkpoint_age_s"]

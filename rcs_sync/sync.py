@@ -8,6 +8,7 @@ request in flight.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ import structlog
 
 from rcs_sync.api import ApiClient, Response
 from rcs_sync.durations import format_instant
-from rcs_sync.errors import ApiUnavailable, SuspectedTruncation
+from rcs_sync.errors import ApiUnavailable, RcsSyncError, Stopped, SuspectedTruncation
 from rcs_sync.loader import LoadResult
 from rcs_sync.streams import Stream
 from rcs_sync.warehouse import Commit, Warehouse
@@ -87,6 +88,11 @@ class PassResult:
             "quarantined": self.quarantined,
             "splits": self.splits,
             "checkpoint": format_instant(self.checkpoint) if self.checkpoint else None,
+            "checkpoint_lag_s": (
+                round((datetime.now(UTC) - self.checkpoint).total_seconds(), 1)
+                if self.checkpoint
+                else None
+            ),
             "duration_s": round(time.monotonic() - self.started, 3),
         }
 
@@ -131,9 +137,12 @@ class Syncer:
         api: ApiClient,
         warehouse: Warehouse,
         options: Options,
+        *,
         listener: Listener | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.stream = stream
+        self.stop = stop or threading.Event()
         self.api = api
         self.warehouse = warehouse
         self.options = options
@@ -177,9 +186,9 @@ class Syncer:
             else:
                 self._full(scope, plan, run_id, result, sets_checkpoint=sets_checkpoint)
         except BaseException as exc:
-            self.warehouse.finish_run(run_id, error=str(exc) or type(exc).__name__)
+            self.warehouse.finish_run(run_id, exc)
             raise
-        self.warehouse.finish_run(run_id, error=None)
+        self.warehouse.finish_run(run_id, None)
         log.info("pass_complete", stream=self.stream.name, **result.summary())
         return result
 
@@ -209,6 +218,8 @@ class Syncer:
         )
         ctx = _Pass(scope, run_id, result, coverage, None, record_windows=True)
         for window in todo:
+            if self.stop.is_set():
+                raise Stopped("stop requested between windows")
             self._read(ctx, window)
 
     def _incremental(self, scope: Scope, plan: PassPlan, run_id: int, result: PassResult) -> None:
@@ -280,3 +291,35 @@ class Syncer:
         }
         log.info("window_loaded", **event)
         self._listen("window", event)
+
+
+@dataclass(frozen=True)
+class ScopeOutcome:
+    """How one scope's pass ended: `ok`, `failed`, `auth_failed` or `stopped`."""
+
+    scope: Scope
+    outcome: str
+    result: PassResult | None = None
+    error: RcsSyncError | None = None
+
+
+def sync_all(syncer: Syncer, scopes: list[Scope]) -> list[ScopeOutcome]:
+    """One pass per scope. A failing scope does not stop the others, except a refused
+    or unreadable token (it would fail them all) and a stop request."""
+    outcomes: list[ScopeOutcome] = []
+    for scope in scopes:
+        try:
+            result = syncer.sync(scope)
+        except Stopped as exc:
+            outcomes.append(ScopeOutcome(scope, "stopped", error=exc))
+            break
+        except RcsSyncError as exc:
+            if exc.kind in ("auth", "config"):
+                log.error("token_rejected", scope=scope.key, error=str(exc))
+                outcomes.append(ScopeOutcome(scope, "auth_failed", error=exc))
+                break
+            log.error("pass_failed", scope=scope.key, kind=exc.kind, error=str(exc))
+            outcomes.append(ScopeOutcome(scope, "failed", error=exc))
+            continue
+        outcomes.append(ScopeOutcome(scope, "ok", result=result))
+    return outcomes

@@ -26,8 +26,9 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from rcs_sync.errors import Stopped, WarehouseLocked, WarehouseUnavailable
+from rcs_sync.errors import Stopped, WarehouseLocked, WarehouseUnavailable, error_kind
 from rcs_sync.loader import LoadResult, apply, stage
+from rcs_sync.logs import redact
 from rcs_sync.migrations import MIGRATIONS
 from rcs_sync.streams import Stream
 from rcs_sync.windows import Fetch, Window
@@ -74,6 +75,14 @@ class Warehouse:
         self._lock_timeout = lock_timeout
         self._config: dict[str, str | int] = {"memory_limit": memory_limit, "threads": threads}
         self._stop = stop or threading.Event()
+        self._active: duckdb.DuckDBPyConnection | None = None
+
+    def interrupt(self) -> None:
+        """Abort the statement running on the open connection, if any (for shutdown):
+        its transaction rolls back and the caller sees `Stopped`."""
+        con = self._active
+        if con is not None:
+            con.interrupt()
 
     @contextmanager
     def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -92,9 +101,13 @@ class Warehouse:
                 f"warehouse {self.path} is locked by another process{exc}; "
                 f"gave up after {self._lock_timeout:g}s"
             ) from None
+        self._active = con
         try:
             yield con
+        except duckdb.InterruptException:
+            raise Stopped("stop requested: the running statement was interrupted") from None
         finally:
+            self._active = None
             con.close()
 
     def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
@@ -157,11 +170,20 @@ class Warehouse:
         assert row is not None
         return int(row[0])
 
-    def finish_run(self, run_id: int, *, error: str | None) -> None:
+    def finish_run(self, run_id: int, error: BaseException | None) -> None:
+        status = "ok" if error is None else "stopped" if isinstance(error, Stopped) else "failed"
+        message = None if error is None else redact(str(error) or type(error).__name__)
         with self.connect() as con:
             con.execute(
-                "UPDATE sync_runs SET finished_at = ?, status = ?, error = ? WHERE run_id = ?",
-                [datetime.now(UTC), "failed" if error else "ok", error, run_id],
+                "UPDATE sync_runs SET finished_at = ?, status = ?, error = ?, error_kind = ? "
+                "WHERE run_id = ?",
+                [
+                    datetime.now(UTC),
+                    status,
+                    message,
+                    None if error is None else error_kind(error),
+                    run_id,
+                ],
             )
 
     def checkpoint(self, stream: Stream, scope: str) -> datetime | None:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,8 @@ class Site:
 
     dir: Path
     sim: RunningSimulator
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Settings given to write_config so far; later calls add to them."""
 
     @property
     def config(self) -> Path:
@@ -83,6 +85,9 @@ class Site:
         return self.dir / "rcs.duckdb"
 
     def write_config(self, **sections: dict[str, Any]) -> None:
+        """(Re)write the config: defaults for a test, plus every override given so far."""
+        for name, values in sections.items():
+            self.overrides[name] = {**self.overrides.get(name, {}), **values}
         start = self.sim.sim.now() - timedelta(days=self.sim.sim.config.days + 1)
         defaults: dict[str, dict[str, Any]] = {
             "api": {
@@ -99,8 +104,8 @@ class Site:
             },
             "warehouse": {"path": "rcs.duckdb", "lock_timeout": "10s"},
         }
-        for name, values in sections.items():
-            defaults[name] = {**defaults[name], **values}
+        for name, values in self.overrides.items():
+            defaults[name] = {**defaults.get(name, {}), **values}
         text = "\n".join(
             f"[{name}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in values.items())
             for name, values in defaults.items()

@@ -11,6 +11,7 @@ import pytest
 
 from rcs_sync.errors import BadBody, SuspectedTruncation
 from rcs_sync.loader import SUPERSEDED
+from rcs_sync.migrations import MIGRATIONS
 from rcs_sync.streams import RCS_RECORDS
 from rcs_sync.warehouse import Commit, Warehouse
 from rcs_sync.windows import Window
@@ -219,7 +220,11 @@ def test_window_and_records_commit_together(warehouse: Warehouse, tmp_path: Path
 
 def test_migrations_run_once(warehouse: Warehouse) -> None:
     assert warehouse.migrate() == []
-    assert rows(warehouse, "SELECT version FROM schema_migrations") == [(1,)]
+    versions = [version for version, _, _ in MIGRATIONS]
+    assert rows(warehouse, "SELECT version FROM schema_migrations ORDER BY 1") == [
+        (v,) for v in versions
+    ]
+    assert versions == list(range(1, len(versions) + 1))
 
 
 def test_database_file_is_not_world_readable(warehouse: Warehouse) -> None:

@@ -1,0 +1,245 @@
+"""The daemon behind `rcs-sync run`: a schedule, signals, systemd, metrics.
+
+Each pass runs as a child process (`rcs-sync sync --events --publish-snapshot`) whose
+JSON lines on stdout tell this process what happened. The daemon itself never loads
+DuckDB or holds a byte of record data, so it idles small and a pass's memory is
+returned to the system when the pass ends; a crash inside a pass cannot take down the
+schedule. A failing API or a locked file fails the pass, never the daemon.
+
+SIGTERM/SIGINT are forwarded to a running pass, which finishes or rolls back the
+window in hand and exits; one that does not within `STOP_GRACE` seconds is killed,
+which is safe at any instant (committed data is durable, an open transaction is
+discarded).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import FrameType
+from typing import Any
+
+import structlog
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from rcs_sync.config import Settings
+from rcs_sync.durations import format_instant, parse_instant
+from rcs_sync.errors import WarehouseUnavailable
+from rcs_sync.metrics import Metrics, parse_listen
+from rcs_sync.notify import Notifier
+
+log = structlog.get_logger(__name__)
+
+PASS = ["sync", "--events", "--publish-snapshot"]
+STOP_GRACE = 8.0
+MAX_JITTER = timedelta(seconds=30)
+
+
+@dataclass
+class PassReport:
+    """What one pass process reported: each scope's outcome, and how it exited."""
+
+    scopes: list[dict[str, Any]] = field(default_factory=list)
+    exit_code: int | None = None
+
+    @property
+    def auth_failed(self) -> bool:
+        return any(s["outcome"] == "auth_failed" for s in self.scopes)
+
+    def status_line(self, now: datetime) -> str:
+        when = format_instant(now)
+        if self.auth_failed:
+            return f"{when}: token rejected by the API; retrying every interval"
+        failures = [f"{s['scope']}: {s['error']}" for s in self.scopes if s["outcome"] != "ok"]
+        if not self.scopes and self.exit_code:
+            failures = [f"pass process exited {self.exit_code}"]
+        summaries = [s["summary"] for s in self.scopes if s["summary"]]
+        received = sum(int(s["received"]) for s in summaries)
+        changed = sum(int(s["inserted"]) + int(s["updated"]) for s in summaries)
+        state = "failed: " + "; ".join(failures) if failures else "ok"
+        return f"{when}: last pass {state} ({received} received, {changed} changed)"
+
+
+class Service:
+    def __init__(
+        self, settings: Settings, command: list[str], notifier: Notifier | None = None
+    ) -> None:
+        self.settings = settings
+        self.command = command
+        """`rcs-sync` with its global options; passes run `command + PASS`."""
+        self.notifier = notifier or Notifier()
+        self.stop = threading.Event()
+        self.metrics: Metrics | None = None
+        self._process: subprocess.Popen[str] | None = None
+        self._progress_at = time.monotonic()
+        self._idle = threading.Event()
+        self._idle.set()
+
+    @property
+    def interval(self) -> timedelta:
+        return self.settings.sync.interval
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; 0 once stopped cleanly."""
+        previous = {
+            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+        try:
+            self._migrate()
+            self._start_metrics()
+            scheduler = self._start_scheduler()
+            self.notifier.ready("warehouse ready; first pass running")
+            log.info("daemon_started", interval_s=self.interval.total_seconds())
+            try:
+                self._supervise()
+            finally:
+                self.notifier.stopping("stopping")
+                log.info("daemon_stopping")
+                scheduler.shutdown(wait=False)
+                self._stop_pass()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if self.metrics is not None:
+                self.metrics.close()
+        log.info("daemon_stopped")
+        return 0
+
+    def _migrate(self) -> None:
+        """Open and migrate the warehouse before READY=1 (in a child, like every pass)."""
+        code = subprocess.run([*self.command, "migrate"], stdout=subprocess.DEVNULL, check=False)  # noqa: S603
+        if code.returncode != 0:
+            raise WarehouseUnavailable(
+                f"could not open or migrate the warehouse (exit {code.returncode})"
+            )
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("stop_requested", signal=signal.Signals(signum).name)
+        self.stop.set()
+
+    def _stop_pass(self) -> None:
+        """Ask a running pass to stop; kill it if it has not within the grace period."""
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        if not self._idle.wait(STOP_GRACE) and process is not None:
+            log.warning("pass_killed_at_stop", grace_s=STOP_GRACE)
+            process.kill()
+            self._idle.wait(STOP_GRACE)
+
+    def _start_metrics(self) -> None:
+        listen = self.settings.metrics.listen
+        if listen is None:
+            return
+        host, port = parse_listen(listen)
+        self.metrics = Metrics()
+        bound = self.metrics.serve(host, port)
+        log.info("metrics_listening", address=f"{host}:{bound}")
+
+    def _start_scheduler(self) -> BackgroundScheduler:
+        # A pass outliving the interval (a backfill) is normal and coalesced: apscheduler's
+        # "skipped: maximum number of running instances" warning every interval is noise.
+        logging.getLogger("apscheduler").setLevel(logging.ERROR)
+        interval = self.interval.total_seconds()
+        scheduler = BackgroundScheduler(timezone=UTC)
+        scheduler.add_job(
+            self._pass,
+            IntervalTrigger(
+                seconds=interval, jitter=min(MAX_JITTER.total_seconds(), interval / 10)
+            ),
+            id="sync",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=max(1, int(interval)),
+            next_run_time=datetime.now(UTC),
+        )
+        scheduler.start()
+        return scheduler
+
+    def _supervise(self) -> None:
+        """The main thread: ping the watchdog while passes make progress, until stopped."""
+        watchdog = self.notifier.watchdog
+        tick = watchdog.total_seconds() / 2 if watchdog else 1.0
+        while not self.stop.wait(tick):
+            if watchdog and self._making_progress(watchdog):
+                self.notifier.ping()
+
+    def _making_progress(self, watchdog: timedelta) -> bool:
+        """A pass silent for a whole watchdog period is stuck: stop pinging, so systemd
+        restarts us. Waiting between passes is progress."""
+        if self._idle.is_set():
+            return True
+        return time.monotonic() - self._progress_at < watchdog.total_seconds()
+
+    @contextmanager
+    def _running(self) -> Iterator[None]:
+        self._idle.clear()
+        self._progress_at = time.monotonic()
+        try:
+            yield
+        finally:
+            self._process = None
+            self._idle.set()
+
+    def _pass(self) -> None:
+        if self.stop.is_set():
+            return
+        with self._running():
+            report = self._run_pass()
+        if self.stop.is_set():
+            return
+        self.notifier.status(report.status_line(datetime.now(UTC)))
+        if report.exit_code and not report.scopes:
+            log.error("pass_process_failed", exit_code=report.exit_code)
+
+    def _run_pass(self) -> PassReport:
+        report = PassReport()
+        started = time.monotonic()
+        process = subprocess.Popen([*self.command, *PASS], stdout=subprocess.PIPE, text=True)  # noqa: S603
+        self._process = process
+        assert process.stdout is not None
+        for line in process.stdout:
+            self._progress_at = time.monotonic()
+            try:
+                event = json.loads(line)
+            except ValueError:
+                log.warning("pass_output_unreadable", line=line[:200])
+                continue
+            self._handle(event, report, time.monotonic() - started)
+        report.exit_code = process.wait()
+        return report
+
+    def _handle(self, event: dict[str, Any], report: PassReport, elapsed: float) -> None:
+        kind = event.get("event")
+        if kind == "scope":
+            report.scopes.append(event)
+        if self.metrics is None:
+            return
+        if kind == "api_response":
+            self.metrics.api_request(event["status"])
+        elif kind == "snapshot":
+            self.metrics.snapshot_published(float(event["seconds"]))
+        elif kind == "scope" and event["outcome"] != "stopped":
+            summary = event["summary"] or {}
+            checkpoint = event["checkpoint"]
+            self.metrics.pass_finished(
+                stream=event["stream"],
+                scope=event["scope"],
+                outcome=event["outcome"],
+                duration_s=float(summary.get("duration_s", elapsed)),
+                received=int(summary.get("received", 0)),
+                inserted=int(summary.get("inserted", 0)),
+                updated=int(summary.get("updated", 0)),
+                quarantined=int(summary.get("quarantined", 0)),
+                checkpoint=parse_instant(checkpoint) if checkpoint else None,
+                now=datetime.now(UTC),
+            )
