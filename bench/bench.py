@@ -74,11 +74,12 @@ def start_simulator(records: int, env: dict[str, str]) -> tuple[subprocess.Popen
     return sim, match.group(0)
 
 
-def write_config(directory: Path, base_url: str, window: str) -> Path:
+def write_config(directory: Path, base_url: str, window: str, interval: str = "5m") -> Path:
     config = directory / "rcs-sync.toml"
     config.write_text(
         f'[api]\nbase_url = "{base_url}"\ntimeout = "120s"\n'
-        f'[sync]\nwindow = "{window}"\nmax_records_per_request = 10000000\n'
+        f'[sync]\nwindow = "{window}"\ninterval = "{interval}"\n'
+        f"max_records_per_request = 10000000\n"
         f'[warehouse]\npath = "rcs.duckdb"\n',
         encoding="utf-8",
     )
@@ -140,6 +141,37 @@ def bench_bare(base_url: str, span: tuple[str, str]) -> list[float]:
     return results
 
 
+def idle_daemon_rss(base_url: str, env: dict[str, str]) -> list[float]:
+    """RSS of `rcs-sync run` once its first pass (a backfill) is over, sampled 3 times."""
+    with tempfile.TemporaryDirectory(prefix="rcs-daemon-") as tmp:
+        config = write_config(Path(tmp), base_url, "1d", interval="1h")
+        log_path = Path(tmp) / "daemon.log"
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                [RCS_SYNC, "--config", str(config), "run"], env=env, stdout=log, stderr=log
+            )
+        try:
+            deadline = time.monotonic() + 300
+            while b"snapshot_published" not in log_path.read_bytes():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    sys.exit("bench: the daemon did not complete its first pass")
+                time.sleep(0.2)
+            samples = []
+            for _ in range(RUNS):
+                time.sleep(1)
+                status = Path(f"/proc/{proc.pid}/status").read_text()
+                rss_kb = next(
+                    int(line.split()[1])
+                    for line in status.splitlines()
+                    if line.startswith("VmRSS:")
+                )
+                samples.append(rss_kb / 1024)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    return samples
+
+
 def report(figures: dict[str, object], label: str, key: str, value: object, unit: str) -> None:
     figures[key] = value
     print(f"{label:<48} {value} {unit}".rstrip(), flush=True)
@@ -189,6 +221,13 @@ def main() -> None:
             "backfill time / bare-limit time",
             "ratio_to_bare",
             round(bare_rate / rate, 2),
+            "",
+        )
+        report(
+            figures,
+            "idle daemon RSS after its first pass (MB)",
+            "idle_daemon_rss_mb",
+            median(idle_daemon_rss(base_url, env)),
             "",
         )
     finally:
