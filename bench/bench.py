@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -21,6 +20,8 @@ from pathlib import Path
 
 import duckdb
 import requests
+
+from rcs_sync.simulator import spawn
 
 RCS_SYNC = str(Path(sys.executable).with_name("rcs-sync"))
 TOKEN = "bench-token"
@@ -56,22 +57,6 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> Run:
     if proc.returncode != 0:
         sys.exit(f"bench: {' '.join(cmd[:3])} failed with exit {proc.returncode}")
     return Run(seconds, usage.ru_maxrss / 1024, out)
-
-
-def start_simulator(records: int, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
-    sim = subprocess.Popen(
-        [RCS_SYNC, "simulate", "--port", "0", "--records", str(records), "--days", "0.5"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
-    assert sim.stdout is not None
-    line = sim.stdout.readline()
-    match = re.search(r"http://127\.0\.0\.1:\d+", line)
-    if not match:
-        sys.exit(f"bench: simulator did not start: {line!r}")
-    return sim, match.group(0)
 
 
 def write_config(directory: Path, base_url: str, window: str, interval: str = "5m") -> Path:
@@ -183,7 +168,7 @@ def main() -> None:
         f"rcs-sync bench: {RECORDS:,} records, median of {RUNS} runs, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}, duckdb {duckdb.__version__}"
     )
-    sim, base_url = start_simulator(RECORDS, env)
+    sim, base_url = spawn(["--records", str(RECORDS), "--days", "0.5"], env)
     figures: dict[str, object] = {"records": RECORDS, "runs": RUNS, "cores": os.cpu_count()}
     try:
         now = datetime.now(UTC)

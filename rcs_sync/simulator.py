@@ -18,17 +18,19 @@ import hmac
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -615,3 +617,23 @@ def serve_forever(config: SimConfig, port: int, ready: Callable[[int], None] | N
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def spawn(options: list[str], env: Mapping[str, str]) -> tuple[subprocess.Popen[str], str]:
+    """Run `rcs-sync simulate --port 0 OPTIONS` as a child process (the demo and the
+    benchmarks do); returns the process and the base URL it announced."""
+    process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "rcs_sync", "simulate", "--port", "0", *options],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=dict(env),
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    match = re.search(r"http://127\.0\.0\.1:\d+", line)
+    if match is None:
+        process.kill()
+        process.wait()
+        raise RuntimeError(f"the simulator did not start (it said {line!r})")
+    return process, match.group(0)

@@ -6,7 +6,6 @@ Drives the real `rcs-sync` commands as subprocesses, exactly as a user would.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +14,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
+
+from rcs_sync.simulator import spawn
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "demo"
@@ -37,28 +38,12 @@ FROM rcs_records
 """
 
 
-def start_simulator(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
-    sim = subprocess.Popen(
-        [RCS_SYNC, "simulate", "--port", "0", "--records", str(RECORDS), "--days", str(DAYS)],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    assert sim.stdout is not None
-    line = sim.stdout.readline()
-    match = re.search(r"http://127\.0\.0\.1:\d+", line)
-    if not match:
-        sim.kill()
-        sys.exit(f"demo: the simulator did not start (said {line!r})")
-    return sim, match.group(0)
-
-
 def main() -> None:
     shutil.rmtree(DEMO, ignore_errors=True)
     DEMO.mkdir()
     env = {**os.environ, "RCS_SIM_TOKEN": TOKEN, "RCS_SYNC_TOKEN": TOKEN}
     print(f"== starting the API simulator ({RECORDS:,} records over {DAYS} days)")
-    sim, base_url = start_simulator(env)
+    sim, base_url = spawn(["--records", str(RECORDS), "--days", str(DAYS)], env)
     try:
         start = (datetime.now(UTC) - timedelta(days=DAYS + 1)).strftime("%Y-%m-%dT00:00:00Z")
         config = DEMO / "rcs-sync.toml"

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import requests
 
-from rcs_sync.simulator import RunningSimulator, SimConfig, Simulator, start_simulator
+from rcs_sync.simulator import RunningSimulator, SimConfig, Simulator
 
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 AUTH = {"Authorization": "Bearer sim-token"}
@@ -35,21 +35,19 @@ def parse_ts(text: str) -> datetime:
 
 
 @pytest.fixture
-def make_sim() -> Iterator[MakeSim]:
-    """Start small frozen simulators (2,000 records over 2 days) and stop them afterwards."""
-    running: list[RunningSimulator] = []
+def make_sim(make_sim: MakeSim) -> MakeSim:
+    """Small frozen simulators (2,000 records over 2 days) on a fixed clock, default token."""
 
     def make(**overrides: Any) -> RunningSimulator:
-        settings: dict[str, Any] = {"records": 2000, "days": 2.0, "frozen": True}
-        settings["start_time"] = START
-        settings.update(overrides)
-        sim = start_simulator(SimConfig(**settings))
-        running.append(sim)
-        return sim
+        settings: dict[str, Any] = {
+            "records": 2000,
+            "days": 2.0,
+            "start_time": START,
+            "token": SimConfig.token,
+        }
+        return make_sim(**{**settings, **overrides})
 
-    yield make
-    for sim in running:
-        sim.stop()
+    return make
 
 
 def get(
