@@ -12,7 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from rcs_sync.api import ApiClient, RetryPolicy
-from rcs_sync.config import Settings, read_token
+from rcs_sync.config import Settings, read_number_key, read_token
+from rcs_sync.privacy import PLAIN, Privacy
 from rcs_sync.streams import RCS_RECORDS, Stream
 from rcs_sync.sync import Listener, Options, Scope, Syncer
 from rcs_sync.warehouse import Warehouse
@@ -67,7 +68,14 @@ class App:
             max_records=s.max_records_per_request,
             min_window=s.min_window,
             clock_skew=s.clock_skew,
+            privacy=self.privacy(),
         )
+
+    def privacy(self) -> Privacy:
+        wh = self.settings.warehouse
+        if wh.number == "hash":
+            return Privacy("hash", read_number_key(wh, self.env))
+        return Privacy("mask") if wh.number == "mask" else PLAIN
 
     def syncer(
         self, api: ApiClient, stream: Stream = RCS_RECORDS, listener: Listener | None = None

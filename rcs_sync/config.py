@@ -24,12 +24,15 @@ from rcs_sync.durations import as_utc, format_duration, parse_duration, parse_in
 from rcs_sync.errors import EXIT_USAGE, RcsSyncError
 from rcs_sync.logs import register_secret
 from rcs_sync.metrics import parse_listen
+from rcs_sync.privacy import MODES
 
 CONFIG_ENV = "RCS_SYNC_CONFIG"
 DEFAULT_CONFIG_FILE = "rcs-sync.toml"
 TOKEN_ENV = "RCS_SYNC_TOKEN"  # noqa: S105 - a variable name, not a secret
 CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"  # set by systemd for LoadCredential=
 CREDENTIAL_NAME = "token"
+NUMBER_KEY_ENV = "RCS_SYNC_NUMBER_KEY"
+NUMBER_KEY_CREDENTIAL = "number_key"
 # The API rejects modified_since older than 48 hours (server clock).
 MODIFIED_SINCE_LIMIT = timedelta(hours=48)
 
@@ -97,6 +100,8 @@ class WarehouseSettings:
     threads: int = 2
 
     snapshot_path: Path | None = None  # None: see snapshot_file
+    number: str = "plain"  # how phone numbers are stored: plain, hash (HMAC-SHA256) or mask
+    number_key_file: Path | None = None  # the secret for number = "hash"
 
     @property
     def spool_path(self) -> Path:
@@ -181,6 +186,25 @@ def read_token(api: ApiSettings, env: Mapping[str, str]) -> str:
         "[api] token_file",
         f"no API token: set {TOKEN_ENV}, provide a systemd credential named "
         f"'{CREDENTIAL_NAME}' (LoadCredential={CREDENTIAL_NAME}:...), or set [api] token_file",
+    )
+
+
+def read_number_key(warehouse: WarehouseSettings, env: Mapping[str, str]) -> bytes:
+    """The secret for hashing phone numbers: $RCS_SYNC_NUMBER_KEY, the systemd
+    credential `number_key`, then ``[warehouse] number_key_file``; like the token, it
+    never appears in a message."""
+    from_env = env.get(NUMBER_KEY_ENV, "").strip()
+    if from_env:
+        return _accept_token(from_env, NUMBER_KEY_ENV).encode()
+    credentials = env.get(CREDENTIALS_ENV)
+    if credentials and (credential := Path(credentials) / NUMBER_KEY_CREDENTIAL).is_file():
+        return _token_from_file(credential, f"${CREDENTIALS_ENV}/{NUMBER_KEY_CREDENTIAL}").encode()
+    if warehouse.number_key_file is not None:
+        return _token_from_file(warehouse.number_key_file, "[warehouse] number_key_file").encode()
+    raise ConfigError(
+        "[warehouse] number_key_file",
+        f"number = 'hash' needs a secret: set {NUMBER_KEY_ENV}, provide a systemd "
+        f"credential named '{NUMBER_KEY_CREDENTIAL}', or set [warehouse] number_key_file",
     )
 
 
@@ -446,7 +470,16 @@ def _warehouse(table: _Table) -> WarehouseSettings:
         memory_limit=memory_limit,
         threads=table.integer("threads", WarehouseSettings.threads, minimum=1),
         snapshot_path=table.path("snapshot_path"),
+        number=_number(table),
+        number_key_file=table.path("number_key_file"),
     )
+
+
+def _number(table: _Table) -> str:
+    mode = table.string("number", WarehouseSettings.number)
+    if mode not in MODES:
+        raise table.error("number", f"expected one of {', '.join(MODES)}, got {mode!r}")
+    return mode
 
 
 def _metrics(table: _Table) -> MetricsSettings:

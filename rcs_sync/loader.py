@@ -12,7 +12,7 @@ the rare body DuckDB's parser refuses (see `bodies.py`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -20,6 +20,7 @@ import duckdb
 
 from rcs_sync.bodies import Rejected, sanitize_body
 from rcs_sync.errors import SuspectedTruncation
+from rcs_sync.privacy import Privacy
 from rcs_sync.streams import Stream
 from rcs_sync.validation import (
     literal,
@@ -35,6 +36,8 @@ SAMPLE_SIZE = 20_480
 """Records DuckDB samples to discover undocumented fields (kept in `extra`)."""
 
 SUPERSEDED = "id: duplicate in response, superseded by another copy"
+WITHHELD = '"withheld: the record could not be parsed and may hold personal data"'
+"""The raw JSON kept for an unparseable record when personal data must not be stored."""
 
 
 @dataclass(frozen=True)
@@ -54,16 +57,23 @@ class Staged:
 
 
 def stage(
-    con: duckdb.DuckDBPyConnection, stream: Stream, body: Path, *, max_records: int | None
+    con: duckdb.DuckDBPyConnection,
+    stream: Stream,
+    body: Path,
+    *,
+    max_records: int | None,
+    privacy: Privacy,
 ) -> Staged:
     """Parse and validate a body into `_batch`, outside any transaction."""
     rejected: list[Rejected] = []
     try:
-        received = _stage(con, stream, body, "array")
+        received = _stage(con, stream, body, "array", privacy)
     except (duckdb.InvalidInputException, duckdb.ConversionException):
         clean, rejected = sanitize_body(body, stream.key)
+        if privacy.mode != "plain" and stream.personal:
+            rejected = [replace(r, raw=WITHHELD) for r in rejected]
         try:
-            received = _stage(con, stream, clean, "newline_delimited")
+            received = _stage(con, stream, clean, "newline_delimited", privacy)
         finally:
             clean.unlink(missing_ok=True)
     received += len(rejected)
@@ -81,9 +91,13 @@ def apply(
     *,
     run_id: int | None,
     now: datetime,
+    observed_at: datetime,
     include_optional: bool,
 ) -> LoadResult:
-    """Quarantine, dedupe and upsert the staged batch; the caller commits."""
+    """Quarantine, dedupe and upsert the staged batch; the caller commits.
+
+    `observed_at` is when the server produced the data (the request's server time):
+    state changes are logged at that instant."""
     rejected = staged.rejected
     received = staged.received
     quarantined = len(rejected) + _quarantine_invalid(con, stream, run_id, now)
@@ -93,6 +107,7 @@ def apply(
             [[run_id, r.record_id, r.reason, r.raw, now] for r in rejected],
         )
     quarantined += _drop_duplicates(con, stream, run_id, now)
+    _log_states(con, stream, observed_at)
     updated = _update_existing(con, stream, now, include_optional=include_optional)
     inserted = _insert_new(con, stream, now)
     con.execute("DROP TABLE _batch")
@@ -111,12 +126,20 @@ def _extra_fields(
     return tuple(str(r[0]) for r in rows if r[0] not in known)
 
 
-def _stage(con: duckdb.DuckDBPyConnection, stream: Stream, body: Path, fmt: str) -> int:
-    """Parse the body once into `_batch`: typed values, a rejection reason, raw JSON of rejects."""
+def _stage(
+    con: duckdb.DuckDBPyConnection, stream: Stream, body: Path, fmt: str, privacy: Privacy
+) -> int:
+    """Parse the body once into `_batch`: typed values, a rejection reason, raw JSON of
+    rejects. Personal fields are protected right here, before anything is stored."""
     extra = _extra_fields(con, stream, body, fmt)
     fields = stream.all_fields()
     names = tuple(f.name for f in fields)
-    values = ", ".join(f"{value_expr(f)} AS {typed(f.name)}" for f in fields)
+    values = ", ".join(
+        f"{privacy.sql(value_expr(f)) if f.name in stream.personal else value_expr(f)} "
+        f"AS {typed(f.name)}"
+        for f in fields
+    )
+    protected = {n: f"to_json({typed(n)})" for n in stream.personal}
     loaded = ", ".join(f"{typed(f.name)}::{f.sql_type} AS {quote(f.name)}" for f in fields)
     if extra:
         all_null = " AND ".join(f"{quote(n)} IS NULL" for n in extra)
@@ -127,7 +150,8 @@ def _stage(con: duckdb.DuckDBPyConnection, stream: Stream, body: Path, fmt: str)
         f"""
         CREATE OR REPLACE TEMP TABLE _batch AS
         SELECT {loaded}, {extra_expr} AS extra, _reason,
-               CASE WHEN _reason IS NOT NULL THEN {raw_expr(names + extra)} END AS _raw
+               CASE WHEN _reason IS NOT NULL THEN {raw_expr(names + extra, protected)} END
+                   AS _raw
         FROM (
             SELECT *, {reason_expr(fields)} AS _reason
             FROM (
@@ -215,6 +239,36 @@ def _changed(stream: Stream, old: str, new: str, *, include_optional: bool) -> s
     ]
     conditions.append(f"({new}.extra IS NOT NULL AND {new}.extra IS DISTINCT FROM {old}.extra)")
     return " OR ".join(conditions)
+
+
+def _log_states(con: duckdb.DuckDBPyConnection, stream: Stream, observed_at: datetime) -> None:
+    """Append first-seen states and state changes to the stream's history table, before
+    the upsert overwrites the old states. A record first seen in its initial state is
+    dated by its own timestamp (exact); any other observation by the fetch (the
+    resolution of the sync interval)."""
+    history = stream.history
+    if history is None:
+        return
+    key, state, table = quote(stream.key), quote(history.state), quote(stream.table)
+    con.execute(
+        f"""
+        INSERT INTO {quote(history.table)}
+        SELECT b.{key}, t.{state}, b.{state}, ?
+        FROM _batch AS b JOIN {table} AS t ON t.{key} = b.{key}
+        WHERE t.{state} <> b.{state}
+        """,
+        [observed_at],
+    )
+    con.execute(
+        f"""
+        INSERT INTO {quote(history.table)}
+        SELECT b.{key}, NULL, b.{state},
+               CASE WHEN b.{state} = {history.initial} THEN b.{quote(history.time)} ELSE ? END
+        FROM _batch AS b
+        WHERE NOT EXISTS (SELECT 1 FROM {table} AS t WHERE t.{key} = b.{key})
+        """,
+        [observed_at],
+    )
 
 
 def _update_existing(

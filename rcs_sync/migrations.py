@@ -77,4 +77,73 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         "sync_runs.error_kind: what kind of failure ended a run (auth, api, warehouse, …)",
         "ALTER TABLE sync_runs ADD COLUMN error_kind VARCHAR;",
     ),
+    (
+        3,
+        "rcs_state_changes: every state a record was first seen in or moved to",
+        """
+        CREATE TABLE rcs_state_changes (
+            id BIGINT NOT NULL,
+            from_state UTINYINT,
+            to_state UTINYINT NOT NULL,
+            observed_at TIMESTAMPTZ NOT NULL
+        );
+        """,
+    ),
+    (
+        4,
+        "analytics views: daily and per-campaign delivery/read rates, message timings",
+        """
+        CREATE VIEW rcs_rates_daily AS
+        SELECT "timestamp"::DATE AS day,
+               team,
+               campaign,
+               count(*) AS messages,
+               count(*) FILTER (WHERE state = 0) AS state_sent,
+               count(*) FILTER (WHERE state = 1) AS state_delivered,
+               count(*) FILTER (WHERE state = 2) AS state_failed,
+               count(*) FILTER (WHERE state = 3) AS state_rejected,
+               count(*) FILTER (WHERE state = 4) AS state_read,
+               count(*) FILTER (WHERE state IN (1, 4)) AS delivered,
+               count(*) FILTER (WHERE state = 4) AS "read",
+               count(*) FILTER (WHERE state IN (2, 3)) AS failed,
+               count(*) FILTER (WHERE state = 0) AS pending,
+               count(*) FILTER (WHERE state IN (1, 4))
+                   / nullif(count(*) FILTER (WHERE state IN (1, 2, 3, 4)), 0) AS delivery_rate,
+               count(*) FILTER (WHERE state = 4)
+                   / nullif(count(*) FILTER (WHERE state IN (1, 4)), 0) AS read_rate
+        FROM rcs_records
+        GROUP BY ALL;
+
+        CREATE VIEW rcs_rates_campaign AS
+        SELECT campaign,
+               min("timestamp") AS first_message_at,
+               max("timestamp") AS last_message_at,
+               count(*) AS messages,
+               count(*) FILTER (WHERE state = 0) AS state_sent,
+               count(*) FILTER (WHERE state = 1) AS state_delivered,
+               count(*) FILTER (WHERE state = 2) AS state_failed,
+               count(*) FILTER (WHERE state = 3) AS state_rejected,
+               count(*) FILTER (WHERE state = 4) AS state_read,
+               count(*) FILTER (WHERE state IN (1, 4)) AS delivered,
+               count(*) FILTER (WHERE state = 4) AS "read",
+               count(*) FILTER (WHERE state IN (2, 3)) AS failed,
+               count(*) FILTER (WHERE state = 0) AS pending,
+               count(*) FILTER (WHERE state IN (1, 4))
+                   / nullif(count(*) FILTER (WHERE state IN (1, 2, 3, 4)), 0) AS delivery_rate,
+               count(*) FILTER (WHERE state = 4)
+                   / nullif(count(*) FILTER (WHERE state IN (1, 4)), 0) AS read_rate
+        FROM rcs_records
+        GROUP BY ALL;
+
+        CREATE VIEW rcs_message_timings AS
+        SELECT r.id, r.team, r.campaign, r."timestamp" AS sent_at,
+               min(c.observed_at) FILTER (WHERE c.to_state IN (1, 4)) AS delivered_observed_at,
+               min(c.observed_at) FILTER (WHERE c.to_state = 4) AS read_observed_at,
+               min(c.observed_at) FILTER (WHERE c.to_state IN (1, 4)) - r."timestamp"
+                   AS time_to_deliver,
+               min(c.observed_at) FILTER (WHERE c.to_state = 4) - r."timestamp" AS time_to_read
+        FROM rcs_records AS r JOIN rcs_state_changes AS c USING (id)
+        GROUP BY r.id, r.team, r.campaign, r."timestamp";
+        """,
+    ),
 )

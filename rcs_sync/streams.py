@@ -26,6 +26,17 @@ class Field:
 
 
 @dataclass(frozen=True)
+class History:
+    """A stream whose records move through states, and the table logging each move."""
+
+    table: str
+    state: str = "state"
+    initial: int = 0
+    """A record first seen in this state was observed at its own `time` field."""
+    time: str = "timestamp"
+
+
+@dataclass(frozen=True)
 class Stream:
     """A provider endpoint mirrored into one table keyed by `key`."""
 
@@ -40,6 +51,10 @@ class Stream:
     precedence: str = "0"
     """SQL over the typed fields ranking copies of one key in a single response; the
     highest is kept."""
+    personal: tuple[str, ...] = ()
+    """Fields holding personal data: stored as `[warehouse] number` says (privacy.py)."""
+    history: History | None = None
+    """Where each first-seen state and each state change is appended, if anywhere."""
 
     def field_names(self, *, include_optional: bool) -> tuple[str, ...]:
         fields = self.fields + (self.optional_fields if include_optional else ())
@@ -69,6 +84,8 @@ RCS_RECORDS = Stream(
     ),
     optional_fields=(Field("content_message", "string", "VARCHAR"),),
     precedence="CASE state WHEN 4 THEN 3 WHEN 2 THEN 2 WHEN 3 THEN 2 WHEN 1 THEN 1 ELSE 0 END",
+    personal=("number",),
+    history=History("rcs_state_changes"),
 )
 
 STREAMS = {s.name: s for s in (RCS_RECORDS,)}

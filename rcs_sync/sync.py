@@ -20,6 +20,7 @@ from rcs_sync.api import ApiClient, Response
 from rcs_sync.durations import format_instant
 from rcs_sync.errors import ApiUnavailable, RcsSyncError, Stopped, SuspectedTruncation
 from rcs_sync.loader import LoadResult
+from rcs_sync.privacy import PLAIN, Privacy
 from rcs_sync.streams import Stream
 from rcs_sync.warehouse import Commit, Warehouse
 from rcs_sync.windows import (
@@ -55,6 +56,7 @@ class Options:
     max_records: int
     min_window: timedelta
     clock_skew: timedelta
+    privacy: Privacy = PLAIN
 
 
 @dataclass
@@ -256,6 +258,7 @@ class Syncer:
                 commit,
                 include_optional=self.options.include_optional,
                 max_records=self.options.max_records,
+                privacy=self.options.privacy,
             )
             ctx.coverage.fetches.append(fetch)
             if commit.checkpoint is not None:

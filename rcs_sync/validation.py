@@ -107,7 +107,9 @@ def staging_columns(names: tuple[str, ...]) -> str:
     return "{" + ", ".join(f"{literal(n)}: 'JSON'" for n in names) + "}"
 
 
-def raw_expr(names: tuple[str, ...]) -> str:
-    """Rebuild a record's JSON from its staged fields, for the quarantine table."""
-    pairs = ", ".join(f"{literal(n)}, {quote(n)}" for n in names)
+def raw_expr(names: tuple[str, ...], replace: dict[str, str] | None = None) -> str:
+    """Rebuild a record's JSON from its staged fields, for the quarantine table;
+    `replace` gives other SQL for some fields (personal data is never kept raw)."""
+    replace = replace or {}
+    pairs = ", ".join(f"{literal(n)}, {replace.get(n, quote(n))}" for n in names)
     return f"json_object({pairs})"

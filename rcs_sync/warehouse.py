@@ -30,6 +30,7 @@ from rcs_sync.errors import Stopped, WarehouseLocked, WarehouseUnavailable, erro
 from rcs_sync.loader import LoadResult, apply, stage
 from rcs_sync.logs import redact
 from rcs_sync.migrations import MIGRATIONS
+from rcs_sync.privacy import PLAIN, Privacy
 from rcs_sync.streams import Stream
 from rcs_sync.windows import Fetch, Window
 
@@ -204,12 +205,18 @@ class Warehouse:
         return [Fetch(Window(_utc(a), _utc(b)), _utc(f)) for a, b, f in rows]
 
     def commit_batch(
-        self, body: Path, commit: Commit, *, include_optional: bool, max_records: int | None
+        self,
+        body: Path,
+        commit: Commit,
+        *,
+        include_optional: bool,
+        max_records: int | None,
+        privacy: Privacy = PLAIN,
     ) -> LoadResult:
         """Load one response and its bookkeeping in ONE transaction: after a crash at any
         instant either both are in the file or neither is."""
         with self.connect() as con:
-            staged = stage(con, commit.stream, body, max_records=max_records)
+            staged = stage(con, commit.stream, body, max_records=max_records, privacy=privacy)
             now = datetime.now(UTC)
             with _transaction(con, self.path):
                 result = apply(
@@ -218,6 +225,7 @@ class Warehouse:
                     staged,
                     run_id=commit.run_id,
                     now=now,
+                    observed_at=commit.fetched_at,
                     include_optional=include_optional,
                 )
                 self._record(con, commit, result, now)

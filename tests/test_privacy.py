@@ -1,0 +1,84 @@
+"""Phone-number privacy: the SQL transforms, and a warehouse that never holds a raw number."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable
+from pathlib import Path
+
+import duckdb
+import pytest
+import requests
+
+from rcs_sync.privacy import Privacy
+from tests.conftest import TOKEN, Site
+
+
+def transform(privacy: Privacy, numbers: list[str | None]) -> list[str | None]:
+    with duckdb.connect() as con:
+        rows = con.execute(
+            f"SELECT {privacy.sql('n')} FROM unnest(?) AS t(n)", [numbers]
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+@pytest.mark.parametrize("key", [b"k", b"secret-key-123", b"x" * 64, b"y" * 200])
+def test_hash_is_rfc_2104_hmac_sha256(key: bytes) -> None:
+    numbers = ["+33612345678", "+14155550123", "+351912345678"]
+    expected = [hmac.new(key, n.encode(), hashlib.sha256).hexdigest() for n in numbers]
+    assert transform(Privacy("hash", key), [*numbers, None]) == [*expected, None]
+
+
+def test_mask_keeps_the_country_code_and_the_last_two_digits() -> None:
+    got = transform(
+        Privacy("mask"),
+        ["+33612345678", "+14155550123", "+351912345678", "+7 912 345 67 89", None],
+    )
+    assert got == ["+33*******78", "+1********23", "+351*******78", "+7********89", None]
+
+
+def test_hash_needs_a_key() -> None:
+    with pytest.raises(ValueError, match="secret key"):
+        Privacy("hash")
+
+
+def test_with_hash_no_raw_number_is_anywhere_in_the_database_file(
+    site: Callable[..., Site], tmp_path: Path
+) -> None:
+    s = site(records=3_000, bad_fraction=0.03)
+    key_file = tmp_path / "number_key"
+    key_file.write_text("a-long-random-secret\n")
+    key_file.chmod(0o600)
+    s.write_config(warehouse={"number": "hash", "number_key_file": str(key_file)})
+    s.ok("sync")
+    s.sim.sim.advance(120)
+    s.sim.sim.mutate(50)
+    s.ok("sync")
+    s.assert_converged()
+
+    now = s.sim.sim.now()
+    served = requests.get(
+        f"{s.sim.base_url}/j/rcs_records",
+        params={
+            "start": "2000-01-01T00:00:00Z",
+            "end": (now.replace(year=now.year + 1)).isoformat(),
+        },
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=30,
+    ).json()
+    numbers = {r["number"] for r in served if isinstance(r.get("number"), str)}
+    assert len(numbers) > 100
+    stored = dict(s.query("SELECT id, number FROM rcs_records"))
+    by_id = {r["id"]: r["number"] for r in served if isinstance(r.get("id"), int)}
+    sample = next(i for i in stored if isinstance(by_id.get(i), str))
+    assert (
+        stored[sample]
+        == hmac.new(b"a-long-random-secret", by_id[sample].encode(), hashlib.sha256).hexdigest()
+    )
+    assert s.query("SELECT count(*) FROM rcs_quarantine") != [(0,)]
+    files = [p for p in s.dir.iterdir() if p.is_file() and p.name.startswith("rcs.")]
+    content = b"".join(p.read_bytes() for p in files)
+    digits = {n.encode() for n in numbers} | {n.lstrip("+").encode() for n in numbers}
+    leaked = [n for n in digits if n in content]
+    assert not leaked, f"{len(leaked)} raw numbers in the database file, e.g. {leaked[:3]}"
