@@ -80,7 +80,7 @@ class SnapshotResult:
 
 
 def publish(
-    main: Path, snapshot: Path, *, memory_limit: str = "1GB", threads: int = 2
+    main: Path, snapshot: Path, *, memory_limit: str = "400MB", threads: int = 2
 ) -> SnapshotResult:
     """Bring the snapshot up to date with `main` and swap it in atomically.
 

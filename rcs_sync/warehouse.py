@@ -68,7 +68,7 @@ class Warehouse:
         path: Path,
         *,
         lock_timeout: float = 60.0,
-        memory_limit: str = "1GB",
+        memory_limit: str = "400MB",
         threads: int = 2,
         stop: threading.Event | None = None,
     ) -> None:
