@@ -15,8 +15,9 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +34,7 @@ from rcs_sync.windows import Window
 
 if TYPE_CHECKING:
     from rcs_sync.app import App
-    from rcs_sync.sync import PassResult, ScopeOutcome
+    from rcs_sync.sync import Listener, PassResult, ScopeOutcome
 
 log = structlog.get_logger(__name__)
 
@@ -108,7 +109,7 @@ def _emitter() -> Emit:
     return emit
 
 
-def _listener(emit: Emit | None, label: str) -> Any:
+def _listener(emit: Emit | None, label: str) -> AbstractContextManager[Listener | None]:
     """JSON events for the daemon, a progress bar on a terminal, else nothing."""
     if emit is not None:
         return nullcontext(lambda event, data: emit({"event": event, **data}))
@@ -285,6 +286,103 @@ def status(ctx: click.Context, as_json: bool) -> None:
     click.echo(json.dumps(report, indent=2) if as_json else status_report.render(report))
     if not report["healthy"]:
         ctx.exit(EXIT_UNHEALTHY)
+
+
+class TimeZoneName(click.ParamType[str]):
+    """A time zone checked against DuckDB's own list (ICU), the one the report's session
+    uses: a typo is a usage error before any file is opened."""
+
+    name = "ZONE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from rcs_sync.report import canonical_time_zone
+
+        try:
+            return canonical_time_zone(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DAY = click.DateTime(formats=["%Y-%m-%d"])
+
+
+@cli.command()
+@click.option("--since", type=DAY, metavar="DATE", help="First day included (YYYY-MM-DD).")
+@click.option(
+    "--until",
+    type=DAY,
+    metavar="DATE",
+    help="First day excluded: --since 2026-03-01 --until 2026-04-01 is March.",
+)
+@click.option(
+    "--by", type=click.Choice(["day", "campaign", "team"]), default="day", show_default=True
+)
+@click.option("--team", type=int, help="Only this team.")
+@click.option(
+    "--tz",
+    "time_zone",
+    type=TimeZoneName(),
+    default="UTC",
+    show_default=True,
+    help="Time zone of the days (where a day starts and ends), e.g. Europe/Paris.",
+)
+@click.option(
+    "--format",
+    "output",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+)
+@click.option(
+    "--chart",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE.png",
+    help="Also draw daily delivery and read rates over message volume (needs the charts extra).",
+)
+@click.pass_context
+def report(
+    ctx: click.Context,
+    *,
+    since: datetime | None,
+    until: datetime | None,
+    by: str,
+    team: int | None,
+    time_zone: str,
+    output: str,
+    chart: Path | None,
+) -> None:
+    """Delivery and read rates per day, campaign or team.
+
+    Messages, delivered, read, failed, pending, delivery_rate = delivered / (delivered +
+    failed), read_rate = read / delivered; read from the analysts' snapshot, else the
+    warehouse (read-only). --since is included, --until excluded."""
+    from rcs_sync import report as reports
+    from rcs_sync.chart import MatplotlibMissing, require, write_daily
+
+    if since and until and until <= since:
+        raise click.UsageError("--until must be after --since")
+    if chart is not None:
+        try:
+            require()
+        except MatplotlibMissing as exc:
+            click.echo(f"rcs-sync: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+    selection = reports.Selection(
+        by=by,
+        since=since.date() if since else None,
+        until=until.date() if until else None,
+        team=team,
+        time_zone=time_zone,
+    )
+    result = reports.build(_settings(ctx).warehouse, selection, daily=chart is not None)
+    if chart is not None:
+        write_daily(result, chart)
+    if output == "json":
+        click.echo(reports.to_json(result))
+    elif output == "csv":
+        click.echo(reports.to_csv(result), nl=False)
+    else:
+        reports.print_table(result, chart=chart)
 
 
 @cli.command()

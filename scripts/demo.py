@@ -13,8 +13,6 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import duckdb
-
 from rcs_sync.simulator import spawn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,19 +21,6 @@ RCS_SYNC = str(Path(sys.executable).with_name("rcs-sync"))
 TOKEN = "demo-token"
 RECORDS = 100_000
 DAYS = 30
-
-SUMMARY_SQL = """
-SELECT count(*) AS messages,
-       count(*) FILTER (WHERE state IN (1, 4)) AS delivered,
-       count(*) FILTER (WHERE state = 4) AS "read",
-       count(*) FILTER (WHERE state IN (2, 3)) AS failed,
-       count(*) FILTER (WHERE state = 0) AS pending,
-       round(100.0 * count(*) FILTER (WHERE state IN (1, 4))
-             / nullif(count(*) FILTER (WHERE state IN (1, 2, 3, 4)), 0), 1) AS delivery_rate_pct,
-       round(100.0 * count(*) FILTER (WHERE state = 4)
-             / nullif(count(*) FILTER (WHERE state IN (1, 4)), 0), 1) AS read_rate_pct
-FROM rcs_records
-"""
 
 
 def main() -> None:
@@ -63,14 +48,11 @@ def main() -> None:
     finally:
         sim.terminate()
         sim.wait(timeout=10)
-    with duckdb.connect(str(DEMO / "rcs.duckdb"), read_only=True) as con:
-        cursor = con.execute(SUMMARY_SQL)
-        names = [d[0] for d in cursor.description or []]
-        row = cursor.fetchone() or ()
-    print("== delivery and read report (all records)")
-    for name, value in zip(names, row, strict=True):
-        print(f"   {name:>18}: {value:,}" if isinstance(value, int) else f"   {name:>18}: {value}")
-    print(f"\nThe warehouse is {DEMO / 'rcs.duckdb'}; query it with duckdb (read_only=True).")
+    print("== delivery and read report, per team")
+    report = [RCS_SYNC, "--config", str(config), "report", "--by", "team"]
+    subprocess.run(report, env=env, check=True)
+    print(f"\nThe warehouse is {DEMO / 'rcs.duckdb'}: `rcs-sync --config {config} report`,")
+    print("or SQL with duckdb.connect(path, read_only=True); see README, Analytics.")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,257 @@
+"""`rcs-sync report`: messages, outcomes and rates per day, campaign or team.
+
+Everything is read from the `rcs_rates_daily` view, so the report, the chart and an
+analyst's own SQL share one definition of the counts (README, "Analytics"). Per
+campaign or team, the view's daily counts are summed and the rates computed from the
+sums: averaging daily rates would weigh a 10-message day like a 10,000-message one.
+
+The report opens the analysts' snapshot when there is one: a reader on the live file
+would make a running daemon's next commit wait for it. Without a snapshot (no daemon,
+one-shot syncs) it opens the live file read-only, waiting its turn like any rcs-sync
+connection.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import date, datetime
+from pathlib import Path
+
+import duckdb
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from rcs_sync.config import WarehouseSettings
+from rcs_sync.durations import format_instant
+from rcs_sync.errors import WarehouseUnavailable
+from rcs_sync.warehouse import Warehouse
+
+GROUPINGS = ("day", "campaign", "team")
+"""What a report row can stand for; each is a column of `rcs_rates_daily`."""
+COUNTS = ("messages", "delivered", "read", "failed", "pending")
+RATES = ("delivery_rate", "read_rate")
+PIPED_WIDTH = 160
+"""Rich assumes 80 columns off a terminal; a file or a pager gets whole lines instead."""
+
+_QUERY = """
+SELECT {key} AS key, grouping({key}) = 1 AS is_total,
+       coalesce(sum(messages), 0)::BIGINT AS messages,
+       coalesce(sum(delivered), 0)::BIGINT AS delivered,
+       coalesce(sum("read"), 0)::BIGINT AS "read",
+       coalesce(sum(failed), 0)::BIGINT AS failed,
+       coalesce(sum(pending), 0)::BIGINT AS pending,
+       sum(delivered) / nullif(sum(delivered) + sum(failed), 0) AS delivery_rate,
+       sum("read") / nullif(sum(delivered), 0) AS read_rate
+FROM rcs_rates_daily
+WHERE {where}
+GROUP BY ROLLUP ({key})
+ORDER BY is_total, key NULLS LAST
+"""
+"""One row per key, then the total (ROLLUP), all from the same sums; the grand total
+of an empty selection has NULL sums, hence the coalesce."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which messages a report covers, and how it groups them.
+
+    Days are calendar days in `time_zone`; `since` is the first day included and
+    `until` the first day excluded, so consecutive ranges never overlap.
+    """
+
+    by: str = "day"
+    since: date | None = None
+    until: date | None = None
+    team: int | None = None
+    time_zone: str = "UTC"
+
+    def __post_init__(self) -> None:
+        if self.by not in GROUPINGS:
+            raise ValueError(f"cannot group by {self.by!r}: expected one of {GROUPINGS}")
+
+    def describe(self) -> str:
+        """The selection in words, for a footer or a chart title."""
+        days = (
+            f"{self.since or 'first day'} ≤ day < {self.until}"
+            if self.until
+            else f"days from {self.since}"
+            if self.since
+            else "all days"
+        )
+        team = f", team {self.team}" if self.team is not None else ""
+        return f"{days} ({self.time_zone}){team}"
+
+
+@dataclass(frozen=True)
+class Row:
+    key: date | int | None
+    """The day, campaign or team; None for records without a campaign or team."""
+    messages: int
+    delivered: int
+    read: int
+    failed: int
+    pending: int
+    delivery_rate: float | None
+    read_rate: float | None
+
+
+@dataclass(frozen=True)
+class Source:
+    """The file a report was read from, and how fresh its data is."""
+
+    path: Path
+    snapshot: bool
+    as_of: datetime | None
+    """The snapshot's `snapshot_info.as_of`; for the live file, the last successful pass."""
+
+    def describe(self) -> str:
+        when = format_instant(self.as_of) if self.as_of else None
+        if self.snapshot:
+            return f"{self.path} (snapshot as of {when or 'unknown'})"
+        return f"{self.path} (live file, last successful pass {when or 'never'})"
+
+
+@dataclass(frozen=True)
+class Report:
+    selection: Selection
+    source: Source
+    rows: list[Row]
+    total: Row
+    daily: list[Row] | None
+    """Per-day rows of the same selection, for the chart; None unless asked for."""
+
+
+def canonical_time_zone(name: str) -> str:
+    """The time zone's name as DuckDB (ICU) spells it; ValueError when it has none."""
+    with duckdb.connect() as con:
+        return _time_zone(con, name)
+
+
+def _time_zone(con: duckdb.DuckDBPyConnection, name: str) -> str:
+    row = con.execute(
+        "SELECT name FROM pg_timezone_names() WHERE lower(name) = lower(?) "
+        "ORDER BY name = ? DESC LIMIT 1",
+        [name, name],
+    ).fetchone()
+    if row is None:
+        raise ValueError(f"unknown time zone {name!r}: expected an IANA name like 'Europe/Paris'")
+    return str(row[0])
+
+
+def build(settings: WarehouseSettings, selection: Selection, *, daily: bool = False) -> Report:
+    """Run the report's query against the snapshot, or the live file when there is none;
+    with `daily`, also the per-day rows a chart needs."""
+    with _open(settings) as (con, source):
+        # SET takes no parameters; only a name listed by pg_timezone_names() gets here.
+        con.execute(f"SET TimeZone = '{_time_zone(con, selection.time_zone)}'")
+        try:
+            *rows, total = _rows(con, selection, selection.by)
+            days = None
+            if daily:
+                days = rows if selection.by == "day" else _rows(con, selection, "day")[:-1]
+        except duckdb.CatalogException:
+            raise WarehouseUnavailable(
+                f"{source.path} has no analytics views yet: run `rcs-sync migrate`"
+            ) from None
+    return Report(selection, source, rows, total, days)
+
+
+@contextmanager
+def _open(settings: WarehouseSettings) -> Iterator[tuple[duckdb.DuckDBPyConnection, Source]]:
+    snapshot = settings.snapshot_file.exists()
+    warehouse = Warehouse(
+        settings.snapshot_file if snapshot else settings.path,
+        lock_timeout=settings.lock_timeout.total_seconds(),
+        memory_limit=settings.memory_limit,
+        threads=settings.threads,
+    )
+    freshness = (
+        "SELECT max(as_of) FROM snapshot_info"
+        if snapshot
+        else "SELECT max(finished_at) FROM sync_runs WHERE status = 'ok'"
+    )
+    with warehouse.connect(read_only=True) as con:
+        try:
+            found = con.execute(freshness).fetchone()
+        except duckdb.CatalogException:
+            found = None
+        yield con, Source(warehouse.path, snapshot, found[0] if found else None)
+
+
+def _rows(con: duckdb.DuckDBPyConnection, selection: Selection, by: str) -> list[Row]:
+    """Rows for each `by` key in the selection, then the total row."""
+    where, params = ["true"], []
+    for clause, value in (
+        ("day >= ?", selection.since),
+        ("day < ?", selection.until),
+        ("team = ?", selection.team),
+    ):
+        if value is not None:
+            where.append(clause)
+            params.append(value)
+    sql = _QUERY.format(key=by, where=" AND ".join(where))
+    return [Row(key, *values) for key, _, *values in con.execute(sql, params).fetchall()]
+
+
+def to_json(report: Report) -> str:
+    """A list of objects with stable keys; days as ISO dates, rates as floats or null."""
+    return json.dumps([_record(report.selection.by, row) for row in report.rows], indent=2)
+
+
+def to_csv(report: Report) -> str:
+    """A header and one line per row; an empty field is a NULL rate (or key)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([report.selection.by, *COUNTS, *RATES])
+    for row in report.rows:
+        record = _record(report.selection.by, row)
+        writer.writerow(["" if value is None else value for value in record.values()])
+    return out.getvalue()
+
+
+def _record(by: str, row: Row) -> dict[str, object]:
+    fields = asdict(row)
+    key = fields.pop("key")
+    return {by: key.isoformat() if isinstance(key, date) else key, **fields}
+
+
+def print_table(report: Report, *, chart: Path | None = None) -> None:
+    """The terminal view: one line per key, a total line, then where the data came from."""
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=PIPED_WIDTH)
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, show_footer=True, footer_style="bold")
+    total = report.total
+    table.add_column(report.selection.by, footer="total", no_wrap=True)
+    for name in COUNTS:
+        table.add_column(name, footer=f"{getattr(total, name):,}", justify="right", no_wrap=True)
+    for name in RATES:
+        # Two-line headers ("delivery / rate") keep the table within 80 columns.
+        header = name.replace("_", "\n")
+        table.add_column(header, footer=percent(getattr(total, name)), justify="right")
+    for row in report.rows:
+        table.add_row(
+            _key(row.key),
+            *(f"{getattr(row, name):,}" for name in COUNTS),
+            *(percent(getattr(row, name)) for name in RATES),
+        )
+    console.print(table)
+    console.print(report.selection.describe(), highlight=False)
+    console.print(f"source: {report.source.describe()}", highlight=False)
+    if chart is not None:
+        console.print(f"chart: {chart}", highlight=False)
+
+
+def _key(key: date | int | None) -> str:
+    return "(none)" if key is None else key.isoformat() if isinstance(key, date) else str(key)
+
+
+def percent(rate: float | None) -> str:
+    """Rates as percentages; "-" where the rate is undefined (no outcome, or none delivered)."""
+    return "-" if rate is None else f"{100 * rate:.1f} %"
