@@ -18,7 +18,7 @@ from pathlib import Path
 
 import duckdb
 
-from rcs_sync.bodies import Rejected, sanitize_body
+from rcs_sync.bodies import Rejected, sample_keys, sanitize_body
 from rcs_sync.errors import SuspectedTruncation
 from rcs_sync.privacy import Privacy
 from rcs_sync.streams import Stream
@@ -33,7 +33,8 @@ from rcs_sync.validation import (
 )
 
 SAMPLE_SIZE = 20_480
-"""Records DuckDB samples to discover undocumented fields (kept in `extra`)."""
+"""Records DuckDB samples for undocumented fields when the head of a body holds no
+complete record (one record larger than `bodies.SAMPLE_BYTES`)."""
 
 SUPERSEDED = "id: duplicate in response, superseded by another copy"
 WITHHELD = '"withheld: the record could not be parsed and may hold personal data"'
@@ -117,13 +118,17 @@ def apply(
 def _extra_fields(
     con: duckdb.DuckDBPyConnection, stream: Stream, body: Path, fmt: str
 ) -> tuple[str, ...]:
-    """Undocumented fields found in a sample of the body (e.g. `portal` once was)."""
+    """Undocumented fields found in the head of the body (e.g. `portal` once was)."""
     known = {f.name for f in stream.all_fields()}
-    rows = con.execute(
-        f"DESCRIBE SELECT * FROM read_json(?, format={literal(fmt)}, sample_size={SAMPLE_SIZE})",
-        [str(body)],
-    ).fetchall()
-    return tuple(str(r[0]) for r in rows if r[0] not in known)
+    keys = sample_keys(body)
+    if keys is None:
+        rows = con.execute(
+            f"DESCRIBE SELECT * FROM read_json(?, format={literal(fmt)}, "
+            f"sample_size={SAMPLE_SIZE})",
+            [str(body)],
+        ).fetchall()
+        keys = {str(r[0]) for r in rows}
+    return tuple(sorted(keys - known))
 
 
 def _stage(

@@ -229,3 +229,12 @@ def test_migrations_run_once(warehouse: Warehouse) -> None:
 
 def test_database_file_is_not_world_readable(warehouse: Warehouse) -> None:
     assert warehouse.path.stat().st_mode & 0o777 == 0o640
+
+
+def test_extra_fields_are_found_even_behind_a_record_bigger_than_the_sample(
+    warehouse: Warehouse, tmp_path: Path
+) -> None:
+    big = record(1, reference="r" * (3 * 1024 * 1024), channel="rcs")
+    load(warehouse, tmp_path, [big, record(2)])
+    got = dict(rows(warehouse, "SELECT id, extra FROM rcs_records"))
+    assert json.loads(got[1]) == {"channel": "rcs"}
