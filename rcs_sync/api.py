@@ -33,6 +33,7 @@ from rcs_sync.errors import (
     BadRequest,
     Stopped,
     TransientApiError,
+    WarehouseUnavailable,
 )
 
 log = structlog.get_logger(__name__)
@@ -152,13 +153,18 @@ class ApiClient:
     def _fetch_once(
         self, path: str, params: Mapping[str, str], consume: Callable[[Response], T]
     ) -> T:
-        self._spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, name = tempfile.mkstemp(prefix="body-", suffix=".json", dir=self._spool_dir)
+        try:
+            self._spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd, name = tempfile.mkstemp(prefix="body-", suffix=".json", dir=self._spool_dir)
+        except OSError as exc:
+            raise _spool_failed(self._spool_dir, exc) from None
         spool = Path(name)
         try:
             with os.fdopen(fd, "wb") as out:
                 response = self._download(path, params, out)
             return consume(Response(spool, *response))
+        except OSError as exc:  # not a network error: those are RcsSyncErrors by now
+            raise _spool_failed(self._spool_dir, exc) from None
         finally:
             spool.unlink(missing_ok=True)
 
@@ -263,6 +269,11 @@ def _spool(resp: requests.Response, out: IO[bytes], stop: threading.Event) -> in
     if first != ord("[") or last != ord("]"):
         raise BadBody(f"HTTP 200 but the body ({size} bytes) is not a complete JSON array")
     return size
+
+
+def _spool_failed(spool_dir: Path, exc: OSError) -> WarehouseUnavailable:
+    reason = exc.strerror or type(exc).__name__
+    return WarehouseUnavailable(f"cannot write a response body in {spool_dir}: {reason}")
 
 
 def _snippet(resp: requests.Response) -> str:

@@ -223,6 +223,11 @@ class Syncer:
             if self.stop.is_set():
                 raise Stopped("stop requested between windows")
             self._read(ctx, window)
+        if not todo and sets_checkpoint:
+            # Every window was read before (e.g. by `backfill` up to a future end): the
+            # checkpoint those reads earned was never written by a commit of this pass.
+            result.checkpoint = checkpoint_after_full_pass(plan.span, fresh, horizon)
+            self.warehouse.set_checkpoint(self.stream, scope.key, result.checkpoint, run_id)
 
     def _incremental(self, scope: Scope, plan: PassPlan, run_id: int, result: PassResult) -> None:
         self._listen("planned", {"windows": 1, "scope": scope.key})

@@ -107,6 +107,10 @@ class Warehouse:
             yield con
         except duckdb.InterruptException:
             raise Stopped("stop requested: the running statement was interrupted") from None
+        except (duckdb.IOException, duckdb.OutOfMemoryException) as exc:
+            # A full disk, a vanished directory, memory_limit too small: nothing committed.
+            first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise WarehouseUnavailable(f"writing {self.path} failed: {first_line}") from None
         finally:
             self._active = None
             con.close()
@@ -195,6 +199,14 @@ class Warehouse:
             ).fetchone()
         return _utc(row[0]) if row else None
 
+    def set_checkpoint(self, stream: Stream, scope: str, checkpoint: datetime, run_id: int) -> None:
+        """Record a checkpoint earned without loading anything (all windows were read)."""
+        with self.connect() as con, _transaction(con, self.path):
+            _write_checkpoint(con, stream, scope, checkpoint, datetime.now(UTC))
+            con.execute(
+                "UPDATE sync_runs SET checkpoint = ? WHERE run_id = ?", [checkpoint, run_id]
+            )
+
     def fetches(self, stream: Stream, scope: str) -> list[Fetch]:
         with self.connect() as con:
             rows = con.execute(
@@ -250,12 +262,7 @@ class Warehouse:
                 ],
             )
         if commit.checkpoint is not None:
-            con.execute(
-                "INSERT INTO sync_checkpoints VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (stream, scope) DO UPDATE SET "
-                "checkpoint = excluded.checkpoint, updated_at = excluded.updated_at",
-                [commit.stream.name, commit.scope, commit.checkpoint, now],
-            )
+            _write_checkpoint(con, commit.stream, commit.scope, commit.checkpoint, now)
         con.execute(
             "UPDATE sync_runs SET windows = windows + 1, received = received + ?, "
             "inserted = inserted + ?, updated = updated + ?, quarantined = quarantined + ?, "
@@ -274,6 +281,17 @@ class Warehouse:
         """A read-only query for status and reports (opens the file read-only)."""
         with self.connect(read_only=True) as con:
             return con.execute(sql, params or []).fetchall()
+
+
+def _write_checkpoint(
+    con: duckdb.DuckDBPyConnection, stream: Stream, scope: str, checkpoint: datetime, now: datetime
+) -> None:
+    con.execute(
+        "INSERT INTO sync_checkpoints VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (stream, scope) DO UPDATE SET "
+        "checkpoint = excluded.checkpoint, updated_at = excluded.updated_at",
+        [stream.name, scope, checkpoint, now],
+    )
 
 
 @contextmanager
