@@ -120,7 +120,9 @@ class ApiClient:
         self._session = requests.Session()
         self._session.headers["Accept"] = "application/json"
         self._session.headers["User-Agent"] = "rcs-sync"
-        self._session.verify = str(ca_bundle) if ca_bundle else True
+        # Passed on every request: requests lets $REQUESTS_CA_BUNDLE override a
+        # Session-level verify (psf/requests#3829), which would drop [api] ca_bundle.
+        self._verify: str | bool = str(ca_bundle) if ca_bundle else True
         self._host = describe_endpoint(base_url)
         self._on_response = on_response or (lambda _status: None)
         """Told each response's status, None for no response (metrics)."""
@@ -181,6 +183,7 @@ class ApiClient:
                 headers=headers,
                 timeout=self._timeouts,
                 stream=True,
+                verify=self._verify,
             ) as resp:
                 elapsed = time.monotonic() - started
                 self._on_response(resp.status_code)

@@ -10,6 +10,7 @@ is not JSON at all is a `BadBody`, fetched again.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,11 +52,47 @@ def _elements(text: str) -> list[object]:
             expect_value = True
             continue
         try:
-            item, pos = decoder.raw_decode(text, pos)
-        except (json.JSONDecodeError, RecursionError):
+            item, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError:
             raise BadBody(f"body is not valid JSON near character {pos}") from None
+        except RecursionError:
+            end = _container_end(text, pos)
+            item = TooDeep(text[pos:end])
         items.append(item)
+        pos = end
         expect_value = False
+
+
+@dataclass(frozen=True)
+class TooDeep:
+    """An element nested deeper than Python's parser goes: quarantined, not parsed."""
+
+    text: str
+
+
+def _container_end(text: str, pos: int) -> int:
+    """Where the array or object starting at `pos` ends, found without recursion."""
+    depth = 0
+    in_string = False
+    escaped = False
+    for index in range(pos, len(text)):
+        char = text[index]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+            if depth == 0:
+                return index + 1
+    raise BadBody(f"body ends inside a value starting at character {pos}")
 
 
 def sample_keys(body: Path) -> set[str] | None:
@@ -84,6 +121,9 @@ def sample_keys(body: Path) -> set[str] | None:
 
 def _check(item: object, key: str) -> tuple[str | None, str | None]:
     """(record id as text, reason to reject) for one element."""
+    if isinstance(item, TooDeep):
+        found = re.search(r'"' + re.escape(key) + r'"\s*:\s*"?(-?\w+)', item.text)
+        return (found.group(1)[:100] if found else None), "record: nested too deeply to parse"
     if not isinstance(item, dict):
         return None, "record: not a JSON object"
     record_id = item.get(key)
@@ -107,7 +147,7 @@ def sanitize_body(body: Path, key: str) -> tuple[Path, list[Rejected]]:
                 out.write(json.dumps(item, ensure_ascii=False))
                 out.write("\n")
                 continue
-            raw = json.dumps(item, ensure_ascii=False)
+            raw = item.text if isinstance(item, TooDeep) else json.dumps(item, ensure_ascii=False)
             raw = raw.encode("utf-8", "backslashreplace").decode("utf-8")
             rejected.append(Rejected(record_id, reason, raw[:RAW_LIMIT]))
     return out_path, rejected

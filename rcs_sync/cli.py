@@ -473,6 +473,9 @@ def _summary(result: PassResult) -> str:
 
 def main() -> None:
     """Entry point: run the CLI, turning every failure into one line and an exit code."""
+    # Record data never becomes world-readable: DuckDB creates its WAL and spill files
+    # with the process umask (0644 under the usual 022); the database is 0640 anyway.
+    os.umask(os.umask(0) | 0o027)
     ctx: click.Context | None = None
     try:
         ctx = cli.make_context("rcs-sync", sys.argv[1:])
