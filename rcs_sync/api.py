@@ -41,6 +41,8 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 CHUNK = 1 << 20
+SPOOL_PREFIX = "body-"
+"""Spooled bodies are named body-<pid>-<random>.json (.ndjson for the slow path)."""
 WHITESPACE = b" \t\r\n"
 SPLITTABLE_STATUSES = {502, 504}
 """Gateway failures that typically mean "this response is too big or too slow"."""
@@ -157,7 +159,10 @@ class ApiClient:
     ) -> T:
         try:
             self._spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd, name = tempfile.mkstemp(prefix="body-", suffix=".json", dir=self._spool_dir)
+            _remove_orphans(self._spool_dir)
+            fd, name = tempfile.mkstemp(
+                prefix=f"{SPOOL_PREFIX}{os.getpid()}-", suffix=".json", dir=self._spool_dir
+            )
         except OSError as exc:
             raise _spool_failed(self._spool_dir, exc) from None
         spool = Path(name)
@@ -272,6 +277,25 @@ def _spool(resp: requests.Response, out: IO[bytes], stop: threading.Event) -> in
     if first != ord("[") or last != ord("]"):
         raise BadBody(f"HTTP 200 but the body ({size} bytes) is not a complete JSON array")
     return size
+
+
+def _remove_orphans(spool_dir: Path) -> None:
+    """Delete bodies spooled by processes that no longer run (killed mid-download or
+    mid-load); another live rcs-sync may be spooling in the same directory."""
+    for leftover in spool_dir.glob(f"{SPOOL_PREFIX}*"):
+        pid = leftover.name.removeprefix(SPOOL_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            leftover.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _spool_failed(spool_dir: Path, exc: OSError) -> WarehouseUnavailable:
