@@ -17,7 +17,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-FAULT_KINDS = ("429", "500", "503", "drop", "truncate", "html", "reset", "slow")
+FAULT_KINDS = (
+    "429",
+    "500",
+    "502",
+    "503",
+    "504",
+    "drop",
+    "truncate",
+    "html",
+    "reset",
+    "slow",
+    "empty_object",  # 200 with the body `{}`
+    "null",  # 200 with the body `null`
+    "text",  # 200 with a plain-text error message (wrong content type)
+)
 BOUNDS = ("[)", "[]", "()", "(]")
 
 DATABASE = "simdb"  # attached in-memory database, compressed on checkpoint
@@ -68,6 +82,7 @@ class PopulationSpec:
     teams: int
     campaigns: int
     bad_fraction: float
+    boundary_fraction: float = 0.0  # share of records placed exactly on a UTC midnight
 
 
 def _reference(id_sql: str) -> str:
@@ -120,7 +135,9 @@ picks AS (
 ),
 rows AS (
     SELECT id, s1, campaign, digits, portal, bad, u4, u5,
-        CASE WHEN u1 < 0.5 THEN t_raw + (1000 - t_raw % 1000) % 1000 ELSE t_raw END AS t0,
+        CASE WHEN u1 < {spec.boundary_fraction / 2} THEN t_raw - t_raw % {_DAY_MS}
+             WHEN u1 < 0.5 THEN t_raw + (1000 - t_raw % 1000) % 1000
+             ELSE t_raw END AS t0,
         CASE s1 WHEN 1 THEN 1000 + {exponential("u3", 30_000)}
                 WHEN 2 THEN 5000 + {exponential("u3", 120_000)}
                 WHEN 3 THEN 500 + {exponential("u3", 2_000)} END::BIGINT AS d1,
@@ -152,7 +169,9 @@ def population_statements(spec: PopulationSpec, chunk: int = 1_000_000) -> list[
 
     One record per equal time slot at a random offset inside it (a Poisson-like stream
     that needs no sort). Half the timestamps are rounded up to whole seconds (up, so no
-    arrival lands on the start clock), so both ``…:14Z`` and ``…:14.243Z`` are served.
+    arrival lands on the start clock), so both ``…:14Z`` and ``…:14.243Z`` are served;
+    with ``boundary_fraction``, that share of them is moved down to the UTC midnight
+    before it instead (a window boundary for day-sized windows).
     Each chunk is checkpointed (compressed) before the next, so peak memory stays near
     one uncompressed chunk.
     """

@@ -77,6 +77,19 @@ _HTML_ERROR_PAGE = (
     b"<body><h1>Bad Gateway</h1><p>The upstream server is temporarily unavailable."
     b" Please try again later.</p></body></html>\n"
 )
+# Faults answered with HTTP 200 and a body that is not the JSON array: (content type, body).
+_BAD_200 = {
+    "html": ("text/html; charset=utf-8", _HTML_ERROR_PAGE),
+    "empty_object": ("application/json", b"{}"),
+    "null": ("application/json", b"null"),
+    "text": ("text/plain; charset=utf-8", b"upstream request timeout\n"),
+}
+_ERROR_TEXT = {
+    500: "internal server error",
+    502: "bad gateway",
+    503: "service unavailable",
+    504: "gateway timeout",
+}
 
 
 @dataclass(frozen=True)
@@ -102,6 +115,7 @@ class SimConfig:
     bounds: str = "[)"  # how start/end apply to `timestamp`, one of BOUNDS
     bad_fraction: float = 0.0  # fraction of records always served malformed
     extra_fields: bool = False  # ~10% of records carry an undocumented "channel" field
+    boundary_fraction: float = 0.0  # share of records timestamped exactly at a UTC midnight
 
 
 @dataclass(frozen=True)
@@ -158,6 +172,7 @@ def _validate(config: SimConfig) -> None:
     _check(isinstance(config.token, str) and config.token != "", "token must be non-empty")
     _check(0 <= config.fault_rate <= 1, "fault_rate must be within [0, 1]")
     _check(0 <= config.bad_fraction <= 1, "bad_fraction must be within [0, 1]")
+    _check(0 <= config.boundary_fraction <= 1, "boundary_fraction must be within [0, 1]")
     unknown = set(config.faults) - set(FAULT_KINDS)
     _check(not unknown, f"unknown fault kinds {sorted(unknown)}; known: {FAULT_KINDS}")
     _check(config.slow_seconds >= 0 and config.latency >= 0, "delays must be >= 0")
@@ -238,6 +253,7 @@ class Simulator:
             teams=config.teams,
             campaigns=config.campaigns,
             bad_fraction=config.bad_fraction,
+            boundary_fraction=config.boundary_fraction,
         )
         for statement in population_statements(spec):
             self._con.execute(statement)
@@ -463,7 +479,7 @@ class _Handler(BaseHTTPRequestHandler):
         fault = sim.draw_fault()
         kind = fault.kind if fault else None
         if fault and kind not in ("slow", "truncate", "reset"):
-            status = None if kind == "drop" else 200 if kind == "html" else int(fault.kind)
+            status = None if kind == "drop" else 200 if kind in _BAD_200 else int(fault.kind)
             return status, 0, kind, partial(self._send_fault, fault, clock_us)
         if kind == "slow" and self.server.stopping.wait(sim.config.slow_seconds):
             return None, 0, kind, self._hang_up
@@ -476,16 +492,15 @@ class _Handler(BaseHTTPRequestHandler):
         """Answer with an error status, an HTML page, or nothing at all (``drop``)."""
         if fault.kind == "drop":
             self._hang_up()
-        elif fault.kind == "html":
-            self._send(200, "text/html; charset=utf-8", _HTML_ERROR_PAGE)
+        elif fault.kind in _BAD_200:
+            self._send(200, *_BAD_200[fault.kind])
         elif fault.kind == "429":
             retry_after = "1"
             if fault.retry_after_date:
                 retry_after = formatdate(clock_us // 1_000_000 + 2, usegmt=True)
             self._send_json(429, {"error": "too many requests"}, [("Retry-After", retry_after)])
         else:
-            error = "internal server error" if fault.kind == "500" else "service unavailable"
-            self._send_json(int(fault.kind), {"error": error})
+            self._send_json(int(fault.kind), {"error": _ERROR_TEXT[int(fault.kind)]})
 
     def _send_array(self, path: Path, fault: Fault | None) -> None:
         """Send ``[`` + the spool file minus its leading comma + ``]`` (zero-copy), then
