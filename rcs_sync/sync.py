@@ -150,13 +150,22 @@ class Syncer:
         self.options = options
         self._listen = listener or (lambda _event, _data: None)
 
-    def sync(self, scope: Scope, *, now: datetime | None = None) -> PassResult:
-        """The pass the checkpoint calls for: first backfill, catch-up or incremental."""
-        now = now or datetime.now(UTC)
-        plan = plan_pass(
-            self.warehouse.checkpoint(self.stream, scope.key), now, self.options.policy
-        )
-        return self._run(scope, plan, command="sync")
+    def sync(self, scope: Scope) -> PassResult:
+        """The pass the checkpoint calls for: first backfill, catch-up or incremental.
+
+        A full pass that found every window already read (a `backfill` went past now)
+        only wrote the checkpoint those reads earned; the changes made since then are
+        fetched at once by the incremental pass it now allows, not an interval later."""
+        result = self._run(scope, self._plan(scope), command="sync")
+        if result.mode != "incremental" and result.windows == 0 and result.checkpoint:
+            follow_up = self._plan(scope)
+            if follow_up.mode == "incremental":
+                return self._run(scope, follow_up, command="sync")
+        return result
+
+    def _plan(self, scope: Scope) -> PassPlan:
+        checkpoint = self.warehouse.checkpoint(self.stream, scope.key)
+        return plan_pass(checkpoint, datetime.now(UTC), self.options.policy)
 
     def backfill(self, scope: Scope, span: Window, *, force: bool) -> PassResult:
         """Read `span` in full windows, skipping those already read unless `force`."""

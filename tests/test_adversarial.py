@@ -257,15 +257,6 @@ def test_a_sync_after_a_backfill_up_to_now_keeps_syncing_changes(site: SiteFacto
     s.assert_converged()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG (a one-pass lag, no loss): since c523fa2 the first `sync` after a `backfill` "
-    "that reached beyond now + clock_skew writes the checkpoint its reads earned and "
-    "fetches nothing, so it exits 0 without the changes made since the backfill; the "
-    "next pass brings them. It could go on with an incremental read in the same pass. "
-    "Found by the soak (SIGKILL `backfill` cmd, then sync).",
-)
 def test_the_first_sync_after_a_backfill_up_to_now_brings_the_changes_since(
     site: SiteFactory,
 ) -> None:
