@@ -78,6 +78,17 @@ class Scenario:
         if not comparison.ok:
             self.problems.append(f"{label}: {comparison}")
 
+    def checked_pass(self, site: Site, label: str, *, at_last_request: bool = False) -> None:
+        """One `sync`, counted as a trial: a failure is a problem, a success is compared
+        with the truth (as of the pass's last request, for a running clock)."""
+        result = site.run("sync")
+        self.trials += 1
+        if result.returncode != 0:
+            self.problem(f"{label}: exit {result.returncode}")
+            return
+        clock_us = last_request_us(site) if at_last_request else None
+        self.record(compare_at(site, clock_us), label)
+
     def problem(self, text: str) -> None:
         self.problems.append(text)
 
@@ -326,12 +337,7 @@ class Soak:
                     if round_:
                         site.sim.sim.advance(rng.uniform(30, 900))
                         site.sim.sim.mutate(rng.randrange(100, 2_000))
-                    result = site.run("sync")
-                    s.trials += 1
-                    if result.returncode != 0:
-                        s.problem(f"fault mix {index} pass {round_}: exit {result.returncode}")
-                        continue
-                    s.record(compare_at(site), f"fault mix {index} pass {round_}")
+                    s.checked_pass(site, f"fault mix {index} pass {round_}")
                 seen.update(r.fault for r in site.sim.sim.requests if r.fault)
             finally:
                 self.done(site)
@@ -359,13 +365,8 @@ class Soak:
                 site.ok("sync")
                 for round_ in range(self.n(5, 2)):
                     site.sim.sim.mutate(rng.randrange(10, 200))
-                    result = site.run("sync")
-                    s.trials += 1
-                    if result.returncode != 0:
-                        s.problem(f"clock {offset:+.0f}s pass {round_}: exit {result.returncode}")
-                        continue
                     label = f"clock {offset:+.0f}s pass {round_}"
-                    s.record(compare_at(site, last_request_us(site)), label)
+                    s.checked_pass(site, label, at_last_request=True)
             finally:
                 self.done(site)
 
@@ -388,12 +389,7 @@ class Soak:
                     if round_:
                         site.sim.sim.advance(rng.uniform(10, 600))
                         site.sim.sim.mutate(rng.randrange(10, 300))
-                    result = site.run("sync")
-                    s.trials += 1
-                    if result.returncode != 0:
-                        s.problem(f"bounds {bounds} pass {round_}: exit {result.returncode}")
-                        continue
-                    s.record(compare_at(site), f"bounds {bounds} #{index} pass {round_}")
+                    s.checked_pass(site, f"bounds {bounds} #{index} pass {round_}")
             finally:
                 self.done(site)
 
