@@ -67,7 +67,6 @@ class App:
             include_optional=self.settings.api.include_content,
             max_records=s.max_records_per_request,
             min_window=s.min_window,
-            clock_skew=s.clock_skew,
             privacy=self.privacy(),
         )
 

@@ -87,5 +87,3 @@ RCS_RECORDS = Stream(
     personal=("number",),
     history=History("rcs_state_changes"),
 )
-
-STREAMS = {s.name: s for s in (RCS_RECORDS,)}
