@@ -38,11 +38,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rcs_sync.durations import format_instant
-from rcs_sync.sim_population import BOUNDS, FAULT_KINDS, truth_sql
+from rcs_sync.sim_population import BOUNDS, FAULT_KINDS
 from tests.adversarial_helpers import (
     Comparison,
     backfill_kill_trial,
     catchup_kill_trial,
+    compare,
     descendants,
     fill,
     incremental_kill_trial,
@@ -87,32 +88,10 @@ class Scenario:
             self.problem(f"{label}: exit {result.returncode}")
             return
         clock_us = last_request_us(site) if at_last_request else None
-        self.record(compare_at(site, clock_us), label)
+        self.record(compare(site, clock_us), label)
 
     def problem(self, text: str) -> None:
         self.problems.append(text)
-
-
-def compare_at(site: Site, clock_us: int | None = None) -> Comparison:
-    """The table against the truth as of `clock_us` (server time; default: now).
-
-    With a running clock, records keep changing while we look: the truth as of the last
-    request the server answered is what a perfect sync holds.
-    """
-    sim = site.sim.sim
-    at = sim.now_us() if clock_us is None else clock_us
-    with sim._cursor() as cur:
-        rows = cur.execute(truth_sql(at // 1000)).fetchall()
-    truth = {int(i): int(s) for i, s, bad in rows if not bad}
-    table_rows = site.query("SELECT id, state FROM rcs_records")
-    table = dict(table_rows)
-    return Comparison(
-        checked=len(truth),
-        missing=len(truth.keys() - table.keys()),
-        stale=sum(1 for i, s in truth.items() if i in table and table[i] != s),
-        duplicated=len(table_rows) - len(table),
-        unexpected=len(table.keys() - truth.keys() - {int(i) for i, _, bad in rows if bad}),
-    )
 
 
 def last_request_us(site: Site) -> int:
@@ -249,7 +228,7 @@ class Soak:
                             s.problem(f"concurrent #{index}.{round_} {args[0]}: {line[:160]}")
                     if site.run("sync").returncode != 0:
                         s.problem(f"concurrent #{index}.{round_}: the pass after failed")
-                    s.record(compare_at(site), f"concurrent #{index}.{round_}")
+                    s.record(compare(site), f"concurrent #{index}.{round_}")
             finally:
                 self.done(site)
 
@@ -312,7 +291,7 @@ class Soak:
         if code != 0:
             s.problem(f"daemon {index} stopped with exit {code}")
         opens_cleanly(site.db)
-        s.record(compare_at(site), f"daemon {index}")
+        s.record(compare(site), f"daemon {index}")
 
     def fault_mix(self, s: Scenario) -> None:
         """30 % of requests faulted, every kind, over 100k-200k records: backfill plus
@@ -420,7 +399,7 @@ class Soak:
             try:
                 if site.run("sync").returncode != 0:
                     s.problem(f"meddled #{index}: the last pass failed")
-                s.record(compare_at(site), f"meddled #{index}")
+                s.record(compare(site), f"meddled #{index}")
             finally:
                 self.done(site)
 
@@ -467,7 +446,7 @@ class Soak:
                     filler.unlink()
                     if site.run("sync").returncode != 0:
                         s.problem(f"disk #{index}: the rerun after freeing space failed")
-                    s.record(compare_at(site), f"disk #{index}")
+                    s.record(compare(site), f"disk #{index}")
                 finally:
                     site.sim.stop()
             finally:

@@ -296,15 +296,21 @@ class Simulator:
     def snapshot(self) -> tuple[datetime, dict[int, int], set[int]]:
         """Clock, :meth:`truth` and :meth:`bad_ids`, all as of one instant."""
         now_us = self.now_us()
+        truth, bad = self.truth_at(now_us)
+        return _from_us(now_us), truth, bad
+
+    def truth_at(self, clock_us: int) -> tuple[dict[int, int], set[int]]:
+        """:meth:`truth` and :meth:`bad_ids` as of a server clock in epoch microseconds
+        (e.g. the moment of a pass's last request, with a running clock)."""
         truth: dict[int, int] = {}
         bad: set[int] = set()
         with self._cursor() as cur:
-            for record_id, state, bad_kind in cur.execute(truth_sql(now_us // 1000)).fetchall():
+            for record_id, state, bad_kind in cur.execute(truth_sql(clock_us // 1000)).fetchall():
                 if bad_kind:
                     bad.add(record_id)
                 else:
                     truth[record_id] = state
-        return _from_us(now_us), truth, bad
+        return truth, bad
 
     def truth(self) -> dict[int, int]:
         """id -> current state of every valid visible record: what a perfect sync holds now."""

@@ -99,8 +99,11 @@ class Comparison:
         )
 
 
-def compare(site: Site) -> Comparison:
-    _, truth, _ = site.sim.sim.snapshot()
+def compare(site: Site, clock_us: int | None = None) -> Comparison:
+    """The table against the simulator's truth now, or as of `clock_us` (a running
+    clock moves on after a pass: its last request is what a perfect sync holds)."""
+    sim = site.sim.sim
+    truth, _ = sim.truth_at(sim.now_us() if clock_us is None else clock_us)
     rows = site.query("SELECT id, state FROM rcs_records")
     table = dict(rows)
     return Comparison(
