@@ -162,4 +162,20 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         GROUP BY r.id, r.team, r.campaign, r."timestamp";
         """,
     ),
+    (
+        5,
+        "sync_splits: periods whose reads had to be split, and the window span they need",
+        """
+        CREATE TABLE sync_splits (
+            stream VARCHAR NOT NULL,
+            scope VARCHAR NOT NULL,
+            period_start TIMESTAMPTZ NOT NULL,
+            period_end TIMESTAMPTZ NOT NULL,
+            span INTERVAL NOT NULL,
+            reason VARCHAR NOT NULL,
+            recorded_at TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (stream, scope, period_start, period_end)
+        );
+        """,
+    ),
 )

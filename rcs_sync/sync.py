@@ -26,6 +26,7 @@ from rcs_sync.warehouse import Commit, Warehouse
 from rcs_sync.windows import (
     Fetch,
     PassPlan,
+    Split,
     SyncPolicy,
     Window,
     checkpoint_after_full_pass,
@@ -125,6 +126,10 @@ class _Pass:
     coverage: Coverage
     modified_since: datetime | None
     record_windows: bool
+    """Full-window reads: each loaded window is recorded as read, each split as needed."""
+    unrecorded: list[tuple[Split, str]] = field(default_factory=list)
+    """Splits made since the last load, recorded once a smaller window loads: a window
+    that fails at every size (an outage) says nothing about the size it needs."""
 
 
 Listener = Callable[[str, dict[str, object]], None]
@@ -216,7 +221,8 @@ class Syncer:
             for f in self.warehouse.fetches(self.stream, scope.key)
             if plan.fresh_after is None or f.fetched_at >= plan.fresh_after
         ]
-        todo = plan_windows(plan.span, fresh, self.options.policy.window, None)
+        splits = self.warehouse.splits(self.stream, scope.key)
+        todo = plan_windows(plan.span, fresh, self.options.policy.window, None, splits)
         self._listen("planned", {"windows": len(todo), "scope": scope.key})
         horizon = self.options.policy.update_horizon
         coverage = Coverage(
@@ -238,6 +244,11 @@ class Syncer:
             self.warehouse.set_checkpoint(self.stream, scope.key, result.checkpoint, run_id)
 
     def _incremental(self, scope: Scope, plan: PassPlan, run_id: int, result: PassResult) -> None:
+        """One request over the span with `modified_since`, split only if it must be.
+
+        Recorded splits are neither used nor written here: an incremental response holds
+        the records changed since the checkpoint, so its size depends on how long ago that
+        was, not on the period, and its span moves with the clock anyway."""
         self._listen("planned", {"windows": 1, "scope": scope.key})
         coverage = Coverage(plan.span, [], checkpoint_after_incremental)
         ctx = _Pass(scope, run_id, result, coverage, plan.modified_since, record_windows=False)
@@ -294,9 +305,14 @@ class Syncer:
                 reason=str(exc),
             )
             ctx.result.splits += 1
+            if ctx.record_windows:
+                ctx.unrecorded.append((Split(window, window.span / 2), str(exc)))
             for half in window.halves():
                 self._read(ctx, half)
             return
+        if ctx.unrecorded:
+            self.warehouse.record_splits(self.stream, ctx.scope.key, ctx.unrecorded)
+            ctx.unrecorded.clear()
         ctx.result.add(loaded)
         event = {
             "scope": ctx.scope.key,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,7 +32,7 @@ from rcs_sync.logs import redact
 from rcs_sync.migrations import MIGRATIONS
 from rcs_sync.privacy import PLAIN, Privacy
 from rcs_sync.streams import Stream
-from rcs_sync.windows import Fetch, Window
+from rcs_sync.windows import Fetch, Split, Window
 
 log = structlog.get_logger(__name__)
 
@@ -215,6 +215,34 @@ class Warehouse:
                 [stream.name, scope],
             ).fetchall()
         return [Fetch(Window(_utc(a), _utc(b)), _utc(f)) for a, b, f in rows]
+
+    def splits(self, stream: Stream, scope: str) -> list[Split]:
+        with self.connect() as con:
+            rows = con.execute(
+                "SELECT period_start, period_end, span FROM sync_splits "
+                "WHERE stream = ? AND scope = ?",
+                [stream.name, scope],
+            ).fetchall()
+        return [Split(Window(_utc(a), _utc(b)), span) for a, b, span in rows]
+
+    def record_splits(
+        self, stream: Stream, scope: str, splits: Sequence[tuple[Split, str]]
+    ) -> None:
+        """Remember periods that needed smaller windows, each with why; a period split
+        again keeps the smaller span. A planning hint only: losing it to a crash costs
+        one oversized request, never data."""
+        now = datetime.now(UTC)
+        with self.connect() as con, _transaction(con, self.path):
+            con.executemany(
+                "INSERT INTO sync_splits VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (stream, scope, period_start, period_end) DO UPDATE SET "
+                "span = least(span, excluded.span), reason = excluded.reason, "
+                "recorded_at = excluded.recorded_at",
+                [
+                    [stream.name, scope, split.period.start, split.period.end, split.span, why, now]
+                    for split, why in splits
+                ],
+            )
 
     def commit_batch(
         self,

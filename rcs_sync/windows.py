@@ -65,6 +65,19 @@ class Fetch:
 
 
 @dataclass(frozen=True)
+class Split:
+    """A read of `period` was split (truncated, or kept failing) and its halves loaded:
+    later full passes read that period in windows no longer than `span`."""
+
+    period: Window
+    span: timedelta
+
+    def __post_init__(self) -> None:
+        if self.span <= timedelta(0):
+            raise ValueError(f"split span must be positive, got {self.span}")
+
+
+@dataclass(frozen=True)
 class SyncPolicy:
     initial_start: datetime
     window: timedelta
@@ -137,12 +150,51 @@ def cut(span: Window, size: timedelta) -> list[Window]:
     return result
 
 
+def nested_size(size: timedelta, limit: timedelta) -> timedelta:
+    """The longest `size / 2**k` within `limit`: cells of that grid nest in the cells of
+    `size`, so the small windows of a split period line up with the windows around it."""
+    while size > limit:
+        size /= 2
+    return size
+
+
+def sizes(span: Window, size: timedelta, splits: Iterable[Split]) -> list[tuple[Window, timedelta]]:
+    """Split `span` into segments, each with the window size it needs: `size`, or less
+    where a recorded split covers it (the smallest, on the nested grid)."""
+    relevant = [s for s in splits if s.period.end > span.start and s.period.start < span.end]
+    points = sorted(
+        {span.start, span.end}
+        | {max(span.start, s.period.start) for s in relevant}
+        | {min(span.end, s.period.end) for s in relevant}
+    )
+    segments: list[tuple[Window, timedelta]] = []
+    for lo, hi in pairwise(points):
+        limits = [s.span for s in relevant if s.period.start <= lo and s.period.end >= hi]
+        need = nested_size(size, min(limits)) if limits else size
+        if segments and segments[-1][1] == need:
+            segments[-1] = (Window(segments[-1][0].start, hi), need)
+        else:
+            segments.append((Window(lo, hi), need))
+    return segments
+
+
 def plan_windows(
-    span: Window, fetches: Iterable[Fetch], size: timedelta, fresh_after: datetime | None
+    span: Window,
+    fetches: Iterable[Fetch],
+    size: timedelta,
+    fresh_after: datetime | None,
+    splits: Iterable[Split] = (),
 ) -> list[Window]:
-    """The windows still to fetch: the grid cells of `span` not covered by a fresh fetch."""
+    """The windows still to fetch: the grid cells of `span` not covered by a fresh fetch,
+    no longer than any recorded split of their period asks."""
     covered = [f.window for f in fetches if fresh_after is None or f.fetched_at >= fresh_after]
-    return [w for gap in gaps(span, covered) for w in cut(gap, size)]
+    splits = list(splits)
+    return [
+        w
+        for gap in gaps(span, covered)
+        for segment, segment_size in sizes(gap, size, splits)
+        for w in cut(segment, segment_size)
+    ]
 
 
 def plan_pass(checkpoint: datetime | None, now: datetime, policy: SyncPolicy) -> PassPlan:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from rcs_sync.durations import format_instant
+from tests.adversarial_helpers import compare, day_start
 from tests.conftest import TOKEN, Site, wait_for
 
 SiteFactory = Callable[..., Site]
@@ -185,6 +186,29 @@ def test_truncating_server_makes_windows_split_until_nothing_is_lost(site: SiteF
         json.loads(line[3:]) for line in result.stderr.splitlines() if line.startswith("<")
     ]
     assert any(e["event"] == "window_split" for e in log_lines)
+
+
+def test_recorded_splits_spare_a_later_backfill_every_oversized_request(
+    site: SiteFactory,
+) -> None:
+    s = site(records=6_000, days=6, truncate_at=300, sync={"max_records_per_request": 300})
+    today = day_start(s.sim.sim.now())
+    span: tuple[str, ...] = ("--start", format_instant(today - timedelta(days=7)))
+    span += ("--end", format_instant(today + timedelta(days=1)))
+    s.ok("backfill", *span)
+    first = list(s.sim.sim.requests)
+    assert any(r.records >= 300 for r in first), "the server never truncated"
+    assert compare(s).ok, compare(s)
+    recorded = s.query("SELECT reason FROM sync_splits")
+    assert recorded and all("truncation threshold 300" in reason for (reason,) in recorded)
+
+    again = s.ok("backfill", *span, "--force")
+    second = s.sim.sim.requests[len(first) :]
+    assert second and all(r.records < 300 for r in second), [r.records for r in second]
+    # Exactly the windows that loaded the first time: no oversized request, no split.
+    assert len(second) == sum(1 for r in first if r.records < 300)
+    assert "window_split" not in again.stderr
+    assert compare(s).ok, compare(s)
 
 
 def test_a_reader_holding_the_file_delays_a_pass_or_fails_it_with_exit_5(

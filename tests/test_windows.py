@@ -12,8 +12,10 @@ from hypothesis import strategies as st
 from rcs_sync.windows import (
     BOUNDARY_PAD,
     CATCHUP_FRESHNESS,
+    GRID_ANCHOR,
     MODIFIED_SINCE_LIMIT,
     Fetch,
+    Split,
     SyncPolicy,
     Window,
     checkpoint_after_full_pass,
@@ -22,6 +24,7 @@ from rcs_sync.windows import (
     freshness,
     gaps,
     merge,
+    nested_size,
     plan_pass,
     plan_windows,
 )
@@ -86,6 +89,43 @@ def test_plan_windows_ignores_fetches_older_than_fresh_after() -> None:
     span = Window(T0, T0 + 2 * DAY)
     done = [Fetch(Window(T0, T0 + DAY), T0), Fetch(Window(T0 + DAY, T0 + 2 * DAY), T0 + HOUR)]
     assert plan_windows(span, done, DAY, fresh_after=T0 + HOUR) == [Window(T0, T0 + DAY)]
+
+
+def test_nested_size_halves_the_window_until_it_fits() -> None:
+    assert nested_size(DAY, DAY) == DAY
+    assert nested_size(DAY, 2 * DAY) == DAY
+    assert nested_size(DAY, 12 * HOUR) == 12 * HOUR
+    assert nested_size(DAY, 7 * HOUR) == 6 * HOUR
+
+
+def test_plan_windows_reads_split_periods_in_smaller_grid_cells() -> None:
+    span = Window(T0, T0 + 3 * DAY)
+    day_two = Window(T0 + DAY, T0 + 2 * DAY)
+    splits = [Split(day_two, 12 * HOUR), Split(Window(T0 + DAY, T0 + 36 * HOUR), 6 * HOUR)]
+    assert plan_windows(span, [], DAY, None, splits) == [
+        Window(T0, T0 + DAY),
+        Window(T0 + DAY, T0 + 30 * HOUR),
+        Window(T0 + 30 * HOUR, T0 + 36 * HOUR),
+        Window(T0 + 36 * HOUR, T0 + 2 * DAY),
+        Window(T0 + 2 * DAY, T0 + 3 * DAY),
+    ]
+
+
+def test_a_split_of_a_partial_window_keeps_the_grid() -> None:
+    """The last window of a backfill ends at an odd instant: its split period is read in
+    cells of the nested grid, not in halves of that odd length."""
+    tail = Window(T0, T0 + 10 * HOUR)
+    assert plan_windows(tail, [], DAY, None, [Split(tail, 5 * HOUR)]) == [
+        Window(T0, T0 + 3 * HOUR),
+        Window(T0 + 3 * HOUR, T0 + 6 * HOUR),
+        Window(T0 + 6 * HOUR, T0 + 9 * HOUR),
+        Window(T0 + 9 * HOUR, T0 + 10 * HOUR),
+    ]
+
+
+def test_split_span_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        Split(w(0, 1), timedelta(0))
 
 
 def test_first_pass_is_a_backfill_from_initial_start() -> None:
@@ -184,6 +224,36 @@ def test_planned_windows_cover_exactly_the_gaps(
         assert all(p.end <= d.start or p.start >= d.end for d in done)
         assert span.start <= p.start and p.end <= span.end
         assert p.span <= size
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    span=windows(),
+    done=st.lists(windows(), max_size=6),
+    recorded=st.lists(st.tuples(windows(), st.integers(1, 3_000)), max_size=6),
+    size_min=st.integers(1, 2_000),
+)
+def test_planned_windows_respect_recorded_splits(
+    span: Window, done: list[Window], recorded: list[tuple[Window, int]], size_min: int
+) -> None:
+    size = timedelta(minutes=size_min)
+    splits = [Split(period, timedelta(minutes=m)) for period, m in recorded]
+    planned = plan_windows(span, [Fetch(d, T0) for d in done], size, None, splits)
+    boundaries = {span.start, span.end} | {t for d in done for t in (d.start, d.end)}
+    boundaries |= {t for s in splits for t in (s.period.start, s.period.end)}
+    # No gap, no overlap, nothing outside the span.
+    assert gaps(span, planned + done) == []
+    for a, b in itertools.pairwise(planned):
+        assert a.end <= b.start
+    for p in planned:
+        assert span.start <= p.start and p.end <= span.end
+        limits = [s.span for s in splits if s.period.start < p.end and p.start < s.period.end]
+        # Inside a recorded split period, never longer than its recorded span.
+        assert all(p.span <= limit for limit in limits)
+        assert p.span <= size
+        # Cut on the epoch-anchored grid of the size it needs, or at a boundary given.
+        grid = nested_size(size, min(limits)) if limits else size
+        assert p.start in boundaries or (p.start - GRID_ANCHOR) % grid == timedelta(0)
 
 
 @settings(max_examples=300, deadline=None)
