@@ -43,14 +43,15 @@ def _string_value(text: str) -> str:
 def value_expr(field: Field) -> str:
     """The typed value of a staged JSON field, NULL when the JSON is of the wrong kind.
 
-    Integers go through BIGINT (a JSON `1.5` or `1e3` is not an integer, although
-    DuckDB's cast would round it); the declared narrower type is applied on load.
+    A JSON `1.5` or `1e3` is not an integer, although DuckDB's cast would round it.
+    Integers are cast straight to the declared type, so a value it cannot hold (state
+    -1 in a UTINYINT) is a bad record, not a failed cast that sinks the whole batch.
     """
     text = f"({quote(field.name)}::VARCHAR)"
     if field.kind == "integer":
         return (
             f"CASE WHEN contains({text}, '.') OR contains({text}, 'e') OR contains({text}, 'E') "
-            f"THEN NULL ELSE TRY_CAST({text} AS BIGINT) END"
+            f"THEN NULL ELSE TRY_CAST({text} AS {field.sql_type}) END"
         )
     if field.kind == "timestamp":
         return f"TRY_CAST({_string_value(text)} AS TIMESTAMPTZ)"

@@ -106,6 +106,8 @@ MALFORMED = [
     (record(26, reference={"deep": [[[[{"x": 1}]]]]}), "reference: not a string"),
     (record(27, team=True), "team: not an integer"),
     (record(28, state=1e3), "state: not an integer"),
+    (record(29, state=-1), "state: out of range"),
+    (record(30, state=256), "state: out of range"),
 ]
 
 
