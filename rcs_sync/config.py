@@ -23,7 +23,6 @@ import structlog
 from rcs_sync.durations import as_utc, format_duration, parse_duration, parse_instant
 from rcs_sync.errors import EXIT_USAGE, RcsSyncError
 from rcs_sync.logs import register_secret
-from rcs_sync.metrics import parse_listen
 from rcs_sync.privacy import MODES
 
 CONFIG_ENV = "RCS_SYNC_CONFIG"
@@ -495,3 +494,26 @@ def _metrics(table: _Table) -> MetricsSettings:
     except ValueError as exc:
         raise table.error("listen", str(exc)) from None
     return MetricsSettings(listen=value)
+
+
+LISTEN_HINT = "expected HOST:PORT like '127.0.0.1:9464' or '[::1]:9464'"
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """Split `[metrics] listen` into (host, port); IPv6 literals must be bracketed, since
+    `::1:9464` has no unambiguous reading. Port 0 asks the OS for a free port."""
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{LISTEN_HINT}, got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} in brackets is not an IPv6 address, got {text!r}") from None
+    elif ":" in host or "[" in host or "]" in host:
+        raise ValueError(f"{LISTEN_HINT} (IPv6 addresses in brackets), got {text!r}")
+    # isascii: str.isdigit() also accepts digits like '²' that int() rejects.
+    if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
+        raise ValueError(f"port must be an integer from 0 to 65535, got {text!r}")
+    return host, int(port_text)

@@ -8,7 +8,6 @@ the README before renaming anything.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import threading
 from datetime import datetime
@@ -29,28 +28,6 @@ PUBLISH_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 POLL_INTERVAL = 0.05
 """How often the server loop checks for `close()`; the default 0.5 s would delay exit."""
-
-LISTEN_HINT = "expected HOST:PORT like '127.0.0.1:9464' or '[::1]:9464'"
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """Split `[metrics] listen` into (host, port); IPv6 literals must be bracketed, since
-    `::1:9464` has no unambiguous reading. Port 0 asks the OS for a free port."""
-    host, sep, port_text = text.strip().rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"{LISTEN_HINT}, got {text!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"{host!r} in brackets is not an IPv6 address, got {text!r}") from None
-    elif ":" in host or "[" in host or "]" in host:
-        raise ValueError(f"{LISTEN_HINT} (IPv6 addresses in brackets), got {text!r}")
-    # isascii: str.isdigit() also accepts digits like '²' that int() rejects.
-    if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
-        raise ValueError(f"port must be an integer from 0 to 65535, got {text!r}")
-    return host, int(port_text)
 
 
 class _Server(ThreadingMixIn, WSGIServer):

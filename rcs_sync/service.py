@@ -31,10 +31,10 @@ import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from rcs_sync.config import Settings
+from rcs_sync.config import Settings, parse_listen
 from rcs_sync.durations import format_instant, parse_instant
 from rcs_sync.errors import WarehouseUnavailable
-from rcs_sync.metrics import Metrics, parse_listen
+from rcs_sync.metrics import Metrics
 from rcs_sync.notify import Notifier
 
 log = structlog.get_logger(__name__)
