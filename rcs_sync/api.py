@@ -18,13 +18,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from functools import partial
 from pathlib import Path
 from typing import IO, TypeVar
 from urllib.parse import urlsplit
 
 import requests
 import structlog
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay
+from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
 from rcs_sync.errors import (
     ApiUnavailable,
@@ -53,6 +54,22 @@ class RetryPolicy:
     budget: timedelta
     initial: timedelta
     maximum: timedelta
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When retrying one request stops, as `time.monotonic()` instants."""
+
+    end: float
+    split: float | None = None
+    """An earlier end for failures a smaller request may avoid (`splittable`): the caller
+    then splits the request, and the halves still have until `end`."""
+
+    def after(self, exc: BaseException | None) -> float:
+        """The instant retrying stops, given the latest failure."""
+        if self.split is not None and isinstance(exc, TransientApiError) and exc.splittable:
+            return self.split
+        return self.end
 
 
 @dataclass(frozen=True)
@@ -132,13 +149,25 @@ class ApiClient:
     def close(self) -> None:
         self._session.close()
 
-    def fetch(self, path: str, params: Mapping[str, str], consume: Callable[[Response], T]) -> T:
+    @property
+    def retry_budget(self) -> timedelta:
+        return self._retry.budget
+
+    def fetch(
+        self,
+        path: str,
+        params: Mapping[str, str],
+        consume: Callable[[Response], T],
+        deadline: Deadline | None = None,
+    ) -> T:
         """GET `path`, spool the body, and return `consume(response)`, retrying transient
-        failures (of either step) with exponential backoff and jitter within the budget."""
+        failures (of either step) with exponential backoff and jitter until `deadline`
+        (by default the retry budget from now)."""
+        limit = deadline or Deadline(time.monotonic() + self._retry.budget.total_seconds())
         retrying = Retrying(
             retry=retry_if_exception_type(TransientApiError),
-            stop=stop_after_delay(self._retry.budget.total_seconds()),
-            wait=self._wait,
+            stop=lambda state: time.monotonic() >= limit.after(_failure(state)),
+            wait=partial(self._wait, limit),
             sleep=self._sleep,
             before_sleep=self._log_retry,
             reraise=True,
@@ -227,13 +256,13 @@ class ApiClient:
             )
         raise BadRequest(f"API at {self._host} refused the request (HTTP {status}): {detail}")
 
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
+    def _wait(self, limit: Deadline, state: RetryCallState) -> float:
+        exc = _failure(state)
         base = self._retry.initial.total_seconds() * 2 ** (state.attempt_number - 1)
         wait = random.uniform(0, min(base, self._retry.maximum.total_seconds()))  # full jitter
         if isinstance(exc, TransientApiError) and exc.retry_after is not None:
             wait = max(wait, exc.retry_after)
-        remaining = self._retry.budget.total_seconds() - (time.monotonic() - state.start_time)
+        remaining = limit.after(exc) - time.monotonic()
         return max(0.0, min(wait, remaining))
 
     def _sleep(self, seconds: float) -> None:
@@ -242,13 +271,17 @@ class ApiClient:
 
     @staticmethod
     def _log_retry(state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
+        exc = _failure(state)
         log.warning(
             "api_retry",
             attempt=state.attempt_number,
             error=str(exc),
             wait=round(state.upcoming_sleep, 2),
         )
+
+
+def _failure(state: RetryCallState) -> BaseException | None:
+    return state.outcome.exception() if state.outcome else None
 
 
 def _spool(resp: requests.Response, out: IO[bytes], stop: threading.Event) -> int:

@@ -72,7 +72,7 @@ class ApiSettings:
     include_content: bool = False
     timeout: timedelta = timedelta(seconds=30)
     connect_timeout: timedelta = timedelta(seconds=10)
-    retry_budget: timedelta = timedelta(minutes=2)  # total retrying time for one request
+    retry_budget: timedelta = timedelta(minutes=2)  # retrying a window and its halves share
     backoff_initial: timedelta = timedelta(milliseconds=500)
     backoff_max: timedelta = timedelta(seconds=30)
     ca_bundle: Path | None = None  # extra CAs; TLS verification is never disabled

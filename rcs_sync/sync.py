@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from rcs_sync.api import ApiClient, Response
+from rcs_sync.api import ApiClient, Deadline, Response
 from rcs_sync.durations import format_instant
 from rcs_sync.errors import ApiUnavailable, RcsSyncError, Stopped, SuspectedTruncation
 from rcs_sync.loader import LoadResult
@@ -127,9 +127,20 @@ class _Pass:
     modified_since: datetime | None
     record_windows: bool
     """Full-window reads: each loaded window is recorded as read, each split as needed."""
+    retry_budget: float
+    """Seconds of failures a window and all its halves share; a full response renews it,
+    so an outage fails the pass within about one budget however deep the splits go."""
     unrecorded: list[tuple[Split, str]] = field(default_factory=list)
     """Splits made since the last load, recorded once a smaller window loads: a window
     that fails at every size (an outage) says nothing about the size it needs."""
+    deadline: float = field(init=False)
+    """`time.monotonic()` at which the current budget runs out."""
+
+    def __post_init__(self) -> None:
+        self.renew()
+
+    def renew(self) -> None:
+        self.deadline = time.monotonic() + self.retry_budget
 
 
 Listener = Callable[[str, dict[str, object]], None]
@@ -232,7 +243,8 @@ class Syncer:
             if sets_checkpoint
             else None,
         )
-        ctx = _Pass(scope, run_id, result, coverage, None, record_windows=True)
+        budget = self.api.retry_budget.total_seconds()
+        ctx = _Pass(scope, run_id, result, coverage, None, record_windows=True, retry_budget=budget)
         for window in todo:
             if self.stop.is_set():
                 raise Stopped("stop requested between windows")
@@ -251,8 +263,25 @@ class Syncer:
         was, not on the period, and its span moves with the clock anyway."""
         self._listen("planned", {"windows": 1, "scope": scope.key})
         coverage = Coverage(plan.span, [], checkpoint_after_incremental)
-        ctx = _Pass(scope, run_id, result, coverage, plan.modified_since, record_windows=False)
+        budget = self.api.retry_budget.total_seconds()
+        ctx = _Pass(
+            scope,
+            run_id,
+            result,
+            coverage,
+            plan.modified_since,
+            record_windows=False,
+            retry_budget=budget,
+        )
         self._read(ctx, plan.span)
+
+    def _deadline(self, ctx: _Pass, window: Window) -> Deadline:
+        """A window that keeps failing in a way a smaller one may avoid gives up after
+        half the time left, leaving the other half to its halves."""
+        if window.span / 2 < self.options.min_window:
+            return Deadline(ctx.deadline)
+        now = time.monotonic()
+        return Deadline(ctx.deadline, split=now + (ctx.deadline - now) / 2)
 
     def _read(self, ctx: _Pass, window: Window) -> None:
         """Fetch and commit one window, halving it while the server seems to truncate or
@@ -292,10 +321,13 @@ class Syncer:
             return loaded
 
         try:
-            loaded = self.api.fetch(self.stream.path, params, consume)
+            loaded = self.api.fetch(self.stream.path, params, consume, self._deadline(ctx, window))
         except (SuspectedTruncation, ApiUnavailable) as exc:
-            splittable = isinstance(exc, SuspectedTruncation) or exc.splittable
-            if not splittable or window.span / 2 < self.options.min_window:
+            if isinstance(exc, SuspectedTruncation):
+                ctx.renew()  # answered in full: the server works, the window is too big
+            elif not exc.splittable or time.monotonic() >= ctx.deadline:
+                raise  # no time left for the halves
+            if window.span / 2 < self.options.min_window:
                 raise
             log.warning(
                 "window_split",
@@ -310,6 +342,7 @@ class Syncer:
             for half in window.halves():
                 self._read(ctx, half)
             return
+        ctx.renew()
         if ctx.unrecorded:
             self.warehouse.record_splits(self.stream, ctx.scope.key, ctx.unrecorded)
             ctx.unrecorded.clear()
