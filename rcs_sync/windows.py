@@ -35,6 +35,12 @@ GRID_ANCHOR = datetime(1970, 1, 1, tzinfo=UTC)
 """Windows are cut on a grid anchored here, so different commands produce the same
 windows for the same period and recognise each other's completed work."""
 
+INCREMENTAL_LEAD = timedelta(days=1)
+"""How much further than full spans an incremental span reaches past our clock. The API
+filters on record timestamps and no record is stamped after the server's now, so a late
+`end` costs nothing, while `now + clock_skew` would hold back, for a pass, the newest
+records of a server whose clock runs further ahead of ours than `clock_skew`."""
+
 
 @dataclass(frozen=True, order=True)
 class Window:
@@ -200,10 +206,11 @@ def plan_windows(
 def plan_pass(checkpoint: datetime | None, now: datetime, policy: SyncPolicy) -> PassPlan:
     """Choose the pass for a scope from its checkpoint and the local clock.
 
-    The end of every span is `now + clock_skew` so a server clock ahead of ours cannot
-    hide fresh records. The incremental span starts `update_horizon` before the
-    `modified_since` it sends, not before now: a record created just before that
-    horizon can still change between the checkpoint and now.
+    Full spans end at `now + clock_skew`: their windows are recorded as read up to that
+    end. The incremental span reaches `INCREMENTAL_LEAD` further, so the newest records of
+    a server clock running ahead of ours arrive in the same pass. It starts
+    `update_horizon` before the `modified_since` it sends, not before now: a record
+    created just before that horizon can still change between the checkpoint and now.
     """
     end = now + policy.clock_skew
     if checkpoint is None:
@@ -215,7 +222,11 @@ def plan_pass(checkpoint: datetime | None, now: datetime, policy: SyncPolicy) ->
             Window(checkpoint - policy.update_horizon, end),
             fresh_after=now - CATCHUP_FRESHNESS,
         )
-    return PassPlan("incremental", Window(since - policy.update_horizon, end), modified_since=since)
+    return PassPlan(
+        "incremental",
+        Window(since - policy.update_horizon, end + INCREMENTAL_LEAD),
+        modified_since=since,
+    )
 
 
 def freshness(span: Window, fetches: Iterable[Fetch]) -> list[Fetch]:

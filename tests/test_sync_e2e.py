@@ -92,6 +92,29 @@ def test_backfill_killed_mid_way_resumes_and_loses_nothing(site: SiteFactory) ->
     assert len(s.sim.sim.requests) - before <= 2
 
 
+def test_one_incremental_pass_brings_the_newest_records_of_a_server_15_min_ahead(
+    site: SiteFactory,
+) -> None:
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=15)
+    s = site(records=3_000, days=4, start_time=start, arrival_rate=0.2)
+    s.ok("sync")  # the backfill reads up to our now + clock_skew (5 min), no further
+    assert not compare(s).ok, "the server's newest 10 minutes should still be missing"
+    s.sim.sim.advance(60)
+    s.sim.sim.mutate(30)
+    server_now = s.sim.sim.now()
+    before = len(s.sim.sim.requests)
+    result = s.ok("sync")
+    assert "incremental, 1 windows" in summary(result)
+    [request] = s.sim.sim.requests[before:]
+    assert datetime.fromisoformat(request.params["end"]) > server_now
+    assert compare(s).ok, compare(s)
+    [(newest,)] = s.query("SELECT max(timestamp) FROM rcs_records")
+    assert newest > server_now - timedelta(seconds=60)
+    # The checkpoint is the server's time of the request, committed with its data.
+    [(checkpoint,)] = s.query("SELECT checkpoint FROM sync_checkpoints")
+    assert server_now - timedelta(seconds=2) <= checkpoint <= server_now
+
+
 def test_token_rejected_exits_3_with_one_line(site: SiteFactory) -> None:
     s = site(records=100)
     result = s.run("sync", env=s.env(RCS_SYNC_TOKEN="wrong-token-123"))

@@ -13,6 +13,7 @@ from rcs_sync.windows import (
     BOUNDARY_PAD,
     CATCHUP_FRESHNESS,
     GRID_ANCHOR,
+    INCREMENTAL_LEAD,
     MODIFIED_SINCE_LIMIT,
     Fetch,
     Split,
@@ -144,7 +145,20 @@ def test_recent_checkpoint_gives_an_incremental_pass() -> None:
     # The span reaches back a full horizon before modified_since, not before now:
     # a record created just before that can still change after the checkpoint.
     assert plan.span.start == since - POLICY.update_horizon
-    assert plan.span.end == T0 + POLICY.clock_skew
+    assert plan.span.end == T0 + POLICY.clock_skew + INCREMENTAL_LEAD
+
+
+@pytest.mark.parametrize("ahead", [timedelta(minutes=15), timedelta(hours=12)])
+def test_incremental_span_holds_the_newest_records_of_a_server_clock_ahead(
+    ahead: timedelta,
+) -> None:
+    """Further ahead than `clock_skew`: the server's newest records (stamped at its now)
+    are asked for, and the checkpoint is the server's time of the request."""
+    plan = plan_pass(T0 - timedelta(minutes=5), T0, POLICY)
+    server_now = T0 + ahead
+    assert plan.span.start < server_now < plan.span.end
+    piece = Fetch(plan.span, server_now)
+    assert checkpoint_after_incremental(plan.span, [piece]) == server_now
 
 
 def test_checkpoint_too_old_for_modified_since_gives_a_catchup() -> None:
