@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench.py
 	$(BIN)/python bench/snapshot_bench.py
 	$(BIN)/python bench/analytics_bench.py
+	$(BIN)/python bench/upsert_bench.py
 
 soak: $(STAMP)
 	$(BIN)/python bench/soak.py

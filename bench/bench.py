@@ -1,32 +1,60 @@
 """`make bench`: throughput and memory of the real CLI against the simulator.
 
 Prints one labelled line per figure, then all figures as one JSON line. Every figure is
-the median of RUNS runs. Only 127.0.0.1 is ever contacted.
+the median of RUNS runs. Only 127.0.0.1 is ever contacted. Each part runs against its
+own simulator, started and stopped in turn, so only one competes with rcs-sync for
+the cores. Sizes (environment, defaults in brackets):
+
+- BENCH_RECORDS [1M]: the one-window backfill, the bare limit, the idle daemon.
+- BENCH_SCALE_RECORDS [4M] in BENCH_SCALE_WINDOWS [20] windows: memory flat in the
+  amount of data, against a 1-window run of the same window size.
+- BENCH_SWEEP [250000,500000,1000000]: one window of each size, to choose the default
+  of `[sync] max_records_per_request` (served by the same simulator as the above).
+- BENCH_NOOP_RECORDS [100k]: the warehouse behind an incremental pass finding nothing.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import platform
+import re
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import requests
 
+from rcs_sync.durations import format_duration, format_instant
 from rcs_sync.simulator import spawn
+from rcs_sync.windows import GRID_ANCHOR
 
 RCS_SYNC = str(Path(sys.executable).with_name("rcs-sync"))
 TOKEN = "bench-token"
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 RECORDS = int(os.environ.get("BENCH_RECORDS", "1000000"))
+SCALE_RECORDS = int(os.environ.get("BENCH_SCALE_RECORDS", "4000000"))
+SCALE_WINDOWS = int(os.environ.get("BENCH_SCALE_WINDOWS", "20"))
+SWEEP = tuple(int(n) for n in os.environ.get("BENCH_SWEEP", "250000,500000,1000000").split(","))
+NOOP_RECORDS = int(os.environ.get("BENCH_NOOP_RECORDS", "100000"))
+ONE_WINDOW = "100000d"
+"""A window larger than any span: the whole span in one request."""
+SCALE_WINDOW = timedelta(hours=2, minutes=24)
+"""The window of the multi-window backfill; holds SCALE_RECORDS / SCALE_WINDOWS records."""
+SPAWN_SLACK = timedelta(minutes=30)
+"""Simulated history beyond the windows read: covers the grid rounding and the time the
+simulator takes to start (its clock starts at some instant during `spawn`)."""
+RECEIVED = re.compile(r"(\d+) received")
 
 BARE_COLUMNS = (
     "{campaign:'BIGINT', id:'BIGINT', job:'BIGINT', number:'VARCHAR', portal:'VARCHAR',"
@@ -43,27 +71,49 @@ class Run:
     seconds: float
     peak_rss_mb: float
     stdout: str
+    cpu_s: float
+    """User + system CPU of the process itself (its children are not counted)."""
+
+    @property
+    def received(self) -> int:
+        """Records received, from the summary lines a backfill prints on stdout."""
+        return sum(int(n) for n in RECEIVED.findall(self.stdout))
 
 
 def run_measured(cmd: list[str], env: dict[str, str]) -> Run:
-    """Run a command; its wall time and its own peak RSS (from wait4, not a sampler)."""
-    began = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    assert proc.stdout is not None
-    out = proc.stdout.read().decode()
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - began
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        sys.exit(f"bench: {' '.join(cmd[:3])} failed with exit {proc.returncode}")
-    return Run(seconds, usage.ru_maxrss / 1024, out)
+    """Run a command; its wall time, its own peak RSS and CPU (from wait4, not a sampler)."""
+    with tempfile.TemporaryFile() as errors:  # a file, so a chatty stderr never blocks
+        began = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=errors)
+        assert proc.stdout is not None
+        out = proc.stdout.read().decode()
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - began
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            errors.seek(0)
+            last = errors.read().decode(errors="replace").strip().splitlines()[-3:]
+            sys.exit(
+                f"bench: {' '.join(cmd[3:])} failed with exit {proc.returncode}: "
+                + " | ".join(last)
+            )
+    return Run(seconds, usage.ru_maxrss / 1024, out, usage.ru_utime + usage.ru_stime)
 
 
-def write_config(directory: Path, base_url: str, window: str, interval: str = "5m") -> Path:
+def write_config(
+    directory: Path,
+    base_url: str,
+    window: str,
+    interval: str = "5m",
+    initial_start: datetime | None = None,
+) -> Path:
+    """A config with splitting off (max_records_per_request far above any response), so
+    one window is one request."""
     config = directory / "rcs-sync.toml"
+    first = f'initial_start = "{format_instant(initial_start)}"\n' if initial_start else ""
     config.write_text(
         f'[api]\nbase_url = "{base_url}"\ntimeout = "120s"\n'
-        f'[sync]\nwindow = "{window}"\ninterval = "{interval}"\n'
+        f'[sync]\nwindow = "{window}"\ninterval = "{interval}"\n{first}'
         f"max_records_per_request = 10000000\n"
         f'[warehouse]\npath = "rcs.duckdb"\n',
         encoding="utf-8",
@@ -75,11 +125,21 @@ def median(values: list[float]) -> float:
     return round(statistics.median(values), 3)
 
 
-def bench_backfill(base_url: str, env: dict[str, str], span: tuple[str, str]) -> list[Run]:
+def own_peak_rss_mb() -> float:
+    """This process's peak RSS. Linux carries it into a child's ru_maxrss (the child
+    starts with this process's pages and exec keeps their high-water mark), so a child
+    measured at or below it may be reporting this process, not itself."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_backfill(
+    base_url: str, env: dict[str, str], span: tuple[str, str], window: str = ONE_WINDOW
+) -> list[Run]:
+    """RUNS backfills of `span` through the CLI, each into a new warehouse."""
     runs = []
     for _ in range(RUNS):
         with tempfile.TemporaryDirectory(prefix="rcs-bench-") as tmp:
-            config = write_config(Path(tmp), base_url, "100000d")
+            config = write_config(Path(tmp), base_url, window)
             cmd = [
                 RCS_SYNC,
                 "--config",
@@ -90,40 +150,48 @@ def bench_backfill(base_url: str, env: dict[str, str], span: tuple[str, str]) ->
                 "--end",
                 span[1],
             ]
-            runs.append(run_measured(cmd, env))
+            run = run_measured(cmd, env)
+            if run.peak_rss_mb <= own_peak_rss_mb():
+                sys.exit("bench: the peak RSS measured is the bench's own; keep heavy work out")
+            runs.append(run)
     return runs
 
 
+def bare_once(base_url: str, span: tuple[str, str]) -> float:
+    """One bare-limit run: download the bytes to a file, then read_json + upsert."""
+    with tempfile.TemporaryDirectory(prefix="rcs-bare-") as tmp:
+        body = Path(tmp) / "body.json"
+        began = time.perf_counter()
+        with (
+            requests.get(
+                f"{base_url}/j/rcs_records",
+                params={"start": span[0], "end": span[1]},
+                headers={"Authorization": f"Bearer {TOKEN}"},
+                stream=True,
+                timeout=120,
+            ) as resp,
+            body.open("wb") as out,
+        ):
+            resp.raise_for_status()
+            for chunk in resp.iter_content(1 << 20):
+                out.write(chunk)
+        with duckdb.connect(str(Path(tmp) / "bare.duckdb")) as con:
+            con.execute(BARE_TABLE)
+            con.execute(
+                f"INSERT INTO r SELECT id, campaign, job, team, number, reference, portal,"
+                f" state, timestamp FROM read_json(?, format='array', columns={BARE_COLUMNS})"
+                f" ON CONFLICT DO UPDATE SET state = excluded.state",
+                [str(body)],
+            )
+        return time.perf_counter() - began
+
+
 def bench_bare(base_url: str, span: tuple[str, str]) -> list[float]:
-    """The bare limit: download the same bytes to a file, then read_json + upsert."""
-    results = []
-    for _ in range(RUNS):
-        with tempfile.TemporaryDirectory(prefix="rcs-bare-") as tmp:
-            body = Path(tmp) / "body.json"
-            began = time.perf_counter()
-            with (
-                requests.get(
-                    f"{base_url}/j/rcs_records",
-                    params={"start": span[0], "end": span[1]},
-                    headers={"Authorization": f"Bearer {TOKEN}"},
-                    stream=True,
-                    timeout=120,
-                ) as resp,
-                body.open("wb") as out,
-            ):
-                resp.raise_for_status()
-                for chunk in resp.iter_content(1 << 20):
-                    out.write(chunk)
-            with duckdb.connect(str(Path(tmp) / "bare.duckdb")) as con:
-                con.execute(BARE_TABLE)
-                con.execute(
-                    f"INSERT INTO r SELECT id, campaign, job, team, number, reference, portal,"
-                    f" state, timestamp FROM read_json(?, format='array', columns={BARE_COLUMNS})"
-                    f" ON CONFLICT DO UPDATE SET state = excluded.state",
-                    [str(body)],
-                )
-            results.append(time.perf_counter() - began)
-    return results
+    """The bare limit, in a worker process: DuckDB's memory in this one would become
+    the floor of every later run_measured peak RSS (see own_peak_rss_mb)."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return [pool.submit(bare_once, base_url, span).result() for _ in range(RUNS)]
 
 
 def idle_daemon_rss(base_url: str, env: dict[str, str]) -> list[float]:
@@ -162,14 +230,15 @@ def report(figures: dict[str, object], label: str, key: str, value: object, unit
     print(f"{label:<48} {value} {unit}".rstrip(), flush=True)
 
 
-def main() -> None:
-    env = {**os.environ, "RCS_SIM_TOKEN": TOKEN, "RCS_SYNC_TOKEN": TOKEN}
-    print(
-        f"rcs-sync bench: {RECORDS:,} records, median of {RUNS} runs, "
-        f"{os.cpu_count()} cores, Python {platform.python_version()}, duckdb {duckdb.__version__}"
-    )
+def stop(sim: subprocess.Popen[str]) -> None:
+    sim.terminate()
+    sim.wait(timeout=30)
+
+
+def bench_one_window(env: dict[str, str], figures: dict[str, object]) -> None:
+    """(1) one window of RECORDS records end to end, (2) the bare limit on the same
+    bytes, (6) the idle daemon."""
     sim, base_url = spawn(["--records", str(RECORDS), "--days", "0.5"], env)
-    figures: dict[str, object] = {"records": RECORDS, "runs": RUNS, "cores": os.cpu_count()}
     try:
         now = datetime.now(UTC)
         span = (
@@ -216,8 +285,202 @@ def main() -> None:
             "",
         )
     finally:
-        sim.terminate()
-        sim.wait(timeout=30)
+        stop(sim)
+
+
+def grid_ceil(instant: datetime, size: timedelta) -> datetime:
+    """The first window boundary at or after `instant`: the CLI cuts spans on a grid
+    (rcs_sync.windows.cut), so a span starting on it is read as whole windows."""
+    return GRID_ANCHOR - ((GRID_ANCHOR - instant) // size) * size
+
+
+def span_from(start: datetime, length: timedelta) -> tuple[str, str]:
+    return format_instant(start), format_instant(start + length)
+
+
+def checked(runs: list[Run], expected: int) -> list[Run]:
+    """Fail rather than report a rate for a span that did not hold the records meant."""
+    got = statistics.median(r.received for r in runs)
+    if abs(got - expected) > expected * 0.02:
+        sys.exit(f"bench: expected ~{expected:,} records per run, received {got:,}")
+    return runs
+
+
+def bench_scale(env: dict[str, str], figures: dict[str, object]) -> None:
+    """(3) peak RSS flat in the amount of data: SCALE_WINDOWS windows vs one of the same
+    size; (7) one window of each BENCH_SWEEP size, for `max_records_per_request`.
+
+    The simulator spreads records evenly over its history, so a span holds records in
+    proportion to its length; every span read here lies wholly inside that history.
+    """
+    if max(SWEEP) > SCALE_RECORDS:
+        sys.exit("bench: BENCH_SWEEP sizes must not exceed BENCH_SCALE_RECORDS")
+    per_window = SCALE_RECORDS // SCALE_WINDOWS
+    density = per_window / SCALE_WINDOW.total_seconds()
+    history = (SCALE_WINDOWS + 1) * SCALE_WINDOW + SPAWN_SLACK
+    began = datetime.now(UTC)
+    sim, base_url = spawn(
+        [
+            "--records",
+            str(round(density * history.total_seconds())),
+            "--days",
+            f"{history / timedelta(days=1):.6f}",
+        ],
+        env,
+    )
+    try:
+        ready = datetime.now(UTC)
+        if ready - began > SPAWN_SLACK:
+            sys.exit("bench: the simulator took longer to start than SPAWN_SLACK")
+        first = grid_ceil(ready - history, SCALE_WINDOW)
+        window = format_duration(SCALE_WINDOW)
+        many = checked(
+            bench_backfill(base_url, env, span_from(first, SCALE_WINDOWS * SCALE_WINDOW), window),
+            SCALE_RECORDS,
+        )
+        one = checked(
+            bench_backfill(base_url, env, span_from(first, SCALE_WINDOW), window), per_window
+        )
+        sweep = {
+            n: checked(
+                bench_backfill(base_url, env, span_from(first, timedelta(seconds=n / density))),
+                n,
+            )
+            for n in SWEEP
+        }
+    finally:
+        stop(sim)
+    label = f"backfill {SCALE_WINDOWS} windows of {per_window:,}"
+    report(
+        figures,
+        f"{label} (records/s)",
+        "scale_records_per_s",
+        round(median([r.received / r.seconds for r in many])),
+        "",
+    )
+    many_rss = median([r.peak_rss_mb for r in many])
+    one_rss = median([r.peak_rss_mb for r in one])
+    report(figures, f"{label}, peak RSS (MB)", "scale_peak_rss_mb", many_rss, "")
+    report(
+        figures,
+        f"backfill 1 window of {per_window:,}, peak RSS (MB)",
+        "scale_one_window_peak_rss_mb",
+        one_rss,
+        "",
+    )
+    report(
+        figures,
+        f"peak RSS, {SCALE_WINDOWS} windows / 1 window",
+        "scale_rss_ratio",
+        round(many_rss / one_rss, 3),
+        "",
+    )
+    for n, runs in sweep.items():
+        report(
+            figures,
+            f"sweep: 1 window of {n:,}, peak RSS (MB)",
+            f"sweep_{n}_peak_rss_mb",
+            median([r.peak_rss_mb for r in runs]),
+            "",
+        )
+        report(
+            figures,
+            f"sweep: 1 window of {n:,} (records/s)",
+            f"sweep_{n}_records_per_s",
+            round(median([r.received / r.seconds for r in runs])),
+            "",
+        )
+
+
+def scope_summary(run: Run) -> dict[str, Any]:
+    """The pass summary from the `scope` event `rcs-sync sync --events` prints."""
+    for line in run.stdout.splitlines():
+        event = json.loads(line)
+        if event.get("event") == "scope" and event.get("summary"):
+            summary: dict[str, Any] = event["summary"]
+            return summary
+    sys.exit("bench: `rcs-sync sync --events` printed no scope summary")
+
+
+def bench_noop(env: dict[str, str], figures: dict[str, object]) -> None:
+    """(4) An incremental pass that finds nothing new, over NOOP_RECORDS records.
+
+    The simulator's clock is frozen, so nothing changes between passes; each pass still
+    re-reads the few records last modified within its `overlap` (received, not written).
+    The whole process's cost is set against the pass alone (its `duration_s`, which
+    leaves out interpreter start-up and imports) and against `rcs-sync --help`.
+    """
+    history = timedelta(days=30)
+    sim, base_url = spawn(["--records", str(NOOP_RECORDS), "--days", "30", "--frozen"], env)
+    try:
+        with tempfile.TemporaryDirectory(prefix="rcs-noop-") as tmp:
+            start = datetime.now(UTC) - history - timedelta(days=1)
+            config = write_config(Path(tmp), base_url, "1d", initial_start=start)
+            cmd = [RCS_SYNC, "--config", str(config), "sync", "--events"]
+            first = scope_summary(run_measured(cmd, env))
+            if first["mode"] != "backfill" or first["inserted"] != NOOP_RECORDS:
+                sys.exit(f"bench: the first sync should load {NOOP_RECORDS:,} records: {first}")
+            runs = [run_measured(cmd, env) for _ in range(RUNS)]
+    finally:
+        stop(sim)
+    passes = [scope_summary(r) for r in runs]
+    for summary in passes:
+        if summary["mode"] != "incremental" or summary["inserted"] or summary["updated"]:
+            sys.exit(f"bench: expected an incremental pass that writes nothing: {summary}")
+    floor = [run_measured([RCS_SYNC, "--help"], env) for _ in range(RUNS)]
+    label = "incremental pass, nothing new"
+    report(
+        figures, f"{label}: process wall (s)", "noop_wall_s", median([r.seconds for r in runs]), ""
+    )
+    report(figures, f"{label}: process CPU (s)", "noop_cpu_s", median([r.cpu_s for r in runs]), "")
+    report(
+        figures,
+        f"{label}: the pass alone, wall (s)",
+        "noop_pass_s",
+        median([float(s["duration_s"]) for s in passes]),
+        "",
+    )
+    if all(isinstance(s.get("cpu_s"), int | float) for s in passes):
+        report(
+            figures,
+            f"{label}: the pass alone, CPU (s)",
+            "noop_pass_cpu_s",
+            median([float(s["cpu_s"]) for s in passes]),
+            "",
+        )
+    report(
+        figures,
+        f"{label}: records re-read (overlap)",
+        "noop_received",
+        round(statistics.median(int(s["received"]) for s in passes)),
+        "",
+    )
+    report(
+        figures,
+        "start-up floor: `rcs-sync --help`, CPU (s)",
+        "startup_cpu_s",
+        median([r.cpu_s for r in floor]),
+        "",
+    )
+
+
+def main() -> None:
+    env = {**os.environ, "RCS_SIM_TOKEN": TOKEN, "RCS_SYNC_TOKEN": TOKEN}
+    print(
+        f"rcs-sync bench: {RECORDS:,} records, median of {RUNS} runs, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}, duckdb {duckdb.__version__}"
+    )
+    figures: dict[str, object] = {
+        "records": RECORDS,
+        "runs": RUNS,
+        "cores": os.cpu_count(),
+        "scale_records": SCALE_RECORDS,
+        "scale_windows": SCALE_WINDOWS,
+        "noop_records": NOOP_RECORDS,
+    }
+    bench_one_window(env, figures)
+    bench_scale(env, figures)
+    bench_noop(env, figures)
     print(
         json.dumps(
             {"bench": "rcs-sync", "at": datetime.now(UTC).isoformat(timespec="seconds"), **figures}
