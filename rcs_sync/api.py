@@ -9,9 +9,7 @@ is fetched again, and nothing downstream ever sees it.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -20,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from functools import partial
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -36,14 +34,13 @@ from rcs_sync.errors import (
     TransientApiError,
     WarehouseUnavailable,
 )
+from rcs_sync.spool import Spool, SpoolWriter
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
 CHUNK = 1 << 20
-SPOOL_PREFIX = "body-"
-"""Spooled bodies are named body-<pid>-<random>.json (.ndjson for the slow path)."""
 WHITESPACE = b" \t\r\n"
 SPLITTABLE_STATUSES = {502, 504}
 """Gateway failures that typically mean "this response is too big or too slow"."""
@@ -76,8 +73,7 @@ class Deadline:
 class Response:
     """What the loader needs to know about one successful download."""
 
-    path: Path
-    size: int
+    body: Spool
     sent_at: datetime
     """Local clock when the request was sent."""
     server_sent_at: datetime | None
@@ -186,27 +182,21 @@ class ApiClient:
     def _fetch_once(
         self, path: str, params: Mapping[str, str], consume: Callable[[Response], T]
     ) -> T:
+        spool: Spool | None = None
         try:
-            self._spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            _remove_orphans(self._spool_dir)
-            fd, name = tempfile.mkstemp(
-                prefix=f"{SPOOL_PREFIX}{os.getpid()}-", suffix=".json", dir=self._spool_dir
-            )
-        except OSError as exc:
-            raise _spool_failed(self._spool_dir, exc) from None
-        spool = Path(name)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                response = self._download(path, params, out)
+            with SpoolWriter(self._spool_dir) as writer:
+                response = self._download(path, params, writer)
+                spool = writer.spool()
             return consume(Response(spool, *response))
         except OSError as exc:  # not a network error: those are RcsSyncErrors by now
             raise _spool_failed(self._spool_dir, exc) from None
         finally:
-            spool.unlink(missing_ok=True)
+            if spool is not None:
+                spool.remove()
 
     def _download(
-        self, path: str, params: Mapping[str, str], out: IO[bytes]
-    ) -> tuple[int, datetime, datetime | None]:
+        self, path: str, params: Mapping[str, str], out: SpoolWriter
+    ) -> tuple[datetime, datetime | None]:
         headers = {"Authorization": f"Bearer {self._token()}"}
         sent_at = datetime.now(UTC)
         started = time.monotonic()
@@ -222,7 +212,7 @@ class ApiClient:
                 elapsed = time.monotonic() - started
                 self._on_response(resp.status_code)
                 self._check_status(resp)
-                size = _spool(resp, out, self._stop)
+                _spool(resp, out, self._stop)
         except requests.Timeout as exc:
             self._on_response(None)
             raise TransientApiError(f"timed out ({type(exc).__name__})", splittable=True) from None
@@ -231,8 +221,8 @@ class ApiClient:
             raise TransientApiError(f"connection failed ({type(exc).__name__})") from None
         date = parse_date_header(resp.headers.get("Date"))
         server_sent_at = date - timedelta(seconds=elapsed) if date else None
-        log.debug("api_response", path=path, status=resp.status_code, bytes=size)
-        return size, sent_at, server_sent_at
+        log.debug("api_response", path=path, status=resp.status_code, bytes=out.size)
+        return sent_at, server_sent_at
 
     def _check_status(self, resp: requests.Response) -> None:
         status = resp.status_code
@@ -284,7 +274,7 @@ def _failure(state: RetryCallState) -> BaseException | None:
     return state.outcome.exception() if state.outcome else None
 
 
-def _spool(resp: requests.Response, out: IO[bytes], stop: threading.Event) -> int:
+def _spool(resp: requests.Response, out: SpoolWriter, stop: threading.Event) -> None:
     """Copy the body to `out`, checking it is framed like a JSON array.
 
     DuckDB happily reads a truncated `[{...},` as one record, so the first and last
@@ -309,26 +299,6 @@ def _spool(resp: requests.Response, out: IO[bytes], stop: threading.Event) -> in
             last = stripped_end[-1]
     if first != ord("[") or last != ord("]"):
         raise BadBody(f"HTTP 200 but the body ({size} bytes) is not a complete JSON array")
-    return size
-
-
-def _remove_orphans(spool_dir: Path) -> None:
-    """Delete bodies spooled by processes that no longer run (killed mid-download or
-    mid-load); another live rcs-sync may be spooling in the same directory."""
-    for leftover in spool_dir.glob(f"{SPOOL_PREFIX}*"):
-        pid = leftover.name.removeprefix(SPOOL_PREFIX).split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            leftover.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _spool_failed(spool_dir: Path, exc: OSError) -> WarehouseUnavailable:

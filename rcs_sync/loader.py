@@ -4,10 +4,11 @@
 a body DuckDB refuses aborts nothing, and the slow path can take over. `apply` then
 quarantines, dedupes and upserts inside the caller's transaction.
 
-DuckDB parses the body (`read_json` with every documented field typed JSON), the
-validation rules compiled in `validation.py` sort good records from bad, and one
-`INSERT … ON CONFLICT` upserts the batch. Python never touches a record, except on
-the rare body DuckDB's parser refuses (see `bodies.py`).
+DuckDB parses the body (`read_json` with every documented field typed JSON, the parts
+of a cut body in parallel: see `spool.py`), the validation rules compiled in
+`validation.py` sort good records from bad, and an UPDATE of changed rows plus a plain
+INSERT of new ones upsert the batch. Python never touches a record, except on the rare
+body DuckDB's parser refuses (see `bodies.py`).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from pathlib import Path
 
 import duckdb
 
-from rcs_sync.bodies import Rejected, sample_keys, sanitize_body
+from rcs_sync.bodies import SAMPLE_BYTES, Rejected, sample_keys, sanitize_body
 from rcs_sync.errors import SuspectedTruncation
 from rcs_sync.privacy import Privacy
+from rcs_sync.spool import Spool
 from rcs_sync.streams import Stream
 from rcs_sync.validation import (
     literal,
@@ -36,6 +38,8 @@ SAMPLE_SIZE = 20_480
 """Records DuckDB samples for undocumented fields when the head of a body holds no
 complete record (one record larger than `bodies.SAMPLE_BYTES`)."""
 
+REFUSED = (duckdb.InvalidInputException, duckdb.ConversionException)
+"""What DuckDB raises for a body it cannot read as records of the declared shape."""
 SUPERSEDED = "id: duplicate in response, superseded by another copy"
 WITHHELD = '"withheld: the record could not be parsed and may hold personal data"'
 """The raw JSON kept for an unparseable record when personal data must not be stored."""
@@ -60,29 +64,42 @@ class Staged:
 def stage(
     con: duckdb.DuckDBPyConnection,
     stream: Stream,
-    body: Path,
+    body: Spool,
     *,
     max_records: int | None,
     privacy: Privacy,
 ) -> Staged:
     """Parse and validate a body into `_batch`, outside any transaction."""
-    rejected: list[Rejected] = []
-    try:
-        received = _stage(con, stream, body, "array", privacy)
-    except (duckdb.InvalidInputException, duckdb.ConversionException):
-        clean, rejected = sanitize_body(body, stream.key)
-        if privacy.mode != "plain" and stream.personal:
-            rejected = [replace(r, raw=WITHHELD) for r in rejected]
-        try:
-            received = _stage(con, stream, clean, "newline_delimited", privacy)
-        finally:
-            clean.unlink(missing_ok=True)
+    received, rejected = _parse(con, stream, body, privacy)
     received += len(rejected)
     if max_records is not None and received >= max_records:
         raise SuspectedTruncation(
             f"response holds {received} records, at the truncation threshold {max_records}"
         )
     return Staged(received, rejected)
+
+
+def _parse(
+    con: duckdb.DuckDBPyConnection, stream: Stream, body: Spool, privacy: Privacy
+) -> tuple[int, list[Rejected]]:
+    """The parts in parallel; the whole body when a cut fell inside a record; the slow
+    path when DuckDB refuses the body itself."""
+    if body.cut:
+        try:
+            return _stage(con, stream, body.parts, "array", privacy), []
+        except REFUSED:
+            pass
+    whole = body.whole()
+    try:
+        return _stage(con, stream, (whole,), "array", privacy), []
+    except REFUSED:
+        clean, rejected = sanitize_body(whole, stream.key)
+    if privacy.mode != "plain" and stream.personal:
+        rejected = [replace(r, raw=WITHHELD) for r in rejected]
+    try:
+        return _stage(con, stream, (clean,), "newline_delimited", privacy), rejected
+    finally:
+        clean.unlink(missing_ok=True)
 
 
 def apply(
@@ -116,27 +133,46 @@ def apply(
 
 
 def _extra_fields(
-    con: duckdb.DuckDBPyConnection, stream: Stream, body: Path, fmt: str
+    con: duckdb.DuckDBPyConnection, stream: Stream, files: tuple[Path, ...], fmt: str
 ) -> tuple[str, ...]:
     """Undocumented fields found in the head of the body (e.g. `portal` once was)."""
     known = {f.name for f in stream.all_fields()}
-    keys = sample_keys(body)
+    keys = _head_keys(files)
     if keys is None:
         rows = con.execute(
             f"DESCRIBE SELECT * FROM read_json(?, format={literal(fmt)}, "
             f"sample_size={SAMPLE_SIZE})",
-            [str(body)],
+            [[str(f) for f in files]],
         ).fetchall()
         keys = {str(r[0]) for r in rows}
     return tuple(sorted(keys - known))
 
 
+def _head_keys(files: tuple[Path, ...]) -> set[str] | None:
+    """`sample_keys` over the head of the body, however it was cut into parts."""
+    keys: set[str] = set()
+    offset = 0
+    for part in files:
+        if offset >= SAMPLE_BYTES:
+            break
+        found = sample_keys(part)
+        if found is None:
+            return None
+        keys |= found
+        offset += part.stat().st_size
+    return keys
+
+
 def _stage(
-    con: duckdb.DuckDBPyConnection, stream: Stream, body: Path, fmt: str, privacy: Privacy
+    con: duckdb.DuckDBPyConnection,
+    stream: Stream,
+    files: tuple[Path, ...],
+    fmt: str,
+    privacy: Privacy,
 ) -> int:
     """Parse the body once into `_batch`: typed values, a rejection reason, raw JSON of
     rejects. Personal fields are protected right here, before anything is stored."""
-    extra = _extra_fields(con, stream, body, fmt)
+    extra = _extra_fields(con, stream, files, fmt)
     fields = stream.all_fields()
     names = tuple(f.name for f in fields)
     values = ", ".join(
@@ -165,7 +201,7 @@ def _stage(
             )
         )
         """,
-        [str(body)],
+        [[str(f) for f in files]],
     )
     row = con.execute("SELECT count(*) FROM _batch").fetchone()
     return int(row[0]) if row else 0

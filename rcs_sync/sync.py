@@ -71,6 +71,8 @@ class PassResult:
     splits: int = 0
     checkpoint: datetime | None = None
     started: float = field(default_factory=time.monotonic)
+    started_cpu: float = field(default_factory=time.process_time)
+    """CPU of the whole process, DuckDB's threads included, from the pass's start."""
 
     def add(self, result: LoadResult) -> None:
         self.windows += 1
@@ -96,6 +98,7 @@ class PassResult:
                 else None
             ),
             "duration_s": round(time.monotonic() - self.started, 3),
+            "cpu_s": round(time.process_time() - self.started_cpu, 3),
         }
 
 
@@ -309,7 +312,7 @@ class Syncer:
                 checkpoint=ctx.coverage.checkpoint_with(fetch),
             )
             loaded = self.warehouse.commit_batch(
-                response.path,
+                response.body,
                 commit,
                 include_optional=self.options.include_optional,
                 max_records=self.options.max_records,

@@ -31,6 +31,7 @@ from rcs_sync.loader import LoadResult, apply, stage
 from rcs_sync.logs import redact
 from rcs_sync.migrations import MIGRATIONS
 from rcs_sync.privacy import PLAIN, Privacy
+from rcs_sync.spool import Spool
 from rcs_sync.streams import Stream
 from rcs_sync.windows import Fetch, Split, Window
 
@@ -246,7 +247,7 @@ class Warehouse:
 
     def commit_batch(
         self,
-        body: Path,
+        body: Spool | Path,
         commit: Commit,
         *,
         include_optional: bool,
@@ -255,8 +256,9 @@ class Warehouse:
     ) -> LoadResult:
         """Load one response and its bookkeeping in ONE transaction: after a crash at any
         instant either both are in the file or neither is."""
+        spool = body if isinstance(body, Spool) else Spool.of(body)
         with self.connect() as con:
-            staged = stage(con, commit.stream, body, max_records=max_records, privacy=privacy)
+            staged = stage(con, commit.stream, spool, max_records=max_records, privacy=privacy)
             now = datetime.now(UTC)
             with _transaction(con, self.path):
                 result = apply(

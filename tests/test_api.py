@@ -56,7 +56,7 @@ def params(sim: RunningSimulator) -> dict[str, str]:
 
 
 def read_body(response: Response) -> bytes:
-    return response.path.read_bytes()
+    return response.body.whole().read_bytes()
 
 
 SimFactory = Callable[..., RunningSimulator]
@@ -76,8 +76,8 @@ def test_a_successful_fetch_spools_the_body_and_reads_the_server_clock(
     body = client(sim, tmp_path).fetch("/j/rcs_records", params(sim), consume)
     assert body.startswith(b"[") and body.rstrip().endswith(b"]")
     [response] = seen
-    assert response.size == len(body)
-    assert not response.path.exists(), "the spool file outlives its response"
+    assert response.body.size == len(body)
+    assert not any(p.exists() for p in response.body.parts), "the spool outlives its response"
     assert response.server_sent_at is not None
     # Taken from the Date header, minus the round trip: never after the server's clock.
     assert response.server_sent_at <= sim.sim.now()
