@@ -88,14 +88,20 @@ def _app(ctx: click.Context) -> App:
     return App(_settings(ctx))
 
 
-def _stop_on_signals(app: App) -> None:
+def _stop_on_signals(app: App, *, interrupt: bool = True) -> None:
     """SIGTERM/SIGINT finish or roll back the window in hand, then exit: this is how
-    the daemon stops a pass, and how Ctrl-C stops a backfill."""
+    the daemon stops a pass, and how Ctrl-C stops a backfill. Replaces the start-up
+    handler of `rcs_sync/__main__.py`. Without `interrupt` (while migrating) a stop only
+    sets `app.stop` for the pass to see: `Warehouse.migrate` reports an interrupted
+    migration as a failure (exit 5), not a stop, and a migration is short.
 
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        log.info("stop_requested", signal=signal.Signals(signum).name)
+    The handler runs between two statements of the main thread, which may hold
+    structlog's output lock at that moment: logging from it would deadlock the pass."""
+
+    def handler(_signum: int, _frame: FrameType | None) -> None:
         app.stop.set()
-        app.warehouse.interrupt()
+        if interrupt:
+            app.warehouse.interrupt()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, handler)
@@ -137,9 +143,10 @@ def sync(ctx: click.Context, team: int | None, events: bool, publish_snapshot: b
     from rcs_sync.sync import Scope, sync_all
 
     app = _app(ctx)
-    _stop_on_signals(app)
+    _stop_on_signals(app, interrupt=False)
     app.token()
     app.warehouse.migrate()
+    _stop_on_signals(app)
     scopes = [Scope(team)] if team is not None else app.scopes()
     emit = _emitter() if events else None
     api = app.api(
@@ -219,9 +226,10 @@ def backfill(
     if end <= start:
         raise click.BadParameter("--end must be after --start", param_hint="--end")
     app = _app(ctx)
-    _stop_on_signals(app)
+    _stop_on_signals(app, interrupt=False)
     app.token()
     app.warehouse.migrate()
+    _stop_on_signals(app)
     scopes = [Scope(team)] if team is not None else app.scopes()
     api = app.api()
     try:
