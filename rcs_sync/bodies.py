@@ -3,8 +3,12 @@
 A body can be valid JSON and still break `read_json`: a lone UTF-16 surrogate escape,
 raw bytes that are not UTF-8, an element that is not an object. Rather than lose the
 whole window, the body is split into elements here; elements DuckDB can load are
-rewritten as newline-delimited JSON, the rest are returned for quarantine. A body that
+written out as newline-delimited JSON, the rest are returned for quarantine. A body that
 is not JSON at all is a `BadBody`, fetched again.
+
+Elements are written as the server wrote them, not re-serialised by Python, so DuckDB
+reads the same text on both paths: Python would turn a number like 1e400 into
+`Infinity`, which is not JSON and not what the server sent.
 """
 
 from __future__ import annotations
@@ -21,6 +25,12 @@ SAMPLE_BYTES = 2 * 1024 * 1024
 """How much of a body's head `sample_keys` reads (some 10,000 records)."""
 RAW_LIMIT = 100_000
 """Characters of a rejected element kept in quarantine (a 10 MB string is not kept whole)."""
+DECODER = json.JSONDecoder(parse_int=str, parse_float=str)
+"""Numbers stay text: turned into Python numbers, 1e400 would become inf, and an integer
+of more than 4,300 digits would raise ValueError (Python's int conversion limit)."""
+LINE_BREAKS = str.maketrans("\r\n", "  ")
+"""Raw line breaks in valid JSON lie between tokens (strings escape theirs), so an
+element of a pretty-printed body becomes one line by turning them into spaces."""
 
 
 @dataclass(frozen=True)
@@ -30,13 +40,13 @@ class Rejected:
     raw: str
 
 
-def _elements(text: str) -> list[object]:
-    decoder = json.JSONDecoder()
+def _elements(text: str) -> list[tuple[object, int, int]]:
+    """Each element of the array in `text`: its value, and where its text starts and ends."""
     pos = len(text) - len(text.lstrip(WHITESPACE))
     if not text.startswith("[", pos):
         raise BadBody("body is not a JSON array")
     pos += 1
-    items: list[object] = []
+    items: list[tuple[object, int, int]] = []
     expect_value = True
     while True:
         while pos < len(text) and text[pos] in WHITESPACE:
@@ -52,13 +62,13 @@ def _elements(text: str) -> list[object]:
             expect_value = True
             continue
         try:
-            item, end = decoder.raw_decode(text, pos)
+            item, end = DECODER.raw_decode(text, pos)
         except json.JSONDecodeError:
             raise BadBody(f"body is not valid JSON near character {pos}") from None
         except RecursionError:
             end = _container_end(text, pos)
             item = TooDeep(text[pos:end])
-        items.append(item)
+        items.append((item, pos, end))
         pos = end
         expect_value = False
 
@@ -103,7 +113,6 @@ def sample_keys(body: Path) -> set[str] | None:
     large body costs a quarter of a second."""
     with body.open("rb") as handle:
         text = handle.read(SAMPLE_BYTES).decode("utf-8", "replace")
-    decoder = json.JSONDecoder()
     keys: set[str] = set()
     found = False
     pos = 0
@@ -111,7 +120,7 @@ def sample_keys(body: Path) -> set[str] | None:
         while pos < len(text) and text[pos] in WHITESPACE + "[,":
             pos += 1
         try:
-            item, pos = decoder.raw_decode(text, pos)
+            item, pos = DECODER.raw_decode(text, pos)
         except (json.JSONDecodeError, RecursionError):
             return keys if found else None
         if isinstance(item, dict):
@@ -141,13 +150,13 @@ def sanitize_body(body: Path, key: str) -> tuple[Path, list[Rejected]]:
     rejected: list[Rejected] = []
     out_path = body.with_suffix(".ndjson")
     with out_path.open("w", encoding="utf-8") as out:
-        for item in _elements(text):
+        for item, start, end in _elements(text):
             record_id, reason = _check(item, key)
             if reason is None:
-                out.write(json.dumps(item, ensure_ascii=False))
+                out.write(text[start:end].translate(LINE_BREAKS))
                 out.write("\n")
                 continue
-            raw = item.text if isinstance(item, TooDeep) else json.dumps(item, ensure_ascii=False)
-            raw = raw.encode("utf-8", "backslashreplace").decode("utf-8")
+            source = text[start : min(end, start + RAW_LIMIT)]
+            raw = source.encode("utf-8", "backslashreplace").decode("utf-8")
             rejected.append(Rejected(record_id, reason, raw[:RAW_LIMIT]))
     return out_path, rejected
