@@ -80,6 +80,7 @@ class Service:
         self.stop = threading.Event()
         self.metrics: Metrics | None = None
         self._process: subprocess.Popen[str] | None = None
+        self._stop_signal: str | None = None
         self._progress_at = time.monotonic()
         self._idle = threading.Event()
         self._idle.set()
@@ -103,7 +104,7 @@ class Service:
                 self._supervise()
             finally:
                 self.notifier.stopping("stopping")
-                log.info("daemon_stopping")
+                log.info("daemon_stopping", signal=self._stop_signal)
                 scheduler.shutdown(wait=False)
                 self._stop_pass()
         finally:
@@ -116,14 +117,16 @@ class Service:
 
     def _migrate(self) -> None:
         """Open and migrate the warehouse before READY=1 (in a child, like every pass)."""
-        code = subprocess.run([*self.command, "migrate"], stdout=subprocess.DEVNULL, check=False)  # noqa: S603
-        if code.returncode != 0:
-            raise WarehouseUnavailable(
-                f"could not open or migrate the warehouse (exit {code.returncode})"
-            )
+        with stop_signals_blocked():
+            process = subprocess.Popen([*self.command, "migrate"], stdout=subprocess.DEVNULL)  # noqa: S603
+        code = process.wait()
+        if code != 0:
+            raise WarehouseUnavailable(f"could not open or migrate the warehouse (exit {code})")
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        log.info("stop_requested", signal=signal.Signals(signum).name)
+        """Only flags the stop: logging here could deadlock on the logger's lock, held by
+        the code the signal interrupted. `daemon_stopping` names the signal."""
+        self._stop_signal = signal.Signals(signum).name
         self.stop.set()
 
     def _stop_pass(self) -> None:
@@ -204,7 +207,8 @@ class Service:
     def _run_pass(self) -> PassReport:
         report = PassReport()
         started = time.monotonic()
-        process = subprocess.Popen([*self.command, *PASS], stdout=subprocess.PIPE, text=True)  # noqa: S603
+        with stop_signals_blocked():
+            process = subprocess.Popen([*self.command, *PASS], stdout=subprocess.PIPE, text=True)  # noqa: S603
         self._process = process
         assert process.stdout is not None
         for line in process.stdout:
@@ -243,3 +247,15 @@ class Service:
                 checkpoint=parse_instant(checkpoint) if checkpoint else None,
                 now=datetime.now(UTC),
             )
+
+
+@contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """Start a child with SIGTERM/SIGINT blocked: it inherits the mask, so a stop sent
+    before its interpreter runs stays pending until `__main__` has its handler in place
+    (then it exits 130) instead of killing it by signal."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

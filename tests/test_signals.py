@@ -1,9 +1,9 @@
 """A pass process stopped by SIGTERM or SIGINT at any moment of its life exits 130.
 
-Most trials start the process the way a parent must for that to hold from the first
-instruction: with the stop signals blocked, so one sent while the interpreter itself
-starts up stays pending until `rcs_sync/__main__.py` has its handler in place. The
-others start it plainly and pick the moment from what the process reports on stderr.
+Most trials start the process as the daemon does (`service.stop_signals_blocked`): with
+the stop signals blocked, so one sent while the interpreter itself starts up stays
+pending until `rcs_sync/__main__.py` has its handler in place. The others start it
+plainly and pick the moment from what the process reports on stderr.
 """
 
 from __future__ import annotations
@@ -18,20 +18,19 @@ import sys
 import threading
 import time
 import tomllib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
 
 from rcs_sync.errors import EXIT_STOPPED
-from rcs_sync.service import PASS
+from rcs_sync.service import PASS, stop_signals_blocked
 from tests.conftest import Site, wait_for
 
 SiteFactory = Callable[..., Site]
 
 ROOT = Path(__file__).resolve().parent.parent
-STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 MODULE = [sys.executable, "-m", "rcs_sync"]
 """What the daemon runs for a pass (`Service.command` starts with these)."""
 
@@ -45,15 +44,6 @@ def script_command() -> list[str]:
         "-c",
         f"import sys; from {module} import {function}; sys.exit({function}())",
     ]
-
-
-@contextmanager
-def stop_signals_blocked() -> Iterator[None]:
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class Pass:
