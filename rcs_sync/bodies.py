@@ -121,8 +121,10 @@ def sample_keys(body: Path) -> set[str] | None:
             pos += 1
         try:
             item, pos = DECODER.raw_decode(text, pos)
-        except (json.JSONDecodeError, RecursionError):
+        except json.JSONDecodeError:
             return keys if found else None
+        except RecursionError:
+            return None  # a record too deep for Python: its keys are unknown
         if isinstance(item, dict):
             keys.update(item)
             found = True

@@ -147,3 +147,16 @@ def test_each_element_is_written_as_the_server_wrote_it(tmp_path: Path) -> None:
     assert [(r.record_id, r.reason, r.raw) for r in rejected] == [
         ("99", SLOW_PATH_REASON, LONE_SURROGATE)
     ]
+
+
+def test_a_record_too_deep_for_python_is_quarantined_not_loaded_without_its_field(
+    warehouse: Warehouse, tmp_path: Path
+) -> None:
+    """Python cannot read its keys, so the head sample cannot say `junk` exists; were
+    DuckDB's path to go on, the record would load with `junk` silently dropped."""
+    deep = "[" * 10_000 + "]" * 10_000
+    result = load(warehouse, tmp_path, [record(1), record(2, junk=deep)])
+    assert (result.inserted, result.quarantined) == (1, 1)
+    assert warehouse.query("SELECT record_id, reason FROM rcs_quarantine") == [
+        ("2", "record: nested too deeply to parse")
+    ]
