@@ -13,6 +13,7 @@ and the loader falls back to `whole()`, the body exactly as the server sent it.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ PREFIX = "body-"
 PART_BYTES = 8 << 20
 """Cut roughly this often (~50k records): a window of 100k records already loads on two
 threads, and a part this size costs DuckDB nothing measurable to open."""
-SEPARATORS = (b"\n,", b",\n", b"\r,", b",\r")
+SEPARATOR = re.compile(rb"[\r\n],|,[\r\n]")
 """A comma next to a raw line break: JSON strings cannot hold one, so it is structural."""
 
 
@@ -123,12 +124,11 @@ class SpoolWriter:
 
     @staticmethod
     def _cut_at(chunk: bytes) -> int:
-        """Index of a comma next to a newline in the chunk, or -1."""
-        found = [i for i in (chunk.find(s) for s in SEPARATORS) if i >= 0]
-        if not found:
+        """Index of the first comma next to a line break in the chunk, or -1."""
+        found = SEPARATOR.search(chunk)
+        if found is None:
             return -1
-        first = min(found)
-        return first if chunk[first] == ord(",") else first + 1
+        return found.start() if chunk[found.start()] == ord(",") else found.start() + 1
 
     def spool(self) -> Spool:
         self._out.close()
