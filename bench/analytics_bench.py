@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -27,10 +26,10 @@ from pathlib import Path
 
 import duckdb
 
+from bench import RUNS, banner
 from rcs_sync.logs import configure_logging
 from rcs_sync.warehouse import Warehouse
 
-RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 RECORDS = int(os.environ.get("BENCH_RECORDS", "10000000"))
 RCS_SYNC = str(Path(sys.executable).with_name("rcs-sync"))
 MONTH = ("2025-06-01", "2025-07-01")
@@ -97,12 +96,7 @@ def time_command(*args: str) -> float:
 
 def main() -> None:
     configure_logging(level="warning")  # stdout holds the figures only
-    print(
-        f"rcs-sync analytics bench: {RECORDS:,} records, median of {RUNS} runs,"
-        f" {os.cpu_count()} cores, Python {platform.python_version()},"
-        f" duckdb {duckdb.__version__}",
-        flush=True,
-    )
+    banner("analytics bench", f"{RECORDS:,} records")
     figures: dict[str, object] = {"records": RECORDS, "runs": RUNS}
     with tempfile.TemporaryDirectory(prefix="rcs-analytics-bench-") as tmp:
         db, config = Path(tmp) / "rcs.duckdb", Path(tmp) / "rcs-sync.toml"

@@ -225,6 +225,15 @@ def idle_daemon_rss(base_url: str, env: dict[str, str]) -> list[float]:
     return samples
 
 
+def banner(name: str, sizes: str) -> None:
+    """The first line of every bench script: what was measured, and on what."""
+    print(
+        f"rcs-sync {name}: {sizes}, median of {RUNS} runs, {os.cpu_count()} cores,"
+        f" Python {platform.python_version()}, duckdb {duckdb.__version__}",
+        flush=True,
+    )
+
+
 def report(figures: dict[str, object], label: str, key: str, value: object, unit: str) -> None:
     figures[key] = value
     print(f"{label:<48} {value} {unit}".rstrip(), flush=True)
@@ -466,10 +475,7 @@ def bench_noop(env: dict[str, str], figures: dict[str, object]) -> None:
 
 def main() -> None:
     env = {**os.environ, "RCS_SIM_TOKEN": TOKEN, "RCS_SYNC_TOKEN": TOKEN}
-    print(
-        f"rcs-sync bench: {RECORDS:,} records, median of {RUNS} runs, "
-        f"{os.cpu_count()} cores, Python {platform.python_version()}, duckdb {duckdb.__version__}"
-    )
+    banner("bench", f"{RECORDS:,} records")
     figures: dict[str, object] = {
         "records": RECORDS,
         "runs": RUNS,

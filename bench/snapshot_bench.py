@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -28,6 +27,7 @@ from typing import TypeVar
 
 import duckdb
 
+from bench import RUNS, banner
 from rcs_sync.logs import configure_logging
 from rcs_sync.snapshot import publish
 from rcs_sync.streams import RCS_RECORDS
@@ -35,7 +35,6 @@ from rcs_sync.warehouse import Commit, Warehouse
 
 T = TypeVar("T")
 
-RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 RECORDS = int(os.environ.get("BENCH_RECORDS", "10000000"))
 PASS_RECORDS = int(os.environ.get("BENCH_PASS_RECORDS", "5000"))
 RUNS_PER_YEAR = 105_000
@@ -193,12 +192,7 @@ def bench_refresh(main: Path, figures: dict[str, object]) -> None:
 
 def main() -> None:
     configure_logging(level="warning")  # stdout holds the figures only
-    print(
-        f"rcs-sync snapshot bench: {RECORDS:,} records, passes of {PASS_RECORDS:,}, median of"
-        f" {RUNS} runs, {os.cpu_count()} cores, Python {platform.python_version()},"
-        f" duckdb {duckdb.__version__}",
-        flush=True,
-    )
+    banner("snapshot bench", f"{RECORDS:,} records, passes of {PASS_RECORDS:,}")
     figures: dict[str, object] = {"records": RECORDS, "pass_records": PASS_RECORDS, "runs": RUNS}
     with tempfile.TemporaryDirectory(prefix="rcs-snapshot-bench-") as tmp:
         main_file = Path(tmp) / "rcs.duckdb"

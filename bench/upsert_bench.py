@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -28,12 +27,11 @@ from pathlib import Path
 
 import duckdb
 
-from bench import median, report
+from bench import RUNS, banner, median, report
 from rcs_sync.logs import configure_logging
 from rcs_sync.streams import RCS_RECORDS
 from rcs_sync.warehouse import Commit, Warehouse
 
-RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 BATCH = int(os.environ.get("BENCH_UPSERT_RECORDS", "100000"))
 SIZES = tuple(int(n) for n in os.environ.get("BENCH_UPSERT_SIZES", "1000000,20000000").split(","))
 IN_FLIGHT = BATCH
@@ -106,12 +104,7 @@ def upsert(pristine: Path, work: Path, body: Path) -> float:
 
 def main() -> None:
     configure_logging(level="warning")  # stdout holds the figures only
-    print(
-        f"rcs-sync upsert bench: {BATCH:,} records into {', '.join(f'{n:,}' for n in SIZES)}"
-        f" rows, median of {RUNS} runs, {os.cpu_count()} cores,"
-        f" Python {platform.python_version()}, duckdb {duckdb.__version__}",
-        flush=True,
-    )
+    banner("upsert bench", f"{BATCH:,} records into {', '.join(f'{n:,}' for n in SIZES)} rows")
     figures: dict[str, object] = {"upsert_records": BATCH, "runs": RUNS}
     seconds: dict[int, float] = {}
     with tempfile.TemporaryDirectory(prefix="rcs-upsert-bench-") as tmp:

@@ -86,7 +86,8 @@ class SyncSettings:
     interval: timedelta = timedelta(minutes=5)
     overlap: timedelta = timedelta(minutes=2)  # modified_since = checkpoint - overlap
     clock_skew: timedelta = timedelta(minutes=5)
-    max_records_per_request: int = 500_000  # at or above: suspect truncation, split
+    max_records_per_request: int = 500_000  # at or above: suspect truncation, split;
+    # also bounds one load's memory: 259 MB peak RSS at 500k, 306 MB at 1M (bench sweep)
     min_window: timedelta = timedelta(seconds=1)  # splitting stops here
 
 
