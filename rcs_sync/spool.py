@@ -52,8 +52,9 @@ class Spool:
         if not self.cut:
             return self.parts[0]
         whole = self.parts[0].with_name(self.parts[0].stem + "-whole.json")
+        whole.unlink(missing_ok=True)
         last = len(self.parts) - 1
-        with whole.open("wb") as out:
+        with _create(whole) as out:
             for index, part in enumerate(self.parts):
                 with part.open("rb") as handle:
                     length = part.stat().st_size
@@ -104,7 +105,7 @@ class SpoolWriter:
     def _open_part(self) -> BinaryIO:
         part = self._base.with_name(f"{self._base.name}-{len(self._parts)}.json")
         self._parts.append(part)
-        return part.open("wb")
+        return _create(part)
 
     def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
@@ -153,6 +154,11 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _create(path: Path) -> BinaryIO:
+    """A new file only we can read: bodies hold phone numbers, whatever the umask."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
 
 
 def _copy(source: BinaryIO, target: BinaryIO, length: int) -> None:

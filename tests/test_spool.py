@@ -75,9 +75,10 @@ def test_the_loader_reads_a_cut_body_like_the_whole_one(tmp_path: Path) -> None:
     assert staged_rows(spool) == staged_rows(Spool.of(spool.whole()))
 
 
-def test_remove_deletes_every_part_and_the_joined_copy(tmp_path: Path) -> None:
+def test_parts_are_private_and_remove_deletes_them_all(tmp_path: Path) -> None:
     spool = spooled(tmp_path, per_line(records(60), "\n,"))
-    spool.whole()
+    files = [*spool.parts, spool.whole()]
+    assert {f.stat().st_mode & 0o777 for f in files} == {0o600}, "bodies hold phone numbers"
     spool.remove()
     assert list((tmp_path / "spool").iterdir()) == []
 
