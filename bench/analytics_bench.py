@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import duckdb
 
-from bench import RUNS, banner
+from bench import RUNS, banner, median, report
 from rcs_sync.logs import configure_logging
 from rcs_sync.warehouse import Warehouse
 
@@ -56,15 +55,6 @@ SELECT day, campaign, sum(messages), sum(delivered), sum("read"), sum(failed), s
 FROM rcs_rates_daily
 GROUP BY day, campaign
 """
-
-
-def median(values: list[float]) -> float:
-    return round(statistics.median(values), 3)
-
-
-def report(figures: dict[str, object], label: str, key: str, value: object) -> None:
-    figures[key] = value
-    print(f"{label:<60} {value}", flush=True)
 
 
 def build(path: Path) -> None:

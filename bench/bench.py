@@ -234,9 +234,10 @@ def banner(name: str, sizes: str) -> None:
     )
 
 
-def report(figures: dict[str, object], label: str, key: str, value: object, unit: str) -> None:
+def report(figures: dict[str, object], label: str, key: str, value: object) -> None:
+    """One figure: a labelled line now, and a field of the JSON line at the end."""
     figures[key] = value
-    print(f"{label:<48} {value} {unit}".rstrip(), flush=True)
+    print(f"{label:<48} {value}", flush=True)
 
 
 def stop(sim: subprocess.Popen[str]) -> None:
@@ -261,14 +262,12 @@ def bench_one_window(env: dict[str, str], figures: dict[str, object]) -> None:
             "backfill 1 window, end to end (records/s)",
             "backfill_records_per_s",
             round(rate),
-            "",
         )
         report(
             figures,
             "backfill 1 window, peak RSS (MB)",
             "backfill_peak_rss_mb",
             median([r.peak_rss_mb for r in backfill]),
-            "",
         )
         bare = bench_bare(base_url, span)
         bare_rate = median([RECORDS / s for s in bare])
@@ -277,21 +276,18 @@ def bench_one_window(env: dict[str, str], figures: dict[str, object]) -> None:
             "bare limit: download + read_json + upsert (records/s)",
             "bare_records_per_s",
             round(bare_rate),
-            "",
         )
         report(
             figures,
             "backfill time / bare-limit time",
             "ratio_to_bare",
             round(bare_rate / rate, 2),
-            "",
         )
         report(
             figures,
             "idle daemon RSS after its first pass (MB)",
             "idle_daemon_rss_mb",
             median(idle_daemon_rss(base_url, env)),
-            "",
         )
     finally:
         stop(sim)
@@ -365,24 +361,21 @@ def bench_scale(env: dict[str, str], figures: dict[str, object]) -> None:
         f"{label} (records/s)",
         "scale_records_per_s",
         round(median([r.received / r.seconds for r in many])),
-        "",
     )
     many_rss = median([r.peak_rss_mb for r in many])
     one_rss = median([r.peak_rss_mb for r in one])
-    report(figures, f"{label}, peak RSS (MB)", "scale_peak_rss_mb", many_rss, "")
+    report(figures, f"{label}, peak RSS (MB)", "scale_peak_rss_mb", many_rss)
     report(
         figures,
         f"backfill 1 window of {per_window:,}, peak RSS (MB)",
         "scale_one_window_peak_rss_mb",
         one_rss,
-        "",
     )
     report(
         figures,
         f"peak RSS, {SCALE_WINDOWS} windows / 1 window",
         "scale_rss_ratio",
         round(many_rss / one_rss, 3),
-        "",
     )
     for n, runs in sweep.items():
         report(
@@ -390,14 +383,12 @@ def bench_scale(env: dict[str, str], figures: dict[str, object]) -> None:
             f"sweep: 1 window of {n:,}, peak RSS (MB)",
             f"sweep_{n}_peak_rss_mb",
             median([r.peak_rss_mb for r in runs]),
-            "",
         )
         report(
             figures,
             f"sweep: 1 window of {n:,} (records/s)",
             f"sweep_{n}_records_per_s",
             round(median([r.received / r.seconds for r in runs])),
-            "",
         )
 
 
@@ -439,37 +430,31 @@ def bench_noop(env: dict[str, str], figures: dict[str, object]) -> None:
             sys.exit(f"bench: expected an incremental pass that writes nothing: {summary}")
     floor = [run_measured([RCS_SYNC, "--help"], env) for _ in range(RUNS)]
     label = "incremental pass, nothing new"
-    report(
-        figures, f"{label}: process wall (s)", "noop_wall_s", median([r.seconds for r in runs]), ""
-    )
-    report(figures, f"{label}: process CPU (s)", "noop_cpu_s", median([r.cpu_s for r in runs]), "")
+    report(figures, f"{label}: process wall (s)", "noop_wall_s", median([r.seconds for r in runs]))
+    report(figures, f"{label}: process CPU (s)", "noop_cpu_s", median([r.cpu_s for r in runs]))
     report(
         figures,
         f"{label}: the pass alone, wall (s)",
         "noop_pass_s",
         median([float(s["duration_s"]) for s in passes]),
-        "",
     )
     report(
         figures,
         f"{label}: the pass alone, CPU (s)",
         "noop_pass_cpu_s",
         median([float(s["cpu_s"]) for s in passes]),
-        "",
     )
     report(
         figures,
         f"{label}: records re-read (overlap)",
         "noop_received",
         round(statistics.median(int(s["received"]) for s in passes)),
-        "",
     )
     report(
         figures,
         "start-up floor: `rcs-sync --help`, CPU (s)",
         "startup_cpu_s",
         median([r.cpu_s for r in floor]),
-        "",
     )
 
 

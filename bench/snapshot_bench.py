@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ from typing import TypeVar
 
 import duckdb
 
-from bench import RUNS, banner
+from bench import RUNS, banner, median, report
 from rcs_sync.logs import configure_logging
 from rcs_sync.snapshot import publish
 from rcs_sync.streams import RCS_RECORDS
@@ -122,15 +121,6 @@ def plain_copy(main: Path, copy: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def median(values: list[float]) -> float:
-    return round(statistics.median(values), 3)
-
-
-def report(figures: dict[str, object], label: str, key: str, value: object) -> None:
-    figures[key] = value
-    print(f"{label:<52} {value}", flush=True)
 
 
 def bench_first_publish(main: Path, figures: dict[str, object]) -> None:

@@ -117,7 +117,6 @@ def main() -> None:
                 f"build {rows:,} rows (s, not a target)",
                 f"build_{rows}_s",
                 round(time.perf_counter() - began, 1),
-                "",
             )
             write_body(body, rows)
             work = Path(tmp) / "work.duckdb"
@@ -127,7 +126,6 @@ def main() -> None:
                 f"upsert {BATCH:,} records into {rows:,} rows (s)",
                 f"upsert_{rows}_s",
                 seconds[rows],
-                "",
             )
             pristine.unlink()
     if len(SIZES) > 1:
@@ -136,7 +134,6 @@ def main() -> None:
             f"upsert into {SIZES[-1]:,} / into {SIZES[0]:,} rows",
             "upsert_ratio",
             round(seconds[SIZES[-1]] / seconds[SIZES[0]], 2),
-            "",
         )
     at = datetime.now(UTC).isoformat(timespec="seconds")
     print(json.dumps({"bench": "rcs-sync-upsert", "at": at, **figures}))
