@@ -29,6 +29,7 @@ import duckdb
 from bench import RUNS, banner, median, report
 from rcs_sync.logs import configure_logging
 from rcs_sync.snapshot import publish
+from rcs_sync.spool import Spool
 from rcs_sync.streams import RCS_RECORDS
 from rcs_sync.warehouse import Commit, Warehouse
 
@@ -108,7 +109,7 @@ def typical_pass(main: Path, body: Path, newest: int) -> int:
     run_id = wh.start_run(RCS_RECORDS, "all", "run", "incremental")
     now = datetime.now(UTC)
     commit = Commit(RCS_RECORDS, "all", run_id, now, checkpoint=now)
-    result = wh.commit_batch(body, commit, include_optional=False, max_records=None)
+    result = wh.commit_batch(Spool.of(body), commit, include_optional=False, max_records=None)
     wh.finish_run(run_id, error=None)
     assert result.updated == changed and result.inserted == PASS_RECORDS - changed, result
     return newest + PASS_RECORDS - changed

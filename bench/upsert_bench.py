@@ -29,6 +29,7 @@ import duckdb
 
 from bench import RUNS, banner, median, report
 from rcs_sync.logs import configure_logging
+from rcs_sync.spool import Spool
 from rcs_sync.streams import RCS_RECORDS
 from rcs_sync.warehouse import Commit, Warehouse
 
@@ -93,7 +94,7 @@ def upsert(pristine: Path, work: Path, body: Path) -> float:
     now = datetime.now(UTC)
     commit = Commit(RCS_RECORDS, "all", run_id, now, checkpoint=now)
     began = time.perf_counter()
-    result = wh.commit_batch(body, commit, include_optional=False, max_records=None)
+    result = wh.commit_batch(Spool.of(body), commit, include_optional=False, max_records=None)
     seconds = time.perf_counter() - began
     wh.finish_run(run_id, error=None)
     half = BATCH // 2

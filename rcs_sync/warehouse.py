@@ -247,7 +247,7 @@ class Warehouse:
 
     def commit_batch(
         self,
-        body: Spool | Path,
+        body: Spool,
         commit: Commit,
         *,
         include_optional: bool,
@@ -256,9 +256,8 @@ class Warehouse:
     ) -> LoadResult:
         """Load one response and its bookkeeping in ONE transaction: after a crash at any
         instant either both are in the file or neither is."""
-        spool = body if isinstance(body, Spool) else Spool.of(body)
         with self.connect() as con:
-            staged = stage(con, commit.stream, spool, max_records=max_records, privacy=privacy)
+            staged = stage(con, commit.stream, body, max_records=max_records, privacy=privacy)
             now = datetime.now(UTC)
             with _transaction(con, self.path):
                 result = apply(

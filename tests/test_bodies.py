@@ -13,6 +13,7 @@ import pytest
 
 from rcs_sync.bodies import sanitize_body
 from rcs_sync.loader import LoadResult
+from rcs_sync.spool import Spool
 from rcs_sync.streams import RCS_RECORDS
 from rcs_sync.warehouse import Commit, Warehouse
 from rcs_sync.windows import Window
@@ -60,7 +61,7 @@ def load(wh: Warehouse, tmp_path: Path, records: list[str]) -> LoadResult:
     path.write_text("[" + ", ".join(records) + "]", encoding="utf-8")
     run_id = wh.start_run(RCS_RECORDS, "all", "test", "backfill")
     commit = Commit(RCS_RECORDS, "all", run_id, T0, window=WINDOW)
-    return wh.commit_batch(path, commit, include_optional=False, max_records=None)
+    return wh.commit_batch(Spool.of(path), commit, include_optional=False, max_records=None)
 
 
 def strict(text: str) -> Any:

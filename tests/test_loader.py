@@ -12,6 +12,7 @@ import pytest
 from rcs_sync.errors import BadBody, SuspectedTruncation
 from rcs_sync.loader import SUPERSEDED
 from rcs_sync.migrations import MIGRATIONS
+from rcs_sync.spool import Spool
 from rcs_sync.streams import RCS_RECORDS
 from rcs_sync.warehouse import Commit, Warehouse
 from rcs_sync.windows import Window
@@ -58,7 +59,9 @@ def load(
     path.write_bytes(body.encode() if isinstance(body, str) else body)
     run_id = wh.start_run(RCS_RECORDS, "all", "test", "backfill")
     commit = Commit(RCS_RECORDS, "all", run_id, T0, window=window)
-    return wh.commit_batch(path, commit, include_optional=include, max_records=max_records)
+    return wh.commit_batch(
+        Spool.of(path), commit, include_optional=include, max_records=max_records
+    )
 
 
 def rows(wh: Warehouse, sql: str) -> list[tuple[Any, ...]]:

@@ -21,6 +21,7 @@ import pytest
 from rcs_sync import snapshot as snapshot_module
 from rcs_sync.errors import WarehouseUnavailable
 from rcs_sync.snapshot import INFO_TABLE, SnapshotResult, publish
+from rcs_sync.spool import Spool
 from rcs_sync.streams import RCS_RECORDS
 from rcs_sync.warehouse import Commit, Warehouse
 
@@ -145,7 +146,7 @@ def pass_through_loader(main: Path, tmp_path: Path, first_id: int) -> None:
     run_id = wh.start_run(RCS_RECORDS, "all", "sync", "incremental")
     now = datetime.now(UTC)
     wh.commit_batch(
-        body,
+        Spool.of(body),
         Commit(RCS_RECORDS, "all", run_id, now, checkpoint=now),
         include_optional=False,
         max_records=None,
