@@ -1,8 +1,9 @@
-"""`python -m rcs_sync` (how the daemon starts each pass) and the `rcs-sync` script.
+"""`python -m rcs_sync`, the `rcs-sync` script, and each pass the daemon forks.
 
-While the CLI is being imported (a few hundred milliseconds) SIGTERM's default action
-would kill the process by signal, and SIGINT raise KeyboardInterrupt wherever it lands,
-instead of the "stopped" exit 130 the daemon expects. So the first thing done is to
+While the CLI is being imported (a few hundred milliseconds, unless a fork server has
+imported it already) SIGTERM's default action would kill the process by signal, and
+SIGINT raise KeyboardInterrupt wherever it lands, instead of the "stopped" exit 130
+the daemon expects. So the first thing done is to
 install a handler that ends the process at once with exit 130. `sync` and `backfill`
 replace it with theirs before they open the warehouse (`cli._stop_on_signals`); CPython
 runs a pending signal's handler before `signal.signal` swaps it, so no signal is lost in
@@ -29,8 +30,9 @@ def _stop_before_start(_signum: int, _frame: FrameType | None) -> None:
         os._exit(EXIT_STOPPED)
 
 
-def main() -> None:
-    """Install the early stop handler, then import and run the CLI."""
+def main(args: list[str] | None = None) -> None:
+    """Install the early stop handler, then import and run the CLI on `args` (default:
+    the command line)."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, _stop_before_start)
     # A parent may start us with these signals blocked (they stay pending across exec),
@@ -39,7 +41,7 @@ def main() -> None:
 
     from rcs_sync.cli import main as cli_main  # noqa: PLC0415 - after the handler, on purpose
 
-    cli_main()
+    cli_main(args)
 
 
 if __name__ == "__main__":

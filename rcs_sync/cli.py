@@ -258,9 +258,6 @@ def run(ctx: click.Context) -> None:
     if settings.source is None:
         raise click.UsageError("rcs-sync run needs a config file")
     command = [
-        sys.executable,
-        "-m",
-        "rcs_sync",
         "--config",
         str(settings.source),
         "--log-format",
@@ -479,14 +476,15 @@ def _summary(result: PassResult) -> str:
     )
 
 
-def main() -> None:
-    """Entry point: run the CLI, turning every failure into one line and an exit code."""
+def main(args: list[str] | None = None) -> None:
+    """Entry point: run the CLI on `args` (default: the command line), turning every
+    failure into one line and an exit code."""
     # Record data never becomes world-readable: DuckDB creates its WAL and spill files
     # with the process umask (0644 under the usual 022); the database is 0640 anyway.
     os.umask(os.umask(0) | 0o027)
     ctx: click.Context | None = None
     try:
-        ctx = cli.make_context("rcs-sync", sys.argv[1:])
+        ctx = cli.make_context("rcs-sync", sys.argv[1:] if args is None else args)
         with ctx:
             cli.invoke(ctx)
     except click.exceptions.Exit as exc:

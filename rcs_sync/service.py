@@ -1,10 +1,11 @@
 """The daemon behind `rcs-sync run`: a schedule, signals, systemd, metrics.
 
-Each pass runs as a child process (`rcs-sync sync --events --publish-snapshot`) whose
-JSON lines on stdout tell this process what happened. The daemon itself never loads
-DuckDB or holds a byte of record data, so it idles small and a pass's memory is
-returned to the system when the pass ends; a crash inside a pass cannot take down the
-schedule. A failing API or a locked file fails the pass, never the daemon.
+Each pass runs as a child process (`rcs-sync sync --events --publish-snapshot`, forked
+by `pass_process`) whose JSON lines on stdout tell this process what happened. The
+daemon itself never loads DuckDB or holds a byte of record data, so it idles small and
+a pass's memory is returned to the system when the pass ends; a crash inside a pass
+cannot take down the schedule. A failing API or a locked file fails the pass, never the
+daemon.
 
 SIGTERM/SIGINT are forwarded to a running pass, which finishes or rolls back the
 window in hand and exits; one that does not within `STOP_GRACE` seconds is killed,
@@ -16,8 +17,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ from rcs_sync.durations import format_instant, parse_instant
 from rcs_sync.errors import WarehouseUnavailable
 from rcs_sync.metrics import Metrics
 from rcs_sync.notify import Notifier
+from rcs_sync.pass_process import PassProcess, start_server
 
 log = structlog.get_logger(__name__)
 
@@ -75,11 +77,11 @@ class Service:
     ) -> None:
         self.settings = settings
         self.command = command
-        """`rcs-sync` with its global options; passes run `command + PASS`."""
+        """`rcs-sync`'s global options; passes run `rcs-sync *command *PASS`."""
         self.notifier = notifier or Notifier()
         self.stop = threading.Event()
         self.metrics: Metrics | None = None
-        self._process: subprocess.Popen[str] | None = None
+        self._process: PassProcess | None = None
         self._stop_signal: str | None = None
         self._progress_at = time.monotonic()
         self._idle = threading.Event()
@@ -116,9 +118,12 @@ class Service:
         return 0
 
     def _migrate(self) -> None:
-        """Open and migrate the warehouse before READY=1 (in a child, like every pass)."""
-        with stop_signals_blocked():
-            process = subprocess.Popen([*self.command, "migrate"], stdout=subprocess.DEVNULL)  # noqa: S603
+        """Open and migrate the warehouse before READY=1 (in a child, like every pass),
+        starting the fork server on the way."""
+        start_server()
+        process = PassProcess([*self.command, "migrate"], os.environ)
+        for _line in process.lines:
+            pass
         code = process.wait()
         if code != 0:
             raise WarehouseUnavailable(f"could not open or migrate the warehouse (exit {code})")
@@ -132,8 +137,8 @@ class Service:
     def _stop_pass(self) -> None:
         """Ask a running pass to stop; kill it if it has not within the grace period."""
         process = self._process
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+        if process is not None and process.running():
+            process.terminate()
         if not self._idle.wait(STOP_GRACE) and process is not None:
             log.warning("pass_killed_at_stop", grace_s=STOP_GRACE)
             process.kill()
@@ -207,11 +212,9 @@ class Service:
     def _run_pass(self) -> PassReport:
         report = PassReport()
         started = time.monotonic()
-        with stop_signals_blocked():
-            process = subprocess.Popen([*self.command, *PASS], stdout=subprocess.PIPE, text=True)  # noqa: S603
+        process = PassProcess([*self.command, *PASS], os.environ)
         self._process = process
-        assert process.stdout is not None
-        for line in process.stdout:
+        for line in process.lines:
             self._progress_at = time.monotonic()
             try:
                 event = json.loads(line)
@@ -247,15 +250,3 @@ class Service:
                 checkpoint=parse_instant(checkpoint) if checkpoint else None,
                 now=datetime.now(UTC),
             )
-
-
-@contextmanager
-def stop_signals_blocked() -> Iterator[None]:
-    """Start a child with SIGTERM/SIGINT blocked: it inherits the mask, so a stop sent
-    before its interpreter runs stays pending until `__main__` has its handler in place
-    (then it exits 130) instead of killing it by signal."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -469,8 +469,9 @@ def cmdline(pid: int) -> bytes:
 
 def runs_command(pid: int, command: str) -> bool:
     """Whether process `pid` is `rcs-sync … COMMAND …` (an argument, not a substring:
-    the config path `rcs-sync.toml` holds "sync")."""
-    return command.encode() in cmdline(pid).split(b"\0")
+    the config path `rcs-sync.toml` holds "sync"). A pass the daemon forks has its
+    arguments in its title, separated by spaces."""
+    return command.encode() in cmdline(pid).replace(b"\0", b" ").split()
 
 
 def environ(pid: int) -> bytes:

@@ -1,9 +1,11 @@
 """A pass process stopped by SIGTERM or SIGINT at any moment of its life exits 130.
 
-Most trials start the process as the daemon does (`service.stop_signals_blocked`): with
-the stop signals blocked, so one sent while the interpreter itself starts up stays
-pending until `rcs_sync/__main__.py` has its handler in place. The others start it
-plainly and pick the moment from what the process reports on stderr.
+These are `rcs-sync sync` processes started the way a supervisor or a soak run starts
+them (the daemon forks its passes instead: `test_pass_process.py`). Most trials start
+them with the stop signals blocked (`pass_process.stop_signals_blocked`), so one sent
+while the interpreter itself starts up stays pending until `rcs_sync/__main__.py` has
+its handler in place. The others start it plainly and pick the moment from what the
+process reports on stderr.
 """
 
 from __future__ import annotations
@@ -25,14 +27,14 @@ from pathlib import Path
 import pytest
 
 from rcs_sync.errors import EXIT_STOPPED
-from rcs_sync.service import PASS, stop_signals_blocked
+from rcs_sync.pass_process import stop_signals_blocked
+from rcs_sync.service import PASS
 from tests.conftest import Site, wait_for
 
 SiteFactory = Callable[..., Site]
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULE = [sys.executable, "-m", "rcs_sync"]
-"""What the daemon runs for a pass (`Service.command` starts with these)."""
 
 
 def script_command() -> list[str]:
