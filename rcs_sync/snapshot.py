@@ -13,7 +13,10 @@ warehouse through a read-only connection, then points the snapshot at it with
 - a table with a primary key and an `updated_at` column (the record tables: every
   insert and change sets `updated_at`) gives the rows changed since the spare's
   previous refresh (`snapshot_info.as_of` minus `OVERLAP`) without reading the rest;
-- any other table (bookkeeping, quarantine: small) is compared with the spare's copy.
+- a log (`LOGS`: only ever appended to, like `rcs_state_changes`, which grows with
+  every record) has nothing new if its row count is unchanged; otherwise only its rows
+  stamped since that refresh are compared with the spare's;
+- any other table (bookkeeping: small) is compared with the spare's copy.
 
 A *full* refresh, a byte copy of the warehouse file (and its WAL), replaces the spare
 when there is none, when a reader still holds it (DuckDB's own file lock tells us), when
@@ -43,11 +46,12 @@ import secrets
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import duckdb
@@ -66,6 +70,18 @@ OVERLAP = timedelta(minutes=5)
 """Rows changed this long before the previous refresh are copied again, in case a
 writer's clock lagged a little; copying a row twice is harmless."""
 TRACKED = "updated_at"
+LOGS: Mapping[str, str] = MappingProxyType(
+    {
+        "rcs_state_changes": "observed_at",
+        "rcs_quarantine": "quarantined_at",
+        "sync_windows": "completed_at",
+    }
+)
+"""Keyless tables the warehouse only appends to, and the column stamping each row as it
+is added. A row a refresh misses (stamped too early) leaves the row counts different,
+which forces a full copy."""
+LOG_MARGIN = timedelta(hours=1)
+"""Further back than `OVERLAP` for logs: `observed_at` is the API server's clock."""
 SNAP = "_rcs_snapshot"
 """Alias of the generation attached to the read-only warehouse connection."""
 
@@ -240,6 +256,8 @@ class _Table:
     key: tuple[str, ...]
     tracked: bool
     """Has a `updated_at` column: rows changed since an instant can be found."""
+    stamp: str | None = None
+    """A log's column stamping when each row was added (`LOGS`)."""
 
     def ref(self, database: str) -> str:
         return f"{quote(database)}.{quote(self.schema)}.{quote(self.name)}"
@@ -251,14 +269,24 @@ class _Table:
         """Write the warehouse's rows that are new or changed since the spare's copy.
 
         With a key and `updated_at` they are found without reading the rest of the
-        table; otherwise by comparing both copies (cheap at bookkeeping sizes). Rows
-        deleted from the warehouse are not removed: the row counts then differ.
+        table; in a log, among the rows stamped since `since`; otherwise by comparing
+        both copies (cheap at bookkeeping sizes). Rows deleted from the warehouse are
+        not removed: the row counts then differ.
         """
         target, origin = self.ref(SNAP), self.ref(source)
         if self.key and self.tracked:
             con.execute(
                 f"CREATE OR REPLACE TEMP TABLE _new AS FROM {origin} WHERE {TRACKED} >= ?",
                 [since],
+            )
+        elif self.stamp:
+            if _one(con, f"SELECT ({self.count(source)}) = ({self.count(SNAP)})"):
+                return
+            recent = f"WHERE {quote(self.stamp)} >= $since"
+            con.execute(
+                f"CREATE OR REPLACE TEMP TABLE _new AS"
+                f" (FROM {origin} {recent}) EXCEPT ALL (FROM {target} {recent})",
+                {"since": since - LOG_MARGIN},
             )
         else:
             diff = "EXCEPT" if self.key else "EXCEPT ALL"
@@ -286,7 +314,10 @@ def _tables(con: duckdb.DuckDBPyConnection, database: str) -> list[_Table]:
         """,
         {"db": database, "tracked": TRACKED},
     ).fetchall()
-    return [_Table(schema, name, tuple(key), bool(tracked)) for schema, name, key, tracked in rows]
+    return [
+        _Table(schema, name, tuple(key), bool(tracked), None if key else LOGS.get(name))
+        for schema, name, key, tracked in rows
+    ]
 
 
 def _same_schema(con: duckdb.DuckDBPyConnection, source: str) -> bool:

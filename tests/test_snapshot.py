@@ -242,6 +242,8 @@ def test_a_new_schema_is_copied_whole(main: Path, snap: Path) -> None:
         " NULL, NULL, now(), TIMESTAMPTZ '2000-01-01 00:00:00+00'",  # updated_at too old
         "DELETE FROM rcs_quarantine",
         "DELETE FROM sync_runs",
+        # A log row stamped before the last refresh (beyond its margin): not looked for.
+        "INSERT INTO rcs_state_changes VALUES (1, 1, 4, TIMESTAMPTZ '2000-01-01 00:00:00+00')",
     ],
 )
 def test_a_change_a_refresh_cannot_see_forces_a_full_copy(
