@@ -145,25 +145,26 @@ def sync(ctx: click.Context, team: int | None, events: bool, publish_snapshot: b
     app = _app(ctx)
     _stop_on_signals(app, interrupt=False)
     app.token()
-    app.warehouse.migrate()
-    _stop_on_signals(app)
-    scopes = [Scope(team)] if team is not None else app.scopes()
     emit = _emitter() if events else None
-    api = app.api(
-        on_response=(lambda status: emit({"event": "api_response", "status": status}))
-        if emit
-        else None
-    )
-    try:
-        with _listener(emit, "sync") as listener:
-            outcomes = sync_all(app.syncer(api, listener=listener), scopes)
-    finally:
-        api.close()
-    for outcome in outcomes:
-        if emit is not None:
-            emit(_scope_event(app, outcome))
-        elif outcome.result is not None:
-            click.echo(_summary(outcome.result))
+    with app.warehouse.held():
+        app.warehouse.migrate()
+        _stop_on_signals(app)
+        scopes = [Scope(team)] if team is not None else app.scopes()
+        api = app.api(
+            on_response=(lambda status: emit({"event": "api_response", "status": status}))
+            if emit
+            else None
+        )
+        try:
+            with _listener(emit, "sync") as listener:
+                outcomes = sync_all(app.syncer(api, listener=listener), scopes)
+        finally:
+            api.close()
+        for outcome in outcomes:
+            if emit is not None:
+                emit(_scope_event(app, outcome))
+            elif outcome.result is not None:
+                click.echo(_summary(outcome.result))
     if publish_snapshot and any(o.outcome == "ok" for o in outcomes) and not app.stop.is_set():
         _publish(app, emit)
     failed = next((o.error for o in outcomes if o.error is not None), None)
@@ -228,16 +229,19 @@ def backfill(
     app = _app(ctx)
     _stop_on_signals(app, interrupt=False)
     app.token()
-    app.warehouse.migrate()
-    _stop_on_signals(app)
-    scopes = [Scope(team)] if team is not None else app.scopes()
-    api = app.api()
-    try:
-        with _listener(None, "backfill") as listener:
-            syncer = app.syncer(api, listener=listener)
-            results = [syncer.backfill(scope, Window(start, end), force=force) for scope in scopes]
-    finally:
-        api.close()
+    with app.warehouse.held():
+        app.warehouse.migrate()
+        _stop_on_signals(app)
+        scopes = [Scope(team)] if team is not None else app.scopes()
+        api = app.api()
+        try:
+            with _listener(None, "backfill") as listener:
+                syncer = app.syncer(api, listener=listener)
+                results = [
+                    syncer.backfill(scope, Window(start, end), force=force) for scope in scopes
+                ]
+        finally:
+            api.close()
     for result in results:
         click.echo(_summary(result))
 

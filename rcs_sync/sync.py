@@ -323,6 +323,7 @@ class Syncer:
                 ctx.result.checkpoint = commit.checkpoint
             return loaded
 
+        self.warehouse.release()  # not held while the response downloads
         try:
             loaded = self.api.fetch(self.stream.path, params, consume, self._deadline(ctx, window))
         except (SuspectedTruncation, ApiUnavailable) as exc:
