@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -243,3 +245,29 @@ def test_extra_fields_are_found_even_behind_a_record_bigger_than_the_sample(
     load(warehouse, tmp_path, [big, record(2)])
     got = dict(rows(warehouse, "SELECT id, extra FROM rcs_records"))
     assert json.loads(got[1]) == {"channel": "rcs"}
+
+
+def opens_elsewhere(path: Path) -> bool:
+    """Whether another process can open the file now (DuckDB locks it per process)."""
+    code = "import duckdb, sys; duckdb.connect(sys.argv[1], read_only=True).close()"
+    return (
+        subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True).returncode == 0
+    )
+
+
+def test_held_calls_share_one_connection_released_before_a_wait(
+    warehouse: Warehouse, tmp_path: Path
+) -> None:
+    with warehouse.held():
+        load(warehouse, tmp_path, [record(1)])
+        assert not opens_elsewhere(warehouse.path)  # kept open between calls
+        assert rows(warehouse, "SELECT count(*) FROM rcs_records") == [(1,)]
+        warehouse.release()
+        assert opens_elsewhere(warehouse.path)
+        # After a failed batch the connection is not reused (nor left open).
+        with pytest.raises(SuspectedTruncation):
+            load(warehouse, tmp_path, [record(i) for i in range(2, 12)], max_records=10)
+        assert opens_elsewhere(warehouse.path)
+        load(warehouse, tmp_path, [record(2)])
+    assert opens_elsewhere(warehouse.path)
+    assert rows(warehouse, "SELECT count(*) FROM rcs_records") == [(2,)]
