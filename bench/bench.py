@@ -16,7 +16,6 @@ the cores. Sizes (environment, defaults in brackets):
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import platform
 import re
@@ -26,14 +25,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
-import requests
 
 from rcs_sync.durations import format_duration, format_instant
 from rcs_sync.simulator import spawn
@@ -51,19 +50,13 @@ ONE_WINDOW = "100000d"
 """A window larger than any span: the whole span in one request."""
 SCALE_WINDOW = timedelta(hours=2, minutes=24)
 """The window of the multi-window backfill; holds SCALE_RECORDS / SCALE_WINDOWS records."""
+AGE = "1 HOUR"
+"""How long ago the no-op passes' warehouse is made to look loaded (see bench_noop)."""
 SPAWN_SLACK = timedelta(minutes=30)
 """Simulated history beyond the windows read: covers the grid rounding and the time the
 simulator takes to start (its clock starts at some instant during `spawn`)."""
 RECEIVED = re.compile(r"(\d+) received")
-
-BARE_COLUMNS = (
-    "{campaign:'BIGINT', id:'BIGINT', job:'BIGINT', number:'VARCHAR', portal:'VARCHAR',"
-    " reference:'VARCHAR', state:'UTINYINT', team:'BIGINT', timestamp:'TIMESTAMPTZ'}"
-)
-BARE_TABLE = (
-    "CREATE TABLE r (id BIGINT PRIMARY KEY, campaign BIGINT, job BIGINT, team BIGINT,"
-    " number VARCHAR, reference VARCHAR, portal VARCHAR, state UTINYINT, timestamp TIMESTAMPTZ)"
-)
+T = TypeVar("T")
 
 
 @dataclass
@@ -157,41 +150,11 @@ def bench_backfill(
     return runs
 
 
-def bare_once(base_url: str, span: tuple[str, str]) -> float:
-    """One bare-limit run: download the bytes to a file, then read_json + upsert."""
-    with tempfile.TemporaryDirectory(prefix="rcs-bare-") as tmp:
-        body = Path(tmp) / "body.json"
-        began = time.perf_counter()
-        with (
-            requests.get(
-                f"{base_url}/j/rcs_records",
-                params={"start": span[0], "end": span[1]},
-                headers={"Authorization": f"Bearer {TOKEN}"},
-                stream=True,
-                timeout=120,
-            ) as resp,
-            body.open("wb") as out,
-        ):
-            resp.raise_for_status()
-            for chunk in resp.iter_content(1 << 20):
-                out.write(chunk)
-        with duckdb.connect(str(Path(tmp) / "bare.duckdb")) as con:
-            con.execute(BARE_TABLE)
-            con.execute(
-                f"INSERT INTO r SELECT id, campaign, job, team, number, reference, portal,"
-                f" state, timestamp FROM read_json(?, format='array', columns={BARE_COLUMNS})"
-                f" ON CONFLICT DO UPDATE SET state = excluded.state",
-                [str(body)],
-            )
-        return time.perf_counter() - began
-
-
-def bench_bare(base_url: str, span: tuple[str, str]) -> list[float]:
-    """The bare limit, in a worker process: DuckDB's memory in this one would become
-    the floor of every later run_measured peak RSS (see own_peak_rss_mb)."""
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return [pool.submit(bare_once, base_url, span).result() for _ in range(RUNS)]
+def bench_bare(base_url: str, env: dict[str, str], span: tuple[str, str]) -> list[Run]:
+    """RUNS runs of bench/bare_limit.py, each a process of its own like the backfill's
+    (its stdout: the seconds without start-up and imports)."""
+    cmd = [sys.executable, str(Path(__file__).with_name("bare_limit.py")), base_url, *span]
+    return [run_measured(cmd, env) for _ in range(RUNS)]
 
 
 def idle_daemon_rss(base_url: str, env: dict[str, str]) -> list[float]:
@@ -269,19 +232,38 @@ def bench_one_window(env: dict[str, str], figures: dict[str, object]) -> None:
             "backfill_peak_rss_mb",
             median([r.peak_rss_mb for r in backfill]),
         )
-        bare = bench_bare(base_url, span)
-        bare_rate = median([RECORDS / s for s in bare])
+        bare = bench_bare(base_url, env, span)
+        bare_rate = median([RECORDS / r.seconds for r in bare])
+        bare_inner_rate = median([RECORDS / float(r.stdout) for r in bare])
         report(
             figures,
-            "bare limit: download + read_json + upsert (records/s)",
+            "bare limit, end to end (records/s)",
             "bare_records_per_s",
             round(bare_rate),
         )
         report(
             figures,
-            "backfill time / bare-limit time",
+            "bare limit, peak RSS (MB)",
+            "bare_peak_rss_mb",
+            median([r.peak_rss_mb for r in bare]),
+        )
+        report(
+            figures,
+            "bare limit without start-up and imports (records/s)",
+            "bare_inner_records_per_s",
+            round(bare_inner_rate),
+        )
+        report(
+            figures,
+            "backfill time / bare-limit time, end to end",
             "ratio_to_bare",
             round(bare_rate / rate, 2),
+        )
+        report(
+            figures,
+            "backfill time / bare-limit time without start-up",
+            "ratio_to_bare_inner",
+            round(bare_inner_rate / rate, 2),
         )
         report(
             figures,
@@ -402,11 +384,88 @@ def scope_summary(run: Run) -> dict[str, Any]:
     sys.exit("bench: `rcs-sync sync --events` printed no scope summary")
 
 
+def children_cpu_s(pid: int) -> float:
+    """CPU of the children `pid` has reaped (cutime + cstime in /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                status = (entry / "status").read_text()
+            except OSError:
+                continue
+            if f"\nPPid:\t{pid}\n" in status:
+                found.append(int(entry.name))
+    return found
+
+
+def daemon_noop_passes(config: Path, env: dict[str, str]) -> list[float]:
+    """CPU of each of RUNS passes `rcs-sync run` forks after its first two (which copy
+    the warehouse whole into the analysts' snapshot: there is no spare generation yet):
+    what its fork server's reaped children cost, read between passes (each logs
+    `pass_complete`)."""
+    log_path = config.with_name("daemon.log")
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([RCS_SYNC, "--config", str(config), "run"], env=env, stderr=log)
+    deadline = time.monotonic() + 120
+
+    def wait(condition: Callable[[], T | None], what: str) -> T:
+        while (found := condition()) is None:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                sys.exit(f"bench: the daemon: no {what}")
+            time.sleep(0.01)
+        return found
+
+    def fork_server() -> int | None:
+        return next(
+            (p for p in children_of(proc.pid) if b"forkserver" in cmdline(p)),
+            None,
+        )
+
+    def idle(server: int, after: int) -> tuple[int, float] | None:
+        """(passes completed, their CPU) once more than `after` are and none runs."""
+        if children_of(server):
+            return None
+        done = log_path.read_bytes().count(b'"pass_complete"')
+        cpu = children_cpu_s(server)
+        if done <= after or children_of(server):
+            return None
+        return done, cpu
+
+    try:
+        server = wait(fork_server, "fork server")
+        done, cpu = wait(partial(idle, server, 1), "first two passes")
+        per_pass = []
+        for _ in range(RUNS):
+            now_done, now_cpu = wait(partial(idle, server, done), "next pass")
+            per_pass.append((now_cpu - cpu) / (now_done - done))
+            done, cpu = now_done, now_cpu
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return per_pass
+
+
 def bench_noop(env: dict[str, str], figures: dict[str, object]) -> None:
     """(4) An incremental pass that finds nothing new, over NOOP_RECORDS records.
 
     The simulator's clock is frozen, so nothing changes between passes; each pass still
     re-reads the few records last modified within its `overlap` (received, not written).
+    Then `rcs-sync run` forks passes that also publish the analysts' snapshot. Records
+    are first aged by AGE (their `updated_at`), as if loaded long ago: otherwise each
+    snapshot refresh would copy them again, as it does for `snapshot.OVERLAP` after a
+    load, and the figure would be of the load's wake, not of a pass finding nothing.
     The whole process's cost is set against the pass alone (its summary's `duration_s`
     and `cpu_s`, which leave out interpreter start-up and imports) and against
     `rcs-sync --help`.
@@ -422,6 +481,10 @@ def bench_noop(env: dict[str, str], figures: dict[str, object]) -> None:
             if first["mode"] != "backfill" or first["inserted"] != NOOP_RECORDS:
                 sys.exit(f"bench: the first sync should load {NOOP_RECORDS:,} records: {first}")
             runs = [run_measured(cmd, env) for _ in range(RUNS)]
+            with duckdb.connect(str(Path(tmp) / "rcs.duckdb")) as con:
+                con.execute(f"UPDATE rcs_records SET updated_at = updated_at - INTERVAL {AGE}")
+            config = write_config(Path(tmp), base_url, "1d", interval="2s", initial_start=start)
+            forked = daemon_noop_passes(config, env)
     finally:
         stop(sim)
     passes = [scope_summary(r) for r in runs]
@@ -443,6 +506,12 @@ def bench_noop(env: dict[str, str], figures: dict[str, object]) -> None:
         f"{label}: the pass alone, CPU (s)",
         "noop_pass_cpu_s",
         median([float(s["cpu_s"]) for s in passes]),
+    )
+    report(
+        figures,
+        f"{label}: a pass the daemon forks, CPU (s)",
+        "noop_daemon_pass_cpu_s",
+        median(forked),
     )
     report(
         figures,
