@@ -165,8 +165,8 @@ def sync(ctx: click.Context, team: int | None, events: bool, publish_snapshot: b
                 emit(_scope_event(app, outcome))
             elif outcome.result is not None:
                 click.echo(_summary(outcome.result))
-    if publish_snapshot and any(o.outcome == "ok" for o in outcomes) and not app.stop.is_set():
-        _publish(app, emit)
+        if publish_snapshot and any(o.outcome == "ok" for o in outcomes) and not app.stop.is_set():
+            _publish(app, emit)
     failed = next((o.error for o in outcomes if o.error is not None), None)
     if failed is not None:
         raise failed
@@ -192,13 +192,10 @@ def _scope_event(app: App, outcome: ScopeOutcome) -> dict[str, object]:
 
 
 def _publish(app: App, emit: Emit | None) -> None:
-    from rcs_sync.snapshot import publish
+    from rcs_sync.snapshot import publish_from
 
-    wh = app.settings.warehouse
     try:
-        published = publish(
-            wh.path, wh.snapshot_file, memory_limit=wh.memory_limit, threads=wh.threads
-        )
+        published = publish_from(app.warehouse, app.settings.warehouse.snapshot_file)
     except RcsSyncError as exc:
         log.error("snapshot_failed", error=str(exc))
         return

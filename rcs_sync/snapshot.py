@@ -98,17 +98,24 @@ class SnapshotResult:
 def publish(
     main: Path, snapshot: Path, *, memory_limit: str = "400MB", threads: int = 2
 ) -> SnapshotResult:
-    """Bring the snapshot up to date with `main` and swap it in atomically.
+    """Bring the snapshot up to date with the warehouse file `main`: `publish_from`."""
+    return publish_from(Warehouse(main, memory_limit=memory_limit, threads=threads), snapshot)
 
-    Opens `main` read-only, waiting like any rcs-sync connection while a writer holds it.
+
+def publish_from(warehouse: Warehouse, snapshot: Path) -> SnapshotResult:
+    """Bring the snapshot up to date with the warehouse and swap it in atomically.
+
+    Reads the warehouse through a read-only connection, waiting like any rcs-sync
+    connection while a writer holds it; or, in a pass holding its own (`held`), through
+    that one, which keeps other writers out just as well and saves opening the file.
     Do not call it from a process that holds a connection to the snapshot: DuckDB's file
     lock protects only other processes' readers from the in-place refresh.
     """
     began = time.perf_counter()
+    main = warehouse.path
     if snapshot.resolve() == main.resolve():
         raise WarehouseUnavailable(f"the snapshot path {snapshot} is the warehouse itself")
     store = _Generations(snapshot)
-    warehouse = Warehouse(main, memory_limit=memory_limit, threads=threads)
     with store.locked(), warehouse.connect(read_only=True) as con:
         as_of = datetime.now(UTC)
         current = store.current()
