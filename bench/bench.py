@@ -157,8 +157,27 @@ def bench_bare(base_url: str, env: dict[str, str], span: tuple[str, str]) -> lis
     return [run_measured(cmd, env) for _ in range(RUNS)]
 
 
-def idle_daemon_rss(base_url: str, env: dict[str, str]) -> list[float]:
-    """RSS of `rcs-sync run` once its first pass (a backfill) is over, sampled 3 times."""
+def rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return (
+        next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+        / 1024
+    )
+
+
+def pss_mb(pid: int) -> float:
+    """Proportional set size: pages shared with other processes count a share each."""
+    rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    return (
+        next(int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:")) / 1024
+    )
+
+
+def idle_daemon_rss(base_url: str, env: dict[str, str]) -> list[tuple[float, float]]:
+    """Memory of `rcs-sync run` once its first pass (a backfill) is over, sampled RUNS
+    times: the daemon's RSS, and the PSS of it with its helpers (the fork server its
+    passes are forked from, and multiprocessing's resource tracker), which counts the
+    pages they share (the interpreter, libraries) once, not once per process."""
     with tempfile.TemporaryDirectory(prefix="rcs-daemon-") as tmp:
         config = write_config(Path(tmp), base_url, "1d", interval="1h")
         log_path = Path(tmp) / "daemon.log"
@@ -175,13 +194,8 @@ def idle_daemon_rss(base_url: str, env: dict[str, str]) -> list[float]:
             samples = []
             for _ in range(RUNS):
                 time.sleep(1)
-                status = Path(f"/proc/{proc.pid}/status").read_text()
-                rss_kb = next(
-                    int(line.split()[1])
-                    for line in status.splitlines()
-                    if line.startswith("VmRSS:")
-                )
-                samples.append(rss_kb / 1024)
+                tree = [proc.pid, *children_of(proc.pid)]
+                samples.append((rss_mb(proc.pid), sum(pss_mb(p) for p in tree)))
         finally:
             proc.terminate()
             proc.wait(timeout=30)
@@ -265,11 +279,18 @@ def bench_one_window(env: dict[str, str], figures: dict[str, object]) -> None:
             "ratio_to_bare_inner",
             round(bare_inner_rate / rate, 2),
         )
+        idle = idle_daemon_rss(base_url, env)
         report(
             figures,
             "idle daemon RSS after its first pass (MB)",
             "idle_daemon_rss_mb",
-            median(idle_daemon_rss(base_url, env)),
+            median([own for own, _ in idle]),
+        )
+        report(
+            figures,
+            "idle daemon, fork server and tracker, PSS (MB)",
+            "idle_daemon_tree_pss_mb",
+            median([tree for _, tree in idle]),
         )
     finally:
         stop(sim)
