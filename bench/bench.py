@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -67,6 +67,8 @@ class Run:
     stdout: str
     cpu_s: float
     """User + system CPU of the process itself (its children are not counted)."""
+    window_peaks_mb: list[float] = field(default_factory=list)
+    """Each window's peak RSS (run_measured's `per_window`)."""
 
     @property
     def received(self) -> int:
@@ -80,13 +82,25 @@ class Run:
         return sum(float(n) for n in PASS_SECONDS.findall(self.stdout))
 
 
-def run_measured(cmd: list[str], env: dict[str, str]) -> Run:
-    """Run a command; its wall time, its own peak RSS and CPU (from wait4, not a sampler)."""
-    with tempfile.TemporaryFile() as errors:  # a file, so a chatty stderr never blocks
+def run_measured(cmd: list[str], env: dict[str, str], *, per_window: bool = False) -> Run:
+    """Run a command; its wall time, its own peak RSS and CPU (from wait4, not a sampler).
+
+    With `per_window`, also each window's peak: at every `window_loaded` log line the
+    process's high-water mark is read and reset (/proc/PID/clear_refs), so each reading
+    covers one window, from the end of the previous one's commit to its own."""
+    peaks: list[float] = []
+    # Files, so a chatty output never blocks the process.
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as errors:
         began = time.perf_counter()
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=errors)
-        assert proc.stdout is not None
-        out = proc.stdout.read().decode()
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=out, stderr=subprocess.PIPE if per_window else errors
+        )
+        if proc.stderr is not None:
+            for line in proc.stderr:
+                errors.write(line)
+                if b'"window_loaded"' in line:
+                    peaks.append(status_mb(proc.pid, "VmHWM"))
+                    Path(f"/proc/{proc.pid}/clear_refs").write_text("5")
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - began
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -97,7 +111,19 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> Run:
                 f"bench: {' '.join(cmd[3:])} failed with exit {proc.returncode}: "
                 + " | ".join(last)
             )
-    return Run(seconds, usage.ru_maxrss / 1024, out, usage.ru_utime + usage.ru_stime)
+        out.seek(0)
+        stdout = out.read().decode()
+    peak = max([usage.ru_maxrss / 1024, *peaks])
+    return Run(seconds, peak, stdout, usage.ru_utime + usage.ru_stime, peaks)
+
+
+def status_mb(pid: int, field: str) -> float:
+    """A memory figure of /proc/PID/status (VmRSS, VmHWM), in MB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return (
+        next(int(line.split()[1]) for line in status.splitlines() if line.startswith(f"{field}:"))
+        / 1024
+    )
 
 
 def write_config(
@@ -133,7 +159,12 @@ def own_peak_rss_mb() -> float:
 
 
 def bench_backfill(
-    base_url: str, env: dict[str, str], span: tuple[str, str], window: str = ONE_WINDOW
+    base_url: str,
+    env: dict[str, str],
+    span: tuple[str, str],
+    window: str = ONE_WINDOW,
+    *,
+    per_window: bool = False,
 ) -> list[Run]:
     """RUNS backfills of `span` through the CLI, each into a new warehouse."""
     runs = []
@@ -150,7 +181,7 @@ def bench_backfill(
                 "--end",
                 span[1],
             ]
-            run = run_measured(cmd, env)
+            run = run_measured(cmd, env, per_window=per_window)
             if run.peak_rss_mb <= own_peak_rss_mb():
                 sys.exit("bench: the peak RSS measured is the bench's own; keep heavy work out")
             runs.append(run)
@@ -162,14 +193,6 @@ def bench_bare(base_url: str, env: dict[str, str], span: tuple[str, str]) -> lis
     (its stdout: the seconds without start-up and imports)."""
     cmd = [sys.executable, str(Path(__file__).with_name("bare_limit.py")), base_url, *span]
     return [run_measured(cmd, env) for _ in range(RUNS)]
-
-
-def rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return (
-        next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
-        / 1024
-    )
 
 
 def pss_mb(pid: int) -> float:
@@ -202,7 +225,7 @@ def idle_daemon_rss(base_url: str, env: dict[str, str]) -> list[tuple[float, flo
             for _ in range(RUNS):
                 time.sleep(1)
                 tree = [proc.pid, *children_of(proc.pid)]
-                samples.append((rss_mb(proc.pid), sum(pss_mb(p) for p in tree)))
+                samples.append((status_mb(proc.pid, "VmRSS"), sum(pss_mb(p) for p in tree)))
         finally:
             proc.terminate()
             proc.wait(timeout=30)
@@ -354,7 +377,13 @@ def bench_scale(env: dict[str, str], figures: dict[str, object]) -> None:
         first = grid_ceil(ready - history, SCALE_WINDOW)
         window = format_duration(SCALE_WINDOW)
         many = checked(
-            bench_backfill(base_url, env, span_from(first, SCALE_WINDOWS * SCALE_WINDOW), window),
+            bench_backfill(
+                base_url,
+                env,
+                span_from(first, SCALE_WINDOWS * SCALE_WINDOW),
+                window,
+                per_window=True,
+            ),
             SCALE_RECORDS,
         )
         one = checked(
@@ -390,6 +419,41 @@ def bench_scale(env: dict[str, str], figures: dict[str, object]) -> None:
         f"peak RSS, {SCALE_WINDOWS} windows / 1 window",
         "scale_rss_ratio",
         round(many_rss / one_rss, 3),
+    )
+    window_peaks = [statistics.median(r.window_peaks_mb) for r in many]
+    report(
+        figures,
+        f"{label}, each window's peak RSS: median (MB)",
+        "scale_window_peak_rss_mb",
+        median(window_peaks),
+    )
+    report(
+        figures,
+        f"{label}, each window's peak RSS: lowest / highest (MB)",
+        "scale_window_peak_rss_range_mb",
+        [
+            round(min(min(r.window_peaks_mb) for r in many), 1),
+            round(max(max(r.window_peaks_mb) for r in many), 1),
+        ],
+    )
+    report(
+        figures,
+        "median window peak RSS / 1 window",
+        "scale_window_rss_ratio",
+        round(median(window_peaks) / one_rss, 3),
+    )
+    tail = max(1, SCALE_WINDOWS // 4)
+    report(
+        figures,
+        f"median window peak RSS, last {tail} / first {tail} windows",
+        "scale_window_rss_trend",
+        median(
+            [
+                statistics.median(r.window_peaks_mb[-tail:])
+                / statistics.median(r.window_peaks_mb[:tail])
+                for r in many
+            ]
+        ),
     )
     for n, runs in sweep.items():
         report(
