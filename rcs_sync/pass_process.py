@@ -27,8 +27,15 @@ from typing import TextIO
 
 import setproctitle
 
-PRELOAD = ["rcs_sync.__main__", "rcs_sync.cli", "rcs_sync.app", "rcs_sync.snapshot"]
-"""Everything `rcs-sync sync` imports, so a forked pass imports nothing."""
+PRELOAD = [
+    "rcs_sync.__main__",
+    "rcs_sync.cli",
+    "rcs_sync.app",
+    "rcs_sync.snapshot",
+    "rcs_sync.pass_process",
+]
+"""Everything `rcs-sync sync` imports, and this module (its `_child` runs the pass), so
+a forked pass imports nothing."""
 
 _CONTEXT = multiprocessing.get_context("forkserver")
 
@@ -70,8 +77,9 @@ class PassProcess:
         with stop_signals_blocked():
             self._process.start()
         writer.close()
-        self.lines: TextIO = open(os.dup(reader.fileno()), encoding="utf-8")  # noqa: SIM115 - closed by wait()
+        stdout = os.dup(reader.fileno())
         reader.close()
+        self.lines: TextIO = open(stdout, encoding="utf-8")  # noqa: SIM115 - closed by wait()
         """Each line the pass writes on stdout, until it exits."""
 
     @property
