@@ -13,9 +13,9 @@ warehouse through a read-only connection, then points the snapshot at it with
 - a table with a primary key and an `updated_at` column (the record tables: every
   insert and change sets `updated_at`) gives the rows changed since the spare's
   previous refresh (`snapshot_info.as_of` minus `OVERLAP`) without reading the rest;
-- a log (`LOGS`: only ever appended to, like `rcs_state_changes`, which grows with
-  every record) has nothing new if its row count is unchanged; otherwise only its rows
-  stamped since that refresh are compared with the spare's;
+- a log (only ever appended to, like `rcs_state_changes`, which grows with every
+  record) has nothing new if its row count is unchanged; otherwise only its rows that
+  may have been added since that refresh (`_Table.appended`) are compared;
 - any other table (bookkeeping: small) is compared with the spare's copy.
 
 A *full* refresh, a byte copy of the warehouse file (and its WAL), replaces the spare
@@ -58,6 +58,7 @@ import duckdb
 import structlog
 
 from rcs_sync.errors import WarehouseUnavailable
+from rcs_sync.streams import STREAMS
 from rcs_sync.validation import quote
 from rcs_sync.warehouse import Warehouse
 
@@ -71,17 +72,12 @@ OVERLAP = timedelta(minutes=5)
 writer's clock lagged a little; copying a row twice is harmless."""
 TRACKED = "updated_at"
 LOGS: Mapping[str, str] = MappingProxyType(
-    {
-        "rcs_state_changes": "observed_at",
-        "rcs_quarantine": "quarantined_at",
-        "sync_windows": "completed_at",
-    }
+    {"rcs_quarantine": "quarantined_at", "sync_windows": "completed_at"}
 )
-"""Keyless tables the warehouse only appends to, and the column stamping each row as it
-is added. A row a refresh misses (stamped too early) leaves the row counts different,
-which forces a full copy."""
-LOG_MARGIN = timedelta(hours=1)
-"""Further back than `OVERLAP` for logs: `observed_at` is the API server's clock."""
+"""Keyless tables the warehouse only appends to, and the column stamping each row with
+our clock as it is added. A stream's history table (`rcs_state_changes`) is a log too:
+its rows are written with their record's upsert, which sets the record's `updated_at`.
+A row a refresh misses leaves the row counts different, which forces a full copy."""
 SNAP = "_rcs_snapshot"
 """Alias of the generation attached to the read-only warehouse connection."""
 
@@ -263,8 +259,9 @@ class _Table:
     key: tuple[str, ...]
     tracked: bool
     """Has a `updated_at` column: rows changed since an instant can be found."""
-    stamp: str | None = None
-    """A log's column stamping when each row was added (`LOGS`)."""
+    appended: str | None = None
+    """For a log, a condition that holds for every row added since `$since` (and for
+    few others)."""
 
     def ref(self, database: str) -> str:
         return f"{quote(database)}.{quote(self.schema)}.{quote(self.name)}"
@@ -276,7 +273,7 @@ class _Table:
         """Write the warehouse's rows that are new or changed since the spare's copy.
 
         With a key and `updated_at` they are found without reading the rest of the
-        table; in a log, among the rows stamped since `since`; otherwise by comparing
+        table; in a log, among the rows `appended` picks; otherwise by comparing
         both copies (cheap at bookkeeping sizes). Rows deleted from the warehouse are
         not removed: the row counts then differ.
         """
@@ -286,14 +283,14 @@ class _Table:
                 f"CREATE OR REPLACE TEMP TABLE _new AS FROM {origin} WHERE {TRACKED} >= ?",
                 [since],
             )
-        elif self.stamp:
+        elif self.appended:
             if _one(con, f"SELECT ({self.count(source)}) = ({self.count(SNAP)})"):
                 return
-            recent = f"WHERE {quote(self.stamp)} >= $since"
+            recent = f"WHERE {self.appended}"
             con.execute(
                 f"CREATE OR REPLACE TEMP TABLE _new AS"
                 f" (FROM {origin} {recent}) EXCEPT ALL (FROM {target} {recent})",
-                {"since": since - LOG_MARGIN},
+                {"since": since},
             )
         else:
             diff = "EXCEPT" if self.key else "EXCEPT ALL"
@@ -322,9 +319,22 @@ def _tables(con: duckdb.DuckDBPyConnection, database: str) -> list[_Table]:
         {"db": database, "tracked": TRACKED},
     ).fetchall()
     return [
-        _Table(schema, name, tuple(key), bool(tracked), None if key else LOGS.get(name))
+        _Table(schema, name, tuple(key), bool(tracked), None if key else _appended(name, database))
         for schema, name, key, tracked in rows
     ]
+
+
+def _appended(table: str, database: str) -> str | None:
+    """If `table` is a log, a condition on its rows (of either copy) that holds for
+    every row the warehouse `database` added since `$since`."""
+    if table in LOGS:
+        return f"{quote(LOGS[table])} >= $since"
+    for stream in STREAMS:
+        if stream.history is not None and stream.history.table == table:
+            key = quote(stream.key)
+            records = f"{quote(database)}.main.{quote(stream.table)}"
+            return f"{key} IN (SELECT {key} FROM {records} WHERE {TRACKED} >= $since)"
+    return None
 
 
 def _same_schema(con: duckdb.DuckDBPyConnection, source: str) -> bool:

@@ -87,3 +87,6 @@ RCS_RECORDS = Stream(
     personal=("number",),
     history=History("rcs_state_changes"),
 )
+
+STREAMS = (RCS_RECORDS,)
+"""Every stream the warehouse holds."""

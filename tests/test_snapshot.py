@@ -134,10 +134,11 @@ def assert_same(main: Path, snap: Path) -> None:
             assert row == (0, 0), table
 
 
-def pass_through_loader(main: Path, tmp_path: Path, first_id: int) -> None:
-    """A typical pass through the real loader: some state changes, some new records."""
+def pass_through_loader(main: Path, tmp_path: Path, first_id: int, state: int = 4) -> None:
+    """A typical pass through the real loader: some state changes, some new records. New
+    records in state 0 get a state history row dated by their own (old) timestamp."""
     records = [
-        {"id": i, "state": 4, "timestamp": "2026-01-02T10:00:00Z", "number": "+33600000000"}
+        {"id": i, "state": state, "timestamp": "2026-01-02T10:00:00Z", "number": "+33600000000"}
         for i in range(first_id - 50, first_id + 50)
     ]
     body = tmp_path / "body.json"
@@ -171,8 +172,8 @@ def test_refresh_is_incremental_and_equals_the_warehouse(
     main: Path, snap: Path, tmp_path: Path
 ) -> None:
     assert [publish(main, snap).mode for _ in range(2)] == ["full", "full"]
-    for first_id in (2990, 3100):
-        pass_through_loader(main, tmp_path, first_id)
+    for first_id, state in ((2990, 4), (3100, 0)):
+        pass_through_loader(main, tmp_path, first_id, state)
         execute(main, "INSERT INTO rcs_quarantine VALUES (2, '8', 'id: missing', '{}', now())")
         assert publish(main, snap).mode == "incremental"
         assert_same(main, snap)
@@ -242,7 +243,7 @@ def test_a_new_schema_is_copied_whole(main: Path, snap: Path) -> None:
         " NULL, NULL, now(), TIMESTAMPTZ '2000-01-01 00:00:00+00'",  # updated_at too old
         "DELETE FROM rcs_quarantine",
         "DELETE FROM sync_runs",
-        # A log row stamped before the last refresh (beyond its margin): not looked for.
+        # A history row whose record did not change: not looked for.
         "INSERT INTO rcs_state_changes VALUES (1, 1, 4, TIMESTAMPTZ '2000-01-01 00:00:00+00')",
     ],
 )
