@@ -13,10 +13,11 @@ warehouse through a read-only connection, then points the snapshot at it with
 - a table with a primary key and an `updated_at` column (the record tables: every
   insert and change sets `updated_at`) gives the rows changed since the spare's
   previous refresh (`snapshot_info.as_of` minus `OVERLAP`) without reading the rest;
-- a log (only ever appended to, like `rcs_state_changes`, which grows with every
-  record) has nothing new if its row count is unchanged; otherwise only its rows that
-  may have been added since that refresh (`_Table.appended`) are compared;
-- any other table (bookkeeping: small) is compared with the spare's copy.
+- the bookkeeping tables and the logs (keyless, only ever appended to, like
+  `rcs_state_changes`, which grows with every record) are read likewise through a
+  condition their changed rows meet (`CHANGED`); a log whose row count is unchanged
+  has nothing new;
+- any other table is compared with the spare's copy in full.
 
 A *full* refresh, a byte copy of the warehouse file (and its WAL), replaces the spare
 when there is none, when a reader still holds it (DuckDB's own file lock tells us), when
@@ -71,13 +72,19 @@ OVERLAP = timedelta(minutes=5)
 """Rows changed this long before the previous refresh are copied again, in case a
 writer's clock lagged a little; copying a row twice is harmless."""
 TRACKED = "updated_at"
-LOGS: Mapping[str, str] = MappingProxyType(
-    {"rcs_quarantine": "quarantined_at", "sync_windows": "completed_at"}
+CHANGED: Mapping[str, str] = MappingProxyType(
+    {
+        "rcs_quarantine": "quarantined_at >= $since",
+        "sync_windows": "completed_at >= $since",
+        "sync_splits": "recorded_at >= $since",
+        "sync_runs": "started_at >= $since OR finished_at IS NULL OR finished_at >= $since",
+    }
 )
-"""Keyless tables the warehouse only appends to, and the column stamping each row with
-our clock as it is added. A stream's history table (`rcs_state_changes`) is a log too:
-its rows are written with their record's upsert, which sets the record's `updated_at`.
-A row a refresh misses leaves the row counts different, which forces a full copy."""
+"""For tables without `updated_at`, a condition every row added or changed since
+`$since` meets (our clock stamps them; a run's row changes only while it runs). A
+stream's history table (`rcs_state_changes`) has one too: its rows are written with
+their record's upsert, which sets the record's `updated_at`. A row a refresh misses
+leaves the row counts different, which forces a full copy."""
 SNAP = "_rcs_snapshot"
 """Alias of the generation attached to the read-only warehouse connection."""
 
@@ -257,11 +264,8 @@ class _Table:
     schema: str
     name: str
     key: tuple[str, ...]
-    tracked: bool
-    """Has a `updated_at` column: rows changed since an instant can be found."""
-    appended: str | None = None
-    """For a log, a condition that holds for every row added since `$since` (and for
-    few others)."""
+    recent: str | None
+    """A condition (on `$since`) every row added or changed since then meets, if known."""
 
     def ref(self, database: str) -> str:
         return f"{quote(database)}.{quote(self.schema)}.{quote(self.name)}"
@@ -272,29 +276,32 @@ class _Table:
     def refresh(self, con: duckdb.DuckDBPyConnection, source: str, since: datetime) -> None:
         """Write the warehouse's rows that are new or changed since the spare's copy.
 
-        With a key and `updated_at` they are found without reading the rest of the
-        table; in a log, among the rows `appended` picks; otherwise by comparing
-        both copies (cheap at bookkeeping sizes). Rows deleted from the warehouse are
+        They are found among the `recent` rows without reading the rest of the table;
+        a keyless table (a log, only appended to) is compared with the spare's copy
+        on those rows only, or not at all if both hold as many rows. A table with no
+        `recent` condition is compared in full. Rows deleted from the warehouse are
         not removed: the row counts then differ.
         """
         target, origin = self.ref(SNAP), self.ref(source)
-        if self.key and self.tracked:
+        if self.recent is None:
+            diff = "EXCEPT" if self.key else "EXCEPT ALL"
+            con.execute(f"CREATE OR REPLACE TEMP TABLE _new AS FROM {origin} {diff} FROM {target}")
+        elif self.key:
             con.execute(
-                f"CREATE OR REPLACE TEMP TABLE _new AS FROM {origin} WHERE {TRACKED} >= ?",
-                [since],
+                f"CREATE OR REPLACE TEMP TABLE _new AS FROM {origin} WHERE {self.recent}",
+                {"since": since},
             )
-        elif self.appended:
+        else:
             if _one(con, f"SELECT ({self.count(source)}) = ({self.count(SNAP)})"):
                 return
-            recent = f"WHERE {self.appended}"
+            recent = f"WHERE {self.recent}"
             con.execute(
                 f"CREATE OR REPLACE TEMP TABLE _new AS"
                 f" (FROM {origin} {recent}) EXCEPT ALL (FROM {target} {recent})",
                 {"since": since},
             )
-        else:
-            diff = "EXCEPT" if self.key else "EXCEPT ALL"
-            con.execute(f"CREATE OR REPLACE TEMP TABLE _new AS FROM {origin} {diff} FROM {target}")
+        if not _one(con, "SELECT count(*) FROM _new"):
+            return
         if self.key:
             match = " AND ".join(f"t.{quote(k)} = n.{quote(k)}" for k in self.key)
             con.execute(f"DELETE FROM {target} AS t USING _new AS n WHERE {match}")
@@ -319,16 +326,21 @@ def _tables(con: duckdb.DuckDBPyConnection, database: str) -> list[_Table]:
         {"db": database, "tracked": TRACKED},
     ).fetchall()
     return [
-        _Table(schema, name, tuple(key), bool(tracked), None if key else _appended(name, database))
+        _Table(
+            schema,
+            name,
+            tuple(key),
+            f"{TRACKED} >= $since" if key and tracked else _changed_since(name, database),
+        )
         for schema, name, key, tracked in rows
     ]
 
 
-def _appended(table: str, database: str) -> str | None:
-    """If `table` is a log, a condition on its rows (of either copy) that holds for
-    every row the warehouse `database` added since `$since`."""
-    if table in LOGS:
-        return f"{quote(LOGS[table])} >= $since"
+def _changed_since(table: str, database: str) -> str | None:
+    """The `recent` condition of a table without `updated_at`, if it has one; about
+    either copy (a history table's refers to the warehouse `database`'s records)."""
+    if table in CHANGED:
+        return CHANGED[table]
     for stream in STREAMS:
         if stream.history is not None and stream.history.table == table:
             key = quote(stream.key)
