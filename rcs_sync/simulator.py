@@ -367,13 +367,16 @@ class Simulator:
 
     @contextmanager
     def _cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A connection of its own per call: DuckDB connections are not shared across threads."""
+        """A connection of its own per call: DuckDB connections are not shared across
+        threads. Making and closing one both go through the parent connection, which
+        DuckDB lets only one thread use at a time (it refuses, rather than waits)."""
         with self._cursor_lock:
             cur = self._con.cursor()
         try:
             yield cur
         finally:
-            cur.close()
+            with self._cursor_lock:
+                cur.close()
 
 
 class _Server(ThreadingHTTPServer):
