@@ -50,6 +50,8 @@ ONE_WINDOW = "100000d"
 """A window larger than any span: the whole span in one request."""
 SCALE_WINDOW = timedelta(hours=2, minutes=24)
 """The window of the multi-window backfill; holds SCALE_RECORDS / SCALE_WINDOWS records."""
+DAEMON_PASSES = 7
+"""Passes measured in the daemon (at least): each reading is in clock ticks of 10 ms."""
 AGE = "1 HOUR"
 """How long ago the no-op passes' warehouse is made to look loaded (see bench_noop)."""
 SPAWN_SLACK = timedelta(minutes=30)
@@ -507,7 +509,7 @@ def children_of(pid: int) -> list[int]:
 
 
 def daemon_noop_passes(config: Path, env: dict[str, str]) -> list[float]:
-    """CPU of each of RUNS passes `rcs-sync run` forks after its first two (which copy
+    """CPU of each of DAEMON_PASSES passes `rcs-sync run` forks after its first two (which copy
     the warehouse whole into the analysts' snapshot: there is no spare generation yet):
     what its fork server's reaped children cost, read between passes (each logs
     `pass_complete`)."""
@@ -543,7 +545,7 @@ def daemon_noop_passes(config: Path, env: dict[str, str]) -> list[float]:
         server = wait(fork_server, "fork server")
         done, cpu = wait(partial(idle, server, 1), "first two passes")
         per_pass = []
-        for _ in range(RUNS):
+        for _ in range(max(RUNS, DAEMON_PASSES)):
             now_done, now_cpu = wait(partial(idle, server, done), "next pass")
             per_pass.append((now_cpu - cpu) / (now_done - done))
             done, cpu = now_done, now_cpu
