@@ -7,8 +7,9 @@ reader keeps the file it opened until it reconnects, and the daemon never waits 
 How. The snapshot is a hard link to a *generation*: a complete DuckDB file kept in the
 hidden directory `.<snapshot name>.d/` beside it. `publish` brings the *spare*
 generation (the one published before the current one) up to date in place, reading the
-warehouse through a read-only connection, then points the snapshot at it with
-`os.replace`. Only rows the spare lacks are written, in one transaction:
+warehouse through a read-only connection (or the pass's own, which keeps other writers
+out as well), then points the snapshot at it with `os.replace`. Only rows the spare
+lacks are written, in one transaction:
 
 - a table with a primary key and an `updated_at` column (the record tables: every
   insert and change sets `updated_at`) gives the rows changed since the spare's
@@ -86,7 +87,7 @@ stream's history table (`rcs_state_changes`) has one too: its rows are written w
 their record's upsert, which sets the record's `updated_at`. A row a refresh misses
 leaves the row counts different, which forces a full copy."""
 SNAP = "_rcs_snapshot"
-"""Alias of the generation attached to the read-only warehouse connection."""
+"""Alias of the generation attached to the connection reading the warehouse."""
 
 
 @dataclass(frozen=True)
