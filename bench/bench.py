@@ -34,9 +34,12 @@ from typing import Any, TypeVar
 
 import duckdb
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from rcs_sync.durations import format_duration, format_instant
 from rcs_sync.simulator import spawn
 from rcs_sync.windows import GRID_ANCHOR
+from tests.adversarial_helpers import children, cmdline
 
 RCS_SYNC = str(Path(sys.executable).with_name("rcs-sync"))
 TOKEN = "bench-token"
@@ -101,7 +104,7 @@ def run_measured(cmd: list[str], env: dict[str, str], *, per_window: bool = Fals
             for line in proc.stderr:
                 errors.write(line)
                 if b'"window_loaded"' in line:
-                    peaks.append(status_mb(proc.pid, "VmHWM"))
+                    peaks.append(proc_mb(proc.pid, "status", "VmHWM"))
                     Path(f"/proc/{proc.pid}/clear_refs").write_text("5")
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - began
@@ -119,11 +122,11 @@ def run_measured(cmd: list[str], env: dict[str, str], *, per_window: bool = Fals
     return Run(seconds, peak, stdout, usage.ru_utime + usage.ru_stime, peaks)
 
 
-def status_mb(pid: int, field: str) -> float:
-    """A memory figure of /proc/PID/status (VmRSS, VmHWM), in MB."""
-    status = Path(f"/proc/{pid}/status").read_text()
+def proc_mb(pid: int, file: str, field: str) -> float:
+    """A memory figure of /proc/PID/FILE (status: VmRSS, VmHWM; smaps_rollup: Pss), in MB."""
+    text = Path(f"/proc/{pid}/{file}").read_text()
     return (
-        next(int(line.split()[1]) for line in status.splitlines() if line.startswith(f"{field}:"))
+        next(int(line.split()[1]) for line in text.splitlines() if line.startswith(f"{field}:"))
         / 1024
     )
 
@@ -197,14 +200,6 @@ def bench_bare(base_url: str, env: dict[str, str], span: tuple[str, str]) -> lis
     return [run_measured(cmd, env) for _ in range(RUNS)]
 
 
-def pss_mb(pid: int) -> float:
-    """Proportional set size: pages shared with other processes count a share each."""
-    rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    return (
-        next(int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:")) / 1024
-    )
-
-
 def idle_daemon_rss(base_url: str, env: dict[str, str]) -> list[tuple[float, float]]:
     """Memory of `rcs-sync run` once its first pass (a backfill) is over, sampled RUNS
     times: the daemon's RSS, and the PSS of it with its helpers (the fork server its
@@ -226,8 +221,13 @@ def idle_daemon_rss(base_url: str, env: dict[str, str]) -> list[tuple[float, flo
             samples = []
             for _ in range(RUNS):
                 time.sleep(1)
-                tree = [proc.pid, *children_of(proc.pid)]
-                samples.append((status_mb(proc.pid, "VmRSS"), sum(pss_mb(p) for p in tree)))
+                tree = [proc.pid, *children(proc.pid)]
+                samples.append(
+                    (
+                        proc_mb(proc.pid, "status", "VmRSS"),
+                        sum(proc_mb(p, "smaps_rollup", "Pss") for p in tree),
+                    )
+                )
         finally:
             proc.terminate()
             proc.wait(timeout=30)
@@ -488,26 +488,6 @@ def children_cpu_s(pid: int) -> float:
     return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
 
 
-def cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
-
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                status = (entry / "status").read_text()
-            except OSError:
-                continue
-            if f"\nPPid:\t{pid}\n" in status:
-                found.append(int(entry.name))
-    return found
-
-
 def daemon_noop_passes(config: Path, env: dict[str, str]) -> list[float]:
     """CPU of each of DAEMON_PASSES passes `rcs-sync run` forks after its first two (which copy
     the warehouse whole into the analysts' snapshot: there is no spare generation yet):
@@ -527,17 +507,17 @@ def daemon_noop_passes(config: Path, env: dict[str, str]) -> list[float]:
 
     def fork_server() -> int | None:
         return next(
-            (p for p in children_of(proc.pid) if b"forkserver" in cmdline(p)),
+            (p for p in children(proc.pid) if b"forkserver" in cmdline(p)),
             None,
         )
 
     def idle(server: int, after: int) -> tuple[int, float] | None:
         """(passes completed, their CPU) once more than `after` are and none runs."""
-        if children_of(server):
+        if children(server):
             return None
         done = log_path.read_bytes().count(b'"pass_complete"')
         cpu = children_cpu_s(server)
-        if done <= after or children_of(server):
+        if done <= after or children(server):
             return None
         return done, cpu
 

@@ -492,15 +492,19 @@ def all_pids() -> list[int]:
     return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
 
 
+def children(pid: int) -> list[int]:
+    """The live processes whose parent is `pid`."""
+    return [p for p in all_pids() if parent(p) == pid]
+
+
 def descendants(pid: int) -> list[int]:
     """Every live process below `pid` in the process tree."""
     found: list[int] = []
     frontier = [pid]
     while frontier:
-        current = frontier.pop()
-        children = [p for p in all_pids() if parent(p) == current]
-        found += children
-        frontier += children
+        below = children(frontier.pop())
+        found += below
+        frontier += below
     return found
 
 
