@@ -52,9 +52,9 @@ def stop_signals_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def start_server() -> None:
-    """Start the fork server if it is not running: at start-up rather than with the first
-    pass, and again before each pass in case it died."""
+def _start_server() -> None:
+    """Start the fork server if it is not running (the daemon's first child, its
+    migration, starts it; a later one again if it died)."""
     _CONTEXT.set_forkserver_preload(PRELOAD)
     # The server starts multiprocessing's resource tracker first, if it is not running,
     # and then unblocks SIGTERM/SIGINT (CPython 3.11) instead of restoring the mask: so
@@ -69,7 +69,7 @@ class PassProcess:
     was started with the daemon's at that time); its stdout comes back through `lines`."""
 
     def __init__(self, argv: list[str], env: Mapping[str, str]) -> None:
-        start_server()
+        _start_server()
         reader, writer = _CONTEXT.Pipe(duplex=False)
         self._process = _CONTEXT.Process(
             target=_child, args=(argv, dict(env), writer), name="rcs-sync pass"

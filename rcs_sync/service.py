@@ -37,7 +37,7 @@ from rcs_sync.durations import format_instant, parse_instant
 from rcs_sync.errors import WarehouseUnavailable
 from rcs_sync.metrics import Metrics
 from rcs_sync.notify import Notifier
-from rcs_sync.pass_process import PassProcess, start_server
+from rcs_sync.pass_process import PassProcess
 
 log = structlog.get_logger(__name__)
 
@@ -120,7 +120,6 @@ class Service:
     def _migrate(self) -> None:
         """Open and migrate the warehouse before READY=1 (in a child, like every pass),
         starting the fork server on the way."""
-        start_server()
         process = PassProcess([*self.command, "migrate"], os.environ)
         for _line in process.lines:
             pass
