@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check rcs_sync tests bench scripts
-	$(BIN)/ruff format --check rcs_sync tests bench scripts
+	$(BIN)/ruff check rcs_sync rcs_sim tests bench scripts
+	$(BIN)/ruff format --check rcs_sync rcs_sim tests bench scripts
 	$(BIN)/mypy
 
 test: lint

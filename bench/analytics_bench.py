@@ -27,7 +27,7 @@ import duckdb
 
 from bench import RUNS, banner, median, report
 from rcs_sync.logs import configure_logging
-from rcs_sync.warehouse import Warehouse
+from rcs_sync.warehouse.duckdb_file import Warehouse
 
 RECORDS = int(os.environ.get("BENCH_RECORDS", "10000000"))
 RCS_SYNC = str(Path(sys.executable).with_name("rcs-sync"))

@@ -36,9 +36,9 @@ import duckdb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rcs_sync.durations import format_duration, format_instant
-from rcs_sync.simulator import spawn
-from rcs_sync.windows import GRID_ANCHOR
+from rcs_sim.server import spawn
+from rcs_sync.model.durations import format_duration, format_instant
+from rcs_sync.model.windows import GRID_ANCHOR
 from tests.adversarial_helpers import children, cmdline
 
 RCS_SYNC = str(Path(sys.executable).with_name("rcs-sync"))
@@ -334,7 +334,7 @@ def bench_one_window(env: dict[str, str], figures: dict[str, object]) -> None:
 
 def grid_ceil(instant: datetime, size: timedelta) -> datetime:
     """The first window boundary at or after `instant`: the CLI cuts spans on a grid
-    (rcs_sync.windows.cut), so a span starting on it is read as whole windows."""
+    (rcs_sync.model.windows.cut), so a span starting on it is read as whole windows."""
     return GRID_ANCHOR - ((GRID_ANCHOR - instant) // size) * size
 
 

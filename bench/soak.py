@@ -37,8 +37,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rcs_sync.durations import format_instant
-from rcs_sync.sim_population import BOUNDS, FAULT_KINDS
+from rcs_sim.population import BOUNDS, FAULT_KINDS
+from rcs_sync.model.durations import format_instant
 from tests.adversarial_helpers import (
     Comparison,
     backfill_kill_trial,

@@ -15,7 +15,7 @@ import os
 import signal
 from types import FrameType
 
-from rcs_sync.errors import EXIT_STOPPED
+from rcs_sync.model.errors import EXIT_STOPPED
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 

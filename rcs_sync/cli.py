@@ -10,6 +10,7 @@ pass runs as a `rcs-sync sync` child), and `--help` stays instant.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -19,22 +20,21 @@ from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import click
 import structlog
 
 from rcs_sync.config import ConfigError, Settings, config_path, load_settings, read_token
-from rcs_sync.durations import format_instant, parse_instant
-from rcs_sync.errors import EXIT_FAILURE, EXIT_UNHEALTHY, EXIT_USAGE, RcsSyncError
 from rcs_sync.logs import configure_logging, redact
-from rcs_sync.sim_population import BOUNDS, FAULT_KINDS
-from rcs_sync.streams import RCS_RECORDS
-from rcs_sync.windows import Window
+from rcs_sync.model.durations import format_instant, parse_instant
+from rcs_sync.model.errors import EXIT_FAILURE, EXIT_UNHEALTHY, EXIT_USAGE, RcsSyncError
+from rcs_sync.model.streams import RCS_RECORDS
+from rcs_sync.model.windows import Window
 
 if TYPE_CHECKING:
-    from rcs_sync.app import App
-    from rcs_sync.sync import Listener, PassResult, ScopeOutcome
+    from rcs_sync.engine.sync import Listener, PassResult, ScopeOutcome
+    from rcs_sync.session import App
 
 log = structlog.get_logger(__name__)
 
@@ -55,7 +55,25 @@ class Instant(click.ParamType[datetime]):
             self.fail(str(exc), param, ctx)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The commands, plus those that live outside the product, imported only when run:
+    `simulate` is the simulator's (`rcs_sim`), which nothing else here loads."""
+
+    lazy: ClassVar[dict[str, str]] = {"simulate": "rcs_sim.cli:simulate"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy:
+            module, name = self.lazy[cmd_name].split(":")
+            command = getattr(importlib.import_module(module), name)
+            assert isinstance(command, click.Command)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "config_file",
@@ -83,7 +101,7 @@ def _settings(ctx: click.Context) -> Settings:
 
 
 def _app(ctx: click.Context) -> App:
-    from rcs_sync.app import App
+    from rcs_sync.session import App
 
     return App(_settings(ctx))
 
@@ -140,7 +158,7 @@ def _listener(emit: Emit | None, label: str) -> AbstractContextManager[Listener 
 @click.pass_context
 def sync(ctx: click.Context, team: int | None, events: bool, publish_snapshot: bool) -> None:
     """One pass: first a backfill from initial_start, later incremental, or a catch-up."""
-    from rcs_sync.sync import Scope, sync_all
+    from rcs_sync.engine.sync import Scope, sync_all
 
     app = _app(ctx)
     _stop_on_signals(app, interrupt=False)
@@ -192,7 +210,7 @@ def _scope_event(app: App, outcome: ScopeOutcome) -> dict[str, object]:
 
 
 def _publish(app: App, emit: Emit | None) -> None:
-    from rcs_sync.snapshot import publish_from
+    from rcs_sync.warehouse.snapshot import publish_from
 
     try:
         published = publish_from(app.warehouse, app.settings.warehouse.snapshot_file)
@@ -219,7 +237,7 @@ def backfill(
     ctx: click.Context, start: datetime, end: datetime, team: int | None, force: bool
 ) -> None:
     """Read [START, END) in windows; a rerun resumes, skipping completed windows."""
-    from rcs_sync.sync import Scope
+    from rcs_sync.engine.sync import Scope
 
     if end <= start:
         raise click.BadParameter("--end must be after --start", param_hint="--end")
@@ -252,7 +270,7 @@ def run(ctx: click.Context) -> None:
     small. Speaks systemd's notify protocol when $NOTIFY_SOCKET is set (READY,
     STATUS, WATCHDOG, STOPPING) and publishes a read-only snapshot for analysts after
     each successful pass."""
-    from rcs_sync.service import Service
+    from rcs_sync.daemon.service import Service
 
     settings = _settings(ctx)
     read_token(settings.api, os.environ)
@@ -285,7 +303,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
 
     Exits 6 when unhealthy (no successful pass for 3 intervals, or the token is being
     refused), so it doubles as a monitoring probe."""
-    from rcs_sync import status as status_report
+    from rcs_sync.warehouse import status as status_report
 
     app = _app(ctx)
     report = status_report.collect(app.warehouse, app.settings.sync.interval)
@@ -301,7 +319,7 @@ class TimeZoneName(click.ParamType[str]):
     name = "ZONE"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        from rcs_sync.report import canonical_time_zone
+        from rcs_sync.analytics.report import canonical_time_zone
 
         try:
             return canonical_time_zone(str(value))
@@ -362,8 +380,8 @@ def report(
     Messages, delivered, read, failed, pending, delivery_rate = delivered / (delivered +
     failed), read_rate = read / delivered; read from the analysts' snapshot, else the
     warehouse (read-only). --since is included, --until excluded."""
-    from rcs_sync import report as reports
-    from rcs_sync.chart import MatplotlibMissing, require, write_daily
+    from rcs_sync.analytics import report as reports
+    from rcs_sync.analytics.chart import MatplotlibMissing, require, write_daily
 
     if since and until and until <= since:
         raise click.UsageError("--until must be after --since")
@@ -389,82 +407,6 @@ def report(
         click.echo(reports.to_csv(result), nl=False)
     else:
         reports.print_table(result, chart=chart)
-
-
-@cli.command()
-@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
-@click.option("--records", type=click.IntRange(0), default=10_000, show_default=True)
-@click.option("--days", type=click.FloatRange(0, min_open=True), default=30.0, show_default=True)
-@click.option("--seed", type=int, default=1, show_default=True)
-@click.option("--teams", type=click.IntRange(1), default=3, show_default=True)
-@click.option("--campaigns", type=click.IntRange(1), default=20, show_default=True)
-@click.option("--arrival-rate", type=click.FloatRange(0), default=0.0, help="New records/s.")
-@click.option("--frozen", is_flag=True, help="Clock moves only via POST /_sim/advance.")
-@click.option("--clock-offset", type=float, default=0.0, help="Server clock skew, seconds.")
-@click.option("--fault-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True)
-@click.option(
-    "--faults",
-    default="429,500,503,drop,truncate",
-    show_default=True,
-    help=f"Comma-separated fault kinds from: {', '.join(FAULT_KINDS)}.",
-)
-@click.option("--latency", type=click.FloatRange(0), default=0.0, help="Seconds per request.")
-@click.option("--truncate-at", type=click.IntRange(1), help="Silently cut responses at N records.")
-@click.option("--bounds", type=click.Choice(BOUNDS), default="[)", show_default=True)
-@click.option("--bad-fraction", type=click.FloatRange(0, 1), default=0.0, show_default=True)
-@click.option("--extra-fields", is_flag=True, help="Add an undocumented field to some records.")
-def simulate(
-    *,
-    port: int,
-    records: int,
-    days: float,
-    seed: int,
-    teams: int,
-    campaigns: int,
-    arrival_rate: float,
-    frozen: bool,
-    clock_offset: float,
-    fault_rate: float,
-    faults: str,
-    latency: float,
-    truncate_at: int | None,
-    bounds: str,
-    bad_fraction: float,
-    extra_fields: bool,
-) -> None:
-    """Serve the built-in API simulator on 127.0.0.1 (token: $RCS_SIM_TOKEN or sim-token)."""
-    from rcs_sync.simulator import SimConfig, serve_forever
-
-    kinds = tuple(k.strip() for k in faults.split(",") if k.strip())
-    unknown = [k for k in kinds if k not in FAULT_KINDS]
-    if unknown:
-        raise click.BadParameter(
-            f"unknown fault kind(s): {', '.join(unknown)}", param_hint="--faults"
-        )
-    config = SimConfig(
-        records=records,
-        days=days,
-        arrival_rate=arrival_rate,
-        teams=teams,
-        campaigns=campaigns,
-        seed=seed,
-        token=os.environ.get("RCS_SIM_TOKEN", SimConfig.token),
-        frozen=frozen,
-        clock_offset=clock_offset,
-        fault_rate=fault_rate,
-        faults=kinds,
-        latency=latency,
-        truncate_at=truncate_at,
-        bounds=bounds,
-        bad_fraction=bad_fraction,
-        extra_fields=extra_fields,
-    )
-
-    def ready(bound: int) -> None:
-        click.echo(f"simulator listening on http://127.0.0.1:{bound}")
-        sys.stdout.flush()
-
-    serve_forever(config, port, ready)
 
 
 def _summary(result: PassResult) -> str:

@@ -20,10 +20,10 @@ from urllib.parse import urlsplit
 
 import structlog
 
-from rcs_sync.durations import as_utc, format_duration, parse_duration, parse_instant
-from rcs_sync.errors import EXIT_USAGE, RcsSyncError
 from rcs_sync.logs import register_secret
-from rcs_sync.privacy import MODES
+from rcs_sync.model.durations import as_utc, format_duration, parse_duration, parse_instant
+from rcs_sync.model.errors import EXIT_USAGE, RcsSyncError
+from rcs_sync.warehouse.privacy import MODES
 
 CONFIG_ENV = "RCS_SYNC_CONFIG"
 DEFAULT_CONFIG_FILE = "rcs-sync.toml"

@@ -15,8 +15,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from rcs_sync.engine.sync import Listener
 from rcs_sync.logs import configure_logging
-from rcs_sync.sync import Listener
 
 
 @contextmanager

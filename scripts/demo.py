@@ -13,7 +13,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from rcs_sync.simulator import spawn
+from rcs_sim.server import spawn
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "demo"

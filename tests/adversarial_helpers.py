@@ -29,8 +29,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import duckdb
 
-from rcs_sync.durations import format_instant
-from rcs_sync.simulator import SimConfig, start_simulator
+from rcs_sim.server import SimConfig, start_simulator
+from rcs_sync.model.durations import format_instant
 from tests.conftest import TOKEN, Site
 
 # --- waiting ---------------------------------------------------------------------------

@@ -19,8 +19,8 @@ from typing import Any
 import duckdb
 import pytest
 
-from rcs_sync.durations import format_instant
-from rcs_sync.simulator import RunningSimulator, SimConfig, start_simulator
+from rcs_sim.server import RunningSimulator, SimConfig, start_simulator
+from rcs_sync.model.durations import format_instant
 
 RCS_SYNC = str(Path(sys.executable).with_name("rcs-sync"))
 TOKEN = "tok-3f9a7c1e5b2d"

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import duckdb
 
-from rcs_sync.warehouse import Warehouse
+from rcs_sync.warehouse.duckdb_file import Warehouse
 
 DAY3 = datetime.now(UTC).date()
 DAY2 = DAY3 - timedelta(days=1)

@@ -30,9 +30,9 @@ import duckdb
 import pytest
 import requests
 
-from rcs_sync.durations import format_instant
-from rcs_sync.sim_population import FAULT_KINDS
-from rcs_sync.simulator import SimConfig, Simulator, start_simulator
+from rcs_sim.population import FAULT_KINDS
+from rcs_sim.server import SimConfig, Simulator, start_simulator
+from rcs_sync.model.durations import format_instant
 from tests.adversarial_helpers import (
     CraftedApi,
     Element,

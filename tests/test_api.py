@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from rcs_sync.api import ApiClient, Response, RetryPolicy, parse_retry_after
-from rcs_sync.errors import ApiUnavailable, AuthRejected, BadBody, BadRequest
-from rcs_sync.simulator import RunningSimulator
+from rcs_sim.server import RunningSimulator
+from rcs_sync.model.errors import ApiUnavailable, AuthRejected, BadBody, BadRequest
+from rcs_sync.source.client import ApiClient, Response, RetryPolicy, parse_retry_after
 from tests.conftest import TOKEN
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from rcs_sync.bodies import sanitize_body
-from rcs_sync.loader import LoadResult
-from rcs_sync.spool import Spool
-from rcs_sync.streams import RCS_RECORDS
-from rcs_sync.warehouse import Commit, Warehouse
-from rcs_sync.windows import Window
+from rcs_sync.model.streams import RCS_RECORDS
+from rcs_sync.model.windows import Window
+from rcs_sync.source.bodies import sanitize_body
+from rcs_sync.source.spool import Spool
+from rcs_sync.warehouse.duckdb_file import Commit, Warehouse
+from rcs_sync.warehouse.loader import LoadResult
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 WINDOW = Window(T0, datetime(2026, 3, 2, tzinfo=UTC))

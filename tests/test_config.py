@@ -21,8 +21,8 @@ from rcs_sync.config import (
     load_settings,
     read_token,
 )
-from rcs_sync.durations import format_duration, format_instant, parse_duration, parse_instant
 from rcs_sync.logs import redact
+from rcs_sync.model.durations import format_duration, format_instant, parse_duration, parse_instant
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
 MINIMAL = '[api]\nbase_url = "https://api.example.com"\n'

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from rcs_sync.config import CONFIG_ENV, CREDENTIAL_NAME, load_settings
-from rcs_sync.durations import parse_instant
+from rcs_sync.model.durations import parse_instant
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 DAEMON = "rcs-sync.service"

@@ -10,7 +10,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from rcs_sync.config import parse_listen
-from rcs_sync.metrics import Metrics
+from rcs_sync.daemon.metrics import Metrics
 
 HOST = "127.0.0.1"
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

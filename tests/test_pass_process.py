@@ -13,9 +13,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from rcs_sync.errors import EXIT_STOPPED, EXIT_USAGE
-from rcs_sync.pass_process import PassProcess
-from rcs_sync.service import PASS
+from rcs_sync.daemon.passes import PassProcess
+from rcs_sync.daemon.service import PASS
+from rcs_sync.model.errors import EXIT_STOPPED, EXIT_USAGE
 from tests.adversarial_helpers import cmdline, descendants
 from tests.conftest import Site, wait_for
 

@@ -11,7 +11,7 @@ import duckdb
 import pytest
 import requests
 
-from rcs_sync.privacy import Privacy
+from rcs_sync.warehouse.privacy import Privacy
 from tests.conftest import TOKEN, Site
 
 

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from rcs_sync.errors import EXIT_STOPPED
-from rcs_sync.pass_process import stop_signals_blocked
-from rcs_sync.service import PASS
+from rcs_sync.daemon.passes import stop_signals_blocked
+from rcs_sync.daemon.service import PASS
+from rcs_sync.model.errors import EXIT_STOPPED
 from tests.conftest import Site, wait_for
 
 SiteFactory = Callable[..., Site]

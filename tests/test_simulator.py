@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import requests
 
-from rcs_sync.simulator import RunningSimulator, SimConfig, Simulator
+from rcs_sim.server import RunningSimulator, SimConfig, Simulator
 
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 AUTH = {"Authorization": "Bearer sim-token"}
@@ -476,7 +476,7 @@ def test_invalid_configuration_is_rejected() -> None:
 
 def test_serve_forever_stops_cleanly_on_sigterm() -> None:
     code = (
-        "from rcs_sync.simulator import SimConfig, serve_forever\n"
+        "from rcs_sim.server import SimConfig, serve_forever\n"
         "serve_forever(SimConfig(records=100), 0, lambda port: print(port, flush=True))\n"
     )
     process = subprocess.Popen(

@@ -18,12 +18,12 @@ from typing import Any
 import duckdb
 import pytest
 
-from rcs_sync import snapshot as snapshot_module
-from rcs_sync.errors import WarehouseUnavailable
-from rcs_sync.snapshot import INFO_TABLE, SnapshotResult, publish
-from rcs_sync.spool import Spool
-from rcs_sync.streams import RCS_RECORDS
-from rcs_sync.warehouse import Commit, Warehouse
+from rcs_sync.model.errors import WarehouseUnavailable
+from rcs_sync.model.streams import RCS_RECORDS
+from rcs_sync.source.spool import Spool
+from rcs_sync.warehouse import snapshot as snapshot_module
+from rcs_sync.warehouse.duckdb_file import Commit, Warehouse
+from rcs_sync.warehouse.snapshot import INFO_TABLE, SnapshotResult, publish
 
 READER = """
 import sys, duckdb
@@ -340,7 +340,7 @@ def test_a_failed_publish_leaves_the_previous_snapshot(
 PUBLISHER = """
 import sys
 from pathlib import Path
-from rcs_sync.snapshot import publish
+from rcs_sync.warehouse.snapshot import publish
 print("go", flush=True)
 publish(Path(sys.argv[1]), Path(sys.argv[2]))
 """

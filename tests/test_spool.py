@@ -10,10 +10,10 @@ import duckdb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rcs_sync.loader import stage
-from rcs_sync.privacy import PLAIN
-from rcs_sync.spool import Spool, SpoolWriter
-from rcs_sync.streams import RCS_RECORDS
+from rcs_sync.model.streams import RCS_RECORDS
+from rcs_sync.source.spool import Spool, SpoolWriter
+from rcs_sync.warehouse.loader import stage
+from rcs_sync.warehouse.privacy import PLAIN
 
 
 def spooled(tmp_path: Path, body: bytes, *, chunk: int = 64, part_bytes: int = 200) -> Spool:

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from rcs_sync.durations import format_instant
+from rcs_sync.model.durations import format_instant
 from tests.adversarial_helpers import compare, day_start
 from tests.conftest import TOKEN, Site, wait_for
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rcs_sync.windows import (
+from rcs_sync.model.windows import (
     BOUNDARY_PAD,
     CATCHUP_FRESHNESS,
     GRID_ANCHOR,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from rcs_sync.durations import format_duration
+from rcs_sync.model.durations import format_duration
 
 STALE_AFTER_INTERVALS = 3
 AUTH_KINDS = frozenset({"auth", "config"})

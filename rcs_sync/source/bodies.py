@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from rcs_sync.errors import BadBody
+from rcs_sync.model.errors import BadBody
 
 WHITESPACE = " \t\r\n"
 SAMPLE_BYTES = 2 * 1024 * 1024

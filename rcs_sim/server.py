@@ -1,7 +1,7 @@
 """A realistic local stand-in for the provider's ``GET /j/rcs_records`` API.
 
 Used by ``make demo``, the test suite and benchmarks. :class:`Simulator` owns the
-population (an in-memory DuckDB table, see :mod:`rcs_sync.sim_population`), the server
+population (an in-memory DuckDB table, see :mod:`rcs_sim.population`), the server
 clock and the fault plan; :func:`start_simulator` and :func:`serve_forever` put it behind
 HTTP on 127.0.0.1. Where the spec is silent it behaves in the ways a client must survive —
 undocumented truncation, 429s, dropped or reset connections, HTML error pages, malformed
@@ -44,7 +44,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import duckdb
 
-from rcs_sync.sim_population import (
+from rcs_sim.population import (
     BOUNDS,
     DATABASE,
     FAULT_KINDS,
@@ -644,10 +644,10 @@ def serve_forever(config: SimConfig, port: int, ready: Callable[[int], None] | N
 
 
 def spawn(options: list[str], env: Mapping[str, str]) -> tuple[subprocess.Popen[str], str]:
-    """Run `rcs-sync simulate --port 0 OPTIONS` as a child process (the demo and the
-    benchmarks do); returns the process and the base URL it announced."""
+    """Run `python -m rcs_sim --port 0 OPTIONS` (what `rcs-sync simulate` runs) as a child
+    process, as the demo and the benchmarks do; returns it and the base URL it announced."""
     process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "rcs_sync", "simulate", "--port", "0", *options],
+        [sys.executable, "-m", "rcs_sim", "--port", "0", *options],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

@@ -16,14 +16,10 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from rcs_sync.api import ApiClient, Deadline, Response
-from rcs_sync.durations import format_instant
-from rcs_sync.errors import ApiUnavailable, RcsSyncError, Stopped, SuspectedTruncation
-from rcs_sync.loader import LoadResult
-from rcs_sync.privacy import PLAIN, Privacy
-from rcs_sync.streams import Stream
-from rcs_sync.warehouse import Commit, Warehouse
-from rcs_sync.windows import (
+from rcs_sync.model.durations import format_instant
+from rcs_sync.model.errors import ApiUnavailable, RcsSyncError, Stopped, SuspectedTruncation
+from rcs_sync.model.streams import Stream
+from rcs_sync.model.windows import (
     Fetch,
     PassPlan,
     Split,
@@ -35,6 +31,10 @@ from rcs_sync.windows import (
     plan_pass,
     plan_windows,
 )
+from rcs_sync.source.client import ApiClient, Deadline, Response
+from rcs_sync.warehouse.duckdb_file import Commit, Warehouse
+from rcs_sync.warehouse.loader import LoadResult
+from rcs_sync.warehouse.privacy import PLAIN, Privacy
 
 log = structlog.get_logger(__name__)
 

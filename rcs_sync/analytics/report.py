@@ -28,9 +28,9 @@ from rich.console import Console
 from rich.table import Table
 
 from rcs_sync.config import WarehouseSettings
-from rcs_sync.durations import format_instant
-from rcs_sync.errors import WarehouseUnavailable
-from rcs_sync.warehouse import Warehouse
+from rcs_sync.model.durations import format_instant
+from rcs_sync.model.errors import WarehouseUnavailable
+from rcs_sync.warehouse.duckdb_file import Warehouse
 
 GROUPINGS = ("day", "campaign", "team")
 """What a report row can stand for; each is a column of `rcs_rates_daily`."""

@@ -25,7 +25,7 @@ import requests
 import structlog
 from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
-from rcs_sync.errors import (
+from rcs_sync.model.errors import (
     ApiUnavailable,
     AuthRejected,
     BadBody,
@@ -34,7 +34,7 @@ from rcs_sync.errors import (
     TransientApiError,
     WarehouseUnavailable,
 )
-from rcs_sync.spool import Spool, SpoolWriter
+from rcs_sync.source.spool import Spool, SpoolWriter
 
 log = structlog.get_logger(__name__)
 

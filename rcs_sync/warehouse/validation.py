@@ -11,7 +11,7 @@ The functions here are pure: they build SQL text from the declaration.
 
 from __future__ import annotations
 
-from rcs_sync.streams import Field
+from rcs_sync.model.streams import Field
 
 TYPED_PREFIX = "_v_"
 """Typed values are projected beside the JSON columns under this prefix."""

@@ -59,10 +59,10 @@ from typing import Any
 import duckdb
 import structlog
 
-from rcs_sync.errors import WarehouseUnavailable
-from rcs_sync.streams import STREAMS
-from rcs_sync.validation import quote
-from rcs_sync.warehouse import Warehouse
+from rcs_sync.model.errors import WarehouseUnavailable
+from rcs_sync.model.streams import STREAMS
+from rcs_sync.warehouse.duckdb_file import Warehouse
+from rcs_sync.warehouse.validation import quote
 
 log = structlog.get_logger(__name__)
 

@@ -11,13 +11,13 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from rcs_sync.api import ApiClient, RetryPolicy
 from rcs_sync.config import Settings, read_number_key, read_token
-from rcs_sync.privacy import PLAIN, Privacy
-from rcs_sync.streams import RCS_RECORDS, Stream
-from rcs_sync.sync import Listener, Options, Scope, Syncer
-from rcs_sync.warehouse import Warehouse
-from rcs_sync.windows import SyncPolicy
+from rcs_sync.engine.sync import Listener, Options, Scope, Syncer
+from rcs_sync.model.streams import RCS_RECORDS, Stream
+from rcs_sync.model.windows import SyncPolicy
+from rcs_sync.source.client import ApiClient, RetryPolicy
+from rcs_sync.warehouse.duckdb_file import Warehouse
+from rcs_sync.warehouse.privacy import PLAIN, Privacy
 
 
 @dataclass

@@ -9,10 +9,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from rcs_sync.durations import format_duration, format_instant
-from rcs_sync.health import Health, ScopeRuns, evaluate
-from rcs_sync.warehouse import Warehouse
-from rcs_sync.windows import Window, merge
+from rcs_sync.model.durations import format_duration, format_instant
+from rcs_sync.model.health import Health, ScopeRuns, evaluate
+from rcs_sync.model.windows import Window, merge
+from rcs_sync.warehouse.duckdb_file import Warehouse
 
 RUNS_SHOWN = 5
 RUN_COLUMNS = (

@@ -33,11 +33,11 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from rcs_sync.config import Settings, parse_listen
-from rcs_sync.durations import format_instant, parse_instant
-from rcs_sync.errors import WarehouseUnavailable
-from rcs_sync.metrics import Metrics
-from rcs_sync.notify import Notifier
-from rcs_sync.pass_process import PassProcess
+from rcs_sync.daemon.metrics import Metrics
+from rcs_sync.daemon.notify import Notifier
+from rcs_sync.daemon.passes import PassProcess
+from rcs_sync.model.durations import format_instant, parse_instant
+from rcs_sync.model.errors import WarehouseUnavailable
 
 log = structlog.get_logger(__name__)
 

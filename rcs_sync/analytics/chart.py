@@ -12,8 +12,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rcs_sync.errors import EXIT_USAGE, RcsSyncError
-from rcs_sync.report import Report, Row, percent
+from rcs_sync.analytics.report import Report, Row, percent
+from rcs_sync.model.errors import EXIT_USAGE, RcsSyncError
 
 if TYPE_CHECKING:
     import numpy

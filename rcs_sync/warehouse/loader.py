@@ -19,12 +19,12 @@ from pathlib import Path
 
 import duckdb
 
-from rcs_sync.bodies import SAMPLE_BYTES, Rejected, sample_keys, sanitize_body
-from rcs_sync.errors import SuspectedTruncation
-from rcs_sync.privacy import Privacy
-from rcs_sync.spool import Spool
-from rcs_sync.streams import Stream
-from rcs_sync.validation import (
+from rcs_sync.model.errors import SuspectedTruncation
+from rcs_sync.model.streams import Stream
+from rcs_sync.source.bodies import SAMPLE_BYTES, Rejected, sample_keys, sanitize_body
+from rcs_sync.source.spool import Spool
+from rcs_sync.warehouse.privacy import Privacy
+from rcs_sync.warehouse.validation import (
     literal,
     quote,
     raw_expr,

@@ -30,9 +30,9 @@ import setproctitle
 PRELOAD = [
     "rcs_sync.__main__",
     "rcs_sync.cli",
-    "rcs_sync.app",
-    "rcs_sync.snapshot",
-    "rcs_sync.pass_process",
+    "rcs_sync.session",
+    "rcs_sync.warehouse.snapshot",
+    "rcs_sync.daemon.passes",
 ]
 """Everything `rcs-sync sync` imports, and this module (its `_child` runs the pass), so
 a forked pass imports nothing."""

@@ -1,0 +1,1 @@
+"""What analysts read: the delivery/read report and its charts."""

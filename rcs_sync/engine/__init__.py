@@ -1,0 +1,1 @@
+"""One pass over one stream and scope: plan windows, fetch each, commit it with its bookkeeping."""

@@ -1,0 +1,1 @@
+"""Shared vocabulary of every layer: stream declarations, windows, errors, durations; no I/O."""

@@ -1,0 +1,1 @@
+"""Where records land: the DuckDB file, its migrations, loading, bookkeeping, snapshot, privacy."""
