@@ -20,6 +20,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check rcs_sync rcs_sim tests bench scripts
 	$(BIN)/ruff format --check rcs_sync rcs_sim tests bench scripts
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/pytest

@@ -13,32 +13,33 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import signal
 import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import click
 import structlog
 
+from rcs_sync import early_stop
 from rcs_sync.config import ConfigError, Settings, config_path, load_settings, read_token
 from rcs_sync.logs import configure_logging, redact
 from rcs_sync.model.durations import format_instant, parse_instant
 from rcs_sync.model.errors import EXIT_FAILURE, EXIT_UNHEALTHY, EXIT_USAGE, RcsSyncError
+from rcs_sync.model.events import ApiResponse, PassEvent, ScopeFinished, SnapshotPublished, encode
 from rcs_sync.model.streams import RCS_RECORDS
 from rcs_sync.model.windows import Window
 
 if TYPE_CHECKING:
+    from rcs_sync.daemon.passes import PassEntry
     from rcs_sync.engine.sync import Listener, PassResult, ScopeOutcome
     from rcs_sync.session import App
 
 log = structlog.get_logger(__name__)
 
-Emit = Callable[[dict[str, object]], None]
+Emit = Callable[[PassEvent], None]
 
 
 class Instant(click.ParamType[datetime]):
@@ -106,28 +107,9 @@ def _app(ctx: click.Context) -> App:
     return App(_settings(ctx))
 
 
-def _stop_on_signals(app: App, *, interrupt: bool = True) -> None:
-    """SIGTERM/SIGINT finish or roll back the window in hand, then exit: this is how
-    the daemon stops a pass, and how Ctrl-C stops a backfill. Replaces the start-up
-    handler of `rcs_sync/__main__.py`. Without `interrupt` (while migrating) a stop only
-    sets `app.stop` for the pass to see: `Warehouse.migrate` reports an interrupted
-    migration as a failure (exit 5), not a stop, and a migration is short.
-
-    The handler runs between two statements of the main thread, which may hold
-    structlog's output lock at that moment: logging from it would deadlock the pass."""
-
-    def handler(_signum: int, _frame: FrameType | None) -> None:
-        app.stop.set()
-        if interrupt:
-            app.warehouse.interrupt()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, handler)
-
-
 def _emitter() -> Emit:
-    def emit(event: dict[str, object]) -> None:
-        click.echo(json.dumps(event, default=str))
+    def emit(event: PassEvent) -> None:
+        click.echo(encode(event))
         sys.stdout.flush()
 
     return emit
@@ -136,7 +118,7 @@ def _emitter() -> Emit:
 def _listener(emit: Emit | None, label: str) -> AbstractContextManager[Listener | None]:
     """JSON events for the daemon, a progress bar on a terminal, else nothing."""
     if emit is not None:
-        return nullcontext(lambda event, data: emit({"event": event, **data}))
+        return nullcontext(emit)
     if sys.stderr.isatty():
         from rcs_sync.progress import progress_bar
 
@@ -161,23 +143,14 @@ def sync(ctx: click.Context, team: int | None, events: bool, publish_snapshot: b
     from rcs_sync.engine.sync import Scope, sync_all
 
     app = _app(ctx)
-    _stop_on_signals(app, interrupt=False)
-    app.token()
     emit = _emitter() if events else None
-    with app.warehouse.held():
-        app.warehouse.migrate()
-        _stop_on_signals(app)
+    on_response = (
+        (lambda status: emit(ApiResponse(event="api_response", status=status))) if emit else None
+    )
+    with app.session(on_response) as api:
         scopes = [Scope(team)] if team is not None else app.scopes()
-        api = app.api(
-            on_response=(lambda status: emit({"event": "api_response", "status": status}))
-            if emit
-            else None
-        )
-        try:
-            with _listener(emit, "sync") as listener:
-                outcomes = sync_all(app.syncer(api, listener=listener), scopes)
-        finally:
-            api.close()
+        with _listener(emit, "sync") as listener:
+            outcomes = sync_all(app.syncer(api, listener=listener), scopes)
         for outcome in outcomes:
             if emit is not None:
                 emit(_scope_event(app, outcome))
@@ -190,7 +163,7 @@ def sync(ctx: click.Context, team: int | None, events: bool, publish_snapshot: b
         raise failed
 
 
-def _scope_event(app: App, outcome: ScopeOutcome) -> dict[str, object]:
+def _scope_event(app: App, outcome: ScopeOutcome) -> ScopeFinished:
     """One scope's outcome for the daemon: counts for metrics, the checkpoint for its lag."""
     checkpoint = outcome.result.checkpoint if outcome.result else None
     if checkpoint is None and outcome.outcome != "stopped":
@@ -198,15 +171,15 @@ def _scope_event(app: App, outcome: ScopeOutcome) -> dict[str, object]:
             checkpoint = app.warehouse.checkpoint(RCS_RECORDS, outcome.scope.key)
         except RcsSyncError:
             checkpoint = None
-    return {
-        "event": "scope",
-        "stream": RCS_RECORDS.name,
-        "scope": outcome.scope.key,
-        "outcome": outcome.outcome,
-        "summary": outcome.result.summary() if outcome.result else None,
-        "checkpoint": format_instant(checkpoint) if checkpoint else None,
-        "error": redact(str(outcome.error)) if outcome.error else None,
-    }
+    return ScopeFinished(
+        event="scope",
+        stream=RCS_RECORDS.name,
+        scope=outcome.scope.key,
+        outcome=outcome.outcome,
+        summary=outcome.result.summary() if outcome.result else None,
+        checkpoint=format_instant(checkpoint) if checkpoint else None,
+        error=redact(str(outcome.error)) if outcome.error else None,
+    )
 
 
 def _publish(app: App, emit: Emit | None) -> None:
@@ -224,7 +197,7 @@ def _publish(app: App, emit: Emit | None) -> None:
         seconds=round(published.seconds, 3),
     )
     if emit is not None:
-        emit({"event": "snapshot", "seconds": published.seconds, "mode": published.mode})
+        emit(SnapshotPublished(event="snapshot", seconds=published.seconds, mode=published.mode))
 
 
 @cli.command()
@@ -242,21 +215,11 @@ def backfill(
     if end <= start:
         raise click.BadParameter("--end must be after --start", param_hint="--end")
     app = _app(ctx)
-    _stop_on_signals(app, interrupt=False)
-    app.token()
-    with app.warehouse.held():
-        app.warehouse.migrate()
-        _stop_on_signals(app)
+    with app.session() as api:
         scopes = [Scope(team)] if team is not None else app.scopes()
-        api = app.api()
-        try:
-            with _listener(None, "backfill") as listener:
-                syncer = app.syncer(api, listener=listener)
-                results = [
-                    syncer.backfill(scope, Window(start, end), force=force) for scope in scopes
-                ]
-        finally:
-            api.close()
+        with _listener(None, "backfill") as listener:
+            syncer = app.syncer(api, listener=listener)
+            results = [syncer.backfill(scope, Window(start, end), force=force) for scope in scopes]
     for result in results:
         click.echo(_summary(result))
 
@@ -283,7 +246,7 @@ def run(ctx: click.Context) -> None:
         ctx.obj["log_format"],
         *(["-v"] * ctx.obj["verbose"]),
     ]
-    ctx.exit(Service(settings, command).run())
+    ctx.exit(Service(settings, command, pass_entry()).run())
 
 
 @cli.command()
@@ -417,6 +380,22 @@ def _summary(result: PassResult) -> str:
         f"{data['received']} received, {data['inserted']} inserted, {data['updated']} updated, "
         f"{data['quarantined']} quarantined, checkpoint {checkpoint}, {data['duration_s']}s"
     )
+
+
+def pass_entry() -> PassEntry:
+    """How the daemon runs `rcs-sync ARGV` in its forked passes: the fork server imports
+    everything `rcs-sync sync` needs once, so a pass imports nothing."""
+    from rcs_sync.daemon.passes import PassEntry
+
+    return PassEntry(
+        _pass_main, preload=("rcs_sync.cli", "rcs_sync.session", "rcs_sync.warehouse.snapshot")
+    )
+
+
+def _pass_main(argv: list[str]) -> None:
+    """Each of the daemon's passes, in a process forked with the stop signals blocked."""
+    early_stop.install()
+    main(argv)
 
 
 def main(args: list[str] | None = None) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 import structlog
@@ -23,7 +24,6 @@ import structlog
 from rcs_sync.logs import register_secret
 from rcs_sync.model.durations import as_utc, format_duration, parse_duration, parse_instant
 from rcs_sync.model.errors import EXIT_USAGE, RcsSyncError
-from rcs_sync.warehouse.privacy import MODES
 
 CONFIG_ENV = "RCS_SYNC_CONFIG"
 DEFAULT_CONFIG_FILE = "rcs-sync.toml"
@@ -62,6 +62,11 @@ class ConfigError(RcsSyncError):
     def __init__(self, key: str, problem: str) -> None:
         super().__init__(f"config: {key}: {problem}")
         self.key = key
+
+
+NumberMode = Literal["plain", "hash", "mask"]
+NUMBER_MODES: tuple[NumberMode, ...] = ("plain", "hash", "mask")
+"""How `[warehouse] number` stores phone numbers (`warehouse/privacy.py` does it)."""
 
 
 @dataclass(frozen=True)
@@ -477,8 +482,8 @@ def _warehouse(table: _Table) -> WarehouseSettings:
 
 def _number(table: _Table) -> str:
     mode = table.string("number", WarehouseSettings.number)
-    if mode not in MODES:
-        raise table.error("number", f"expected one of {', '.join(MODES)}, got {mode!r}")
+    if mode not in NUMBER_MODES:
+        raise table.error("number", f"expected one of {', '.join(NUMBER_MODES)}, got {mode!r}")
     return mode
 
 

@@ -17,6 +17,7 @@ from rich.progress import (
 
 from rcs_sync.engine.sync import Listener
 from rcs_sync.logs import configure_logging
+from rcs_sync.model import events
 
 
 @contextmanager
@@ -34,18 +35,18 @@ def progress_bar(label: str) -> Iterator[Listener]:
     with Progress(*columns) as progress:
         tasks: dict[str, TaskID] = {}
 
-        def listener(event: str, data: dict[str, object]) -> None:
-            scope = str(data["scope"])
-            if event == "planned":
+        def listener(event: events.Progress) -> None:
+            scope = event["scope"]
+            if event["event"] == "planned":
                 tasks[scope] = progress.add_task(
-                    f"{label} {scope}", total=int(str(data["windows"])), records=0
+                    f"{label} {scope}", total=event["windows"], records=0
                 )
-            elif event == "window" and scope in tasks:
+            elif scope in tasks:
                 task = progress.tasks[tasks[scope]]
                 progress.update(
                     tasks[scope],
                     advance=1,
-                    records=int(task.fields["records"]) + int(str(data["received"])),
+                    records=int(task.fields["records"]) + event["received"],
                 )
 
         configure_logging(json=False, level="warning")

@@ -7,9 +7,12 @@ same machinery with the same settings.
 from __future__ import annotations
 
 import os
+import signal
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import FrameType
 
 from rcs_sync.config import Settings, read_number_key, read_token
 from rcs_sync.engine.sync import Listener, Options, Scope, Syncer
@@ -35,6 +38,42 @@ class App:
             threads=wh.threads,
             stop=self.stop,
         )
+
+    @contextmanager
+    def session(
+        self, on_response: Callable[[int | None], None] | None = None
+    ) -> Iterator[ApiClient]:
+        """What every pass runs inside (`sync`, `backfill`, the daemon's passes): stop
+        signals that finish or roll back the window in hand, the token read once up
+        front, the warehouse held and migrated, and an API client, closed after."""
+        self._stop_on_signals(interrupt=False)
+        self.token()
+        with self.warehouse.held():
+            self.warehouse.migrate()
+            self._stop_on_signals(interrupt=True)
+            api = self.api(on_response)
+            try:
+                yield api
+            finally:
+                api.close()
+
+    def _stop_on_signals(self, *, interrupt: bool) -> None:
+        """SIGTERM/SIGINT finish or roll back the window in hand, then exit: this is how
+        the daemon stops a pass, and how Ctrl-C stops a backfill. Replaces the start-up
+        handler of `rcs_sync/__main__.py`. Without `interrupt` (while migrating) a stop
+        only sets `stop` for the pass to see: `Warehouse.migrate` reports an interrupted
+        migration as a failure (exit 5), not a stop, and a migration is short.
+
+        The handler runs between two statements of the main thread, which may hold
+        structlog's output lock at that moment: logging from it would deadlock the pass."""
+
+        def handler(_signum: int, _frame: FrameType | None) -> None:
+            self.stop.set()
+            if interrupt:
+                self.warehouse.interrupt()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, handler)
 
     def token(self) -> str:
         """Read afresh for every request, so a rotated token file is used at once."""

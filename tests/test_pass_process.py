@@ -13,6 +13,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from rcs_sync.cli import pass_entry
 from rcs_sync.daemon.passes import PassProcess
 from rcs_sync.daemon.service import PASS
 from rcs_sync.model.errors import EXIT_STOPPED, EXIT_USAGE
@@ -23,7 +24,8 @@ SiteFactory = Callable[..., Site]
 
 
 def forked(s: Site, *args: str) -> PassProcess:
-    return PassProcess(["--config", str(s.config), "--log-format", "json", *args], s.env())
+    argv = ["--config", str(s.config), "--log-format", "json", *args]
+    return PassProcess(pass_entry(), argv, s.env())
 
 
 def finish(p: PassProcess) -> tuple[int, list[dict[str, object]]]:
@@ -50,7 +52,9 @@ def test_a_forked_pass_syncs_reports_its_events_and_is_named_for_ps(site: SiteFa
 
 def test_a_forked_pass_exits_with_the_commands_code(site: SiteFactory) -> None:
     s = site(records=10, days=1)
-    code, events = finish(PassProcess(["--config", str(s.dir / "missing.toml"), *PASS], s.env()))
+    code, events = finish(
+        PassProcess(pass_entry(), ["--config", str(s.dir / "missing.toml"), *PASS], s.env())
+    )
     assert (code, events) == (EXIT_USAGE, [])
 
 

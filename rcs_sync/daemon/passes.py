@@ -9,7 +9,8 @@ and forks every pass from it; the daemon itself still never loads DuckDB.
 
 The server is started with SIGTERM/SIGINT blocked and keeps them blocked (it dies with
 the daemon, when its pipe to it closes), so a forked pass starts with them blocked too:
-a stop sent in its first instant waits for `__main__`'s handler, then exits 130.
+a stop sent in its first instant waits for the early stop handler (`early_stop.py`),
+then exits 130.
 """
 
 from __future__ import annotations
@@ -19,23 +20,26 @@ import os
 import shlex
 import signal
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from multiprocessing import forkserver, resource_tracker
 from multiprocessing.connection import Connection
 from typing import TextIO
 
 import setproctitle
 
-PRELOAD = [
-    "rcs_sync.__main__",
-    "rcs_sync.cli",
-    "rcs_sync.session",
-    "rcs_sync.warehouse.snapshot",
-    "rcs_sync.daemon.passes",
-]
-"""Everything `rcs-sync sync` imports, and this module (its `_child` runs the pass), so
-a forked pass imports nothing."""
+
+@dataclass(frozen=True)
+class PassEntry:
+    """How to run `rcs-sync ARGV` in a forked process, given by the CLI: the daemon never
+    imports the commands it runs its passes with (they sit above it)."""
+
+    main: Callable[[list[str]], None]
+    """Runs the command line; module-level, so it pickles by name."""
+    preload: tuple[str, ...]
+    """Every module it imports, so that a forked pass imports nothing."""
+
 
 _CONTEXT = multiprocessing.get_context("forkserver")
 
@@ -43,7 +47,7 @@ _CONTEXT = multiprocessing.get_context("forkserver")
 @contextmanager
 def stop_signals_blocked() -> Iterator[None]:
     """Start a child with SIGTERM/SIGINT blocked: it inherits the mask, so a stop sent
-    before its handler is in place stays pending until `__main__` installs it (then it
+    before its handler is in place stays pending until `early_stop` installs it (then it
     exits 130) instead of killing it by signal."""
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     try:
@@ -52,10 +56,11 @@ def stop_signals_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def _start_server() -> None:
+def _start_server(entry: PassEntry) -> None:
     """Start the fork server if it is not running (the daemon's first child, its
-    migration, starts it; a later one again if it died)."""
-    _CONTEXT.set_forkserver_preload(PRELOAD)
+    migration, starts it; a later one again if it died). It imports this module too:
+    its `_child` runs each pass."""
+    _CONTEXT.set_forkserver_preload([*entry.preload, __name__])
     # The server starts multiprocessing's resource tracker first, if it is not running,
     # and then unblocks SIGTERM/SIGINT (CPython 3.11) instead of restoring the mask: so
     # start the tracker before blocking them.
@@ -68,11 +73,11 @@ class PassProcess:
     """`rcs-sync <argv>` in a forked process, with `env` as its environment (the server
     was started with the daemon's at that time); its stdout comes back through `lines`."""
 
-    def __init__(self, argv: list[str], env: Mapping[str, str]) -> None:
-        _start_server()
+    def __init__(self, entry: PassEntry, argv: list[str], env: Mapping[str, str]) -> None:
+        _start_server(entry)
         reader, writer = _CONTEXT.Pipe(duplex=False)
         self._process = _CONTEXT.Process(
-            target=_child, args=(argv, dict(env), writer), name="rcs-sync pass"
+            target=_child, args=(entry.main, argv, dict(env), writer), name="rcs-sync pass"
         )
         with stop_signals_blocked():
             self._process.start()
@@ -104,11 +109,11 @@ class PassProcess:
         return code
 
 
-def _child(argv: list[str], env: dict[str, str], out: Connection) -> None:
+def _child(
+    main: Callable[[list[str]], None], argv: list[str], env: dict[str, str], out: Connection
+) -> None:
     """The forked pass: named for `ps` and `systemctl status` (it would otherwise show
     the server's command line), its stdout the daemon's pipe; then `rcs-sync <argv>`."""
-    from rcs_sync.__main__ import main  # noqa: PLC0415 - preloaded by the server
-
     setproctitle.setproctitle(shlex.join(["rcs-sync", *argv]))
     os.environ.clear()
     os.environ.update(env)

@@ -1,7 +1,7 @@
 """The daemon behind `rcs-sync run`: a schedule, signals, systemd, metrics.
 
 Each pass runs as a child process (`rcs-sync sync --events --publish-snapshot`, forked
-by `pass_process`) whose JSON lines on stdout tell this process what happened. The
+by `passes.py`) whose JSON lines (`model/events.py`) on stdout tell this process what happened. The
 daemon itself never loads DuckDB or holds a byte of record data, so it idles small and
 a pass's memory is returned to the system when the pass ends; a crash inside a pass
 cannot take down the schedule. A failing API or a locked file fails the pass, never the
@@ -15,7 +15,6 @@ discarded).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -26,7 +25,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import FrameType
-from typing import Any
 
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -35,9 +33,11 @@ from apscheduler.triggers.interval import IntervalTrigger
 from rcs_sync.config import Settings, parse_listen
 from rcs_sync.daemon.metrics import Metrics
 from rcs_sync.daemon.notify import Notifier
-from rcs_sync.daemon.passes import PassProcess
+from rcs_sync.daemon.passes import PassEntry, PassProcess
+from rcs_sync.model import events
 from rcs_sync.model.durations import format_instant, parse_instant
 from rcs_sync.model.errors import WarehouseUnavailable
+from rcs_sync.model.events import ScopeFinished
 
 log = structlog.get_logger(__name__)
 
@@ -50,7 +50,7 @@ MAX_JITTER = timedelta(seconds=30)
 class PassReport:
     """What one pass process reported: each scope's outcome, and how it exited."""
 
-    scopes: list[dict[str, Any]] = field(default_factory=list)
+    scopes: list[ScopeFinished] = field(default_factory=list)
     exit_code: int | None = None
 
     @property
@@ -65,19 +65,24 @@ class PassReport:
         if not self.scopes and self.exit_code:
             failures = [f"pass process exited {self.exit_code}"]
         summaries = [s["summary"] for s in self.scopes if s["summary"]]
-        received = sum(int(s["received"]) for s in summaries)
-        changed = sum(int(s["inserted"]) + int(s["updated"]) for s in summaries)
+        received = sum(s["received"] for s in summaries)
+        changed = sum(s["inserted"] + s["updated"] for s in summaries)
         state = "failed: " + "; ".join(failures) if failures else "ok"
         return f"{when}: last pass {state} ({received} received, {changed} changed)"
 
 
 class Service:
     def __init__(
-        self, settings: Settings, command: list[str], notifier: Notifier | None = None
+        self,
+        settings: Settings,
+        command: list[str],
+        entry: PassEntry,
+        notifier: Notifier | None = None,
     ) -> None:
         self.settings = settings
         self.command = command
         """`rcs-sync`'s global options; passes run `rcs-sync *command *PASS`."""
+        self.entry = entry
         self.notifier = notifier or Notifier()
         self.stop = threading.Event()
         self.metrics: Metrics | None = None
@@ -120,7 +125,7 @@ class Service:
     def _migrate(self) -> None:
         """Open and migrate the warehouse before READY=1 (in a child, like every pass),
         starting the fork server on the way."""
-        process = PassProcess([*self.command, "migrate"], os.environ)
+        process = PassProcess(self.entry, [*self.command, "migrate"], os.environ)
         for _line in process.lines:
             pass
         code = process.wait()
@@ -211,12 +216,12 @@ class Service:
     def _run_pass(self) -> PassReport:
         report = PassReport()
         started = time.monotonic()
-        process = PassProcess([*self.command, *PASS], os.environ)
+        process = PassProcess(self.entry, [*self.command, *PASS], os.environ)
         self._process = process
         for line in process.lines:
             self._progress_at = time.monotonic()
             try:
-                event = json.loads(line)
+                event = events.decode(line)
             except ValueError:
                 log.warning("pass_output_unreadable", line=line[:200])
                 continue
@@ -224,28 +229,27 @@ class Service:
         report.exit_code = process.wait()
         return report
 
-    def _handle(self, event: dict[str, Any], report: PassReport, elapsed: float) -> None:
-        kind = event.get("event")
-        if kind == "scope":
+    def _handle(self, event: events.PassEvent, report: PassReport, elapsed: float) -> None:
+        if event["event"] == "scope":
             report.scopes.append(event)
         if self.metrics is None:
             return
-        if kind == "api_response":
+        if event["event"] == "api_response":
             self.metrics.api_request(event["status"])
-        elif kind == "snapshot":
-            self.metrics.snapshot_published(float(event["seconds"]))
-        elif kind == "scope" and event["outcome"] != "stopped":
-            summary = event["summary"] or {}
+        elif event["event"] == "snapshot":
+            self.metrics.snapshot_published(event["seconds"])
+        elif event["event"] == "scope" and event["outcome"] != "stopped":
+            summary = event["summary"]
             checkpoint = event["checkpoint"]
             self.metrics.pass_finished(
                 stream=event["stream"],
                 scope=event["scope"],
                 outcome=event["outcome"],
-                duration_s=float(summary.get("duration_s", elapsed)),
-                received=int(summary.get("received", 0)),
-                inserted=int(summary.get("inserted", 0)),
-                updated=int(summary.get("updated", 0)),
-                quarantined=int(summary.get("quarantined", 0)),
+                duration_s=summary["duration_s"] if summary else elapsed,
+                received=summary["received"] if summary else 0,
+                inserted=summary["inserted"] if summary else 0,
+                updated=summary["updated"] if summary else 0,
+                quarantined=summary["quarantined"] if summary else 0,
                 checkpoint=parse_instant(checkpoint) if checkpoint else None,
                 now=datetime.now(UTC),
             )

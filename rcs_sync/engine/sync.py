@@ -18,6 +18,7 @@ import structlog
 
 from rcs_sync.model.durations import format_instant
 from rcs_sync.model.errors import ApiUnavailable, RcsSyncError, Stopped, SuspectedTruncation
+from rcs_sync.model.events import Outcome, Planned, Progress, Summary, WindowLoaded
 from rcs_sync.model.streams import Stream
 from rcs_sync.model.windows import (
     Fetch,
@@ -81,7 +82,7 @@ class PassResult:
         self.updated += result.updated
         self.quarantined += result.quarantined
 
-    def summary(self) -> dict[str, object]:
+    def summary(self) -> Summary:
         return {
             "scope": self.scope.key,
             "mode": self.mode,
@@ -146,8 +147,8 @@ class _Pass:
         self.deadline = time.monotonic() + self.retry_budget
 
 
-Listener = Callable[[str, dict[str, object]], None]
-"""Progress events: ("planned", {"windows": n}) and ("window", {...counts})."""
+Listener = Callable[[Progress], None]
+"""Told of each scope's planned windows and of each window loaded."""
 
 
 class Syncer:
@@ -166,7 +167,7 @@ class Syncer:
         self.api = api
         self.warehouse = warehouse
         self.options = options
-        self._listen = listener or (lambda _event, _data: None)
+        self._listen = listener or (lambda _event: None)
 
     def sync(self, scope: Scope) -> PassResult:
         """The pass the checkpoint calls for: first backfill, catch-up or incremental.
@@ -237,7 +238,7 @@ class Syncer:
         ]
         splits = self.warehouse.splits(self.stream, scope.key)
         todo = plan_windows(plan.span, fresh, self.options.policy.window, None, splits)
-        self._listen("planned", {"windows": len(todo), "scope": scope.key})
+        self._listen(Planned(event="planned", scope=scope.key, windows=len(todo)))
         horizon = self.options.policy.update_horizon
         coverage = Coverage(
             plan.span,
@@ -264,7 +265,7 @@ class Syncer:
         Recorded splits are neither used nor written here: an incremental response holds
         the records changed since the checkpoint, so its size depends on how long ago that
         was, not on the period, and its span moves with the clock anyway."""
-        self._listen("planned", {"windows": 1, "scope": scope.key})
+        self._listen(Planned(event="planned", scope=scope.key, windows=1))
         coverage = Coverage(plan.span, [], checkpoint_after_incremental)
         budget = self.api.retry_budget.total_seconds()
         ctx = _Pass(
@@ -351,25 +352,26 @@ class Syncer:
             self.warehouse.record_splits(self.stream, ctx.scope.key, ctx.unrecorded)
             ctx.unrecorded.clear()
         ctx.result.add(loaded)
-        event = {
-            "scope": ctx.scope.key,
-            "window_start": format_instant(window.start),
-            "window_end": format_instant(window.end),
-            "received": loaded.received,
-            "inserted": loaded.inserted,
-            "updated": loaded.updated,
-            "quarantined": loaded.quarantined,
-        }
-        log.info("window_loaded", **event)
-        self._listen("window", event)
+        event = WindowLoaded(
+            event="window",
+            scope=ctx.scope.key,
+            window_start=format_instant(window.start),
+            window_end=format_instant(window.end),
+            received=loaded.received,
+            inserted=loaded.inserted,
+            updated=loaded.updated,
+            quarantined=loaded.quarantined,
+        )
+        log.info("window_loaded", **{k: v for k, v in event.items() if k != "event"})
+        self._listen(event)
 
 
 @dataclass(frozen=True)
 class ScopeOutcome:
-    """How one scope's pass ended: `ok`, `failed`, `auth_failed` or `stopped`."""
+    """How one scope's pass ended."""
 
     scope: Scope
-    outcome: str
+    outcome: Outcome
     result: PassResult | None = None
     error: RcsSyncError | None = None
 

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Literal
 
-Mode = Literal["plain", "hash", "mask"]
-MODES: tuple[Mode, ...] = ("plain", "hash", "mask")
+from rcs_sync.config import NumberMode as Mode
 
 BLOCK = 64
 """SHA-256's block size: HMAC keys are padded (or first hashed) to it."""
