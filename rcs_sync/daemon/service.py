@@ -1,11 +1,13 @@
 """The daemon behind `rcs-sync run`: a schedule, signals, systemd, metrics.
 
 Each pass runs as a child process (`rcs-sync sync --events --publish-snapshot`, forked
-by `passes.py`) whose JSON lines (`model/events.py`) on stdout tell this process what happened. The
-daemon itself never loads DuckDB or holds a byte of record data, so it idles small and
-a pass's memory is returned to the system when the pass ends; a crash inside a pass
-cannot take down the schedule. A failing API or a locked file fails the pass, never the
-daemon.
+by `passes.py`) whose JSON lines on stdout (`model/events.py`) tell this process what
+happened. The daemon itself never loads DuckDB, requests, the engine, source, warehouse
+or analytics packages, the charts or the simulator, nor holds a byte of record data, so
+it idles small and a pass's memory is returned to the system when the pass ends; a
+crash inside a pass cannot take down the schedule (`tests/test_daemon_footprint.py`
+checks the running process, import-linter the imports). A failing API or a locked file
+fails the pass, never the daemon.
 
 SIGTERM/SIGINT are forwarded to a running pass, which finishes or rolls back the
 window in hand and exits; one that does not within `STOP_GRACE` seconds is killed,
