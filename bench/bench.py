@@ -11,6 +11,8 @@ the cores. Sizes (environment, defaults in brackets):
 - BENCH_SWEEP [250000,500000,1000000]: one window of each size, to choose the default
   of `[sync] max_records_per_request` (served by the same simulator as the above).
 - BENCH_NOOP_RECORDS [100k]: the warehouse behind an incremental pass finding nothing.
+- BENCH_PARTS [one_window,scale,noop]: which parts to run, e.g. `one_window,noop` to set
+  the backfill and the no-op pass of two trees side by side.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ SCALE_RECORDS = int(os.environ.get("BENCH_SCALE_RECORDS", "4000000"))
 SCALE_WINDOWS = int(os.environ.get("BENCH_SCALE_WINDOWS", "20"))
 SWEEP = tuple(int(n) for n in os.environ.get("BENCH_SWEEP", "250000,500000,1000000").split(","))
 NOOP_RECORDS = int(os.environ.get("BENCH_NOOP_RECORDS", "100000"))
+PARTS = os.environ.get("BENCH_PARTS", "one_window,scale,noop").split(",")
 ONE_WINDOW = "100000d"
 """A window larger than any span: the whole span in one request."""
 SCALE_WINDOW = timedelta(hours=2, minutes=24)
@@ -616,9 +619,12 @@ def main() -> None:
         "scale_windows": SCALE_WINDOWS,
         "noop_records": NOOP_RECORDS,
     }
-    bench_one_window(env, figures)
-    bench_scale(env, figures)
-    bench_noop(env, figures)
+    parts = {"one_window": bench_one_window, "scale": bench_scale, "noop": bench_noop}
+    unknown = set(PARTS) - parts.keys()
+    if unknown:
+        sys.exit(f"bench: unknown BENCH_PARTS {sorted(unknown)}; known: {sorted(parts)}")
+    for name in PARTS:
+        parts[name](env, figures)
     print(
         json.dumps(
             {"bench": "rcs-sync", "at": datetime.now(UTC).isoformat(timespec="seconds"), **figures}
