@@ -34,7 +34,7 @@ from rcs_sync.model.errors import (
     TransientApiError,
     WarehouseUnavailable,
 )
-from rcs_sync.source.spool import Spool, SpoolWriter
+from rcs_sync.spool import Spool, SpoolWriter
 
 log = structlog.get_logger(__name__)
 

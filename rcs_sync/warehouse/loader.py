@@ -21,8 +21,8 @@ import duckdb
 
 from rcs_sync.model.errors import SuspectedTruncation
 from rcs_sync.model.streams import Stream
-from rcs_sync.source.bodies import SAMPLE_BYTES, Rejected, sample_keys, sanitize_body
-from rcs_sync.source.spool import Spool
+from rcs_sync.spool import Spool
+from rcs_sync.warehouse.bodies import SAMPLE_BYTES, Rejected, sample_keys, sanitize_body
 from rcs_sync.warehouse.privacy import Privacy
 from rcs_sync.warehouse.validation import (
     literal,
