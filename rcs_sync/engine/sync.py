@@ -19,6 +19,7 @@ import structlog
 from rcs_sync.model.durations import format_instant
 from rcs_sync.model.errors import ApiUnavailable, RcsSyncError, Stopped, SuspectedTruncation
 from rcs_sync.model.events import Outcome, Planned, Progress, Summary, WindowLoaded
+from rcs_sync.model.responses import Deadline, Response
 from rcs_sync.model.streams import Stream
 from rcs_sync.model.windows import (
     Fetch,
@@ -32,7 +33,7 @@ from rcs_sync.model.windows import (
     plan_pass,
     plan_windows,
 )
-from rcs_sync.source.client import ApiClient, Deadline, Response
+from rcs_sync.source.client import ApiClient
 from rcs_sync.warehouse.duckdb_file import Commit, Warehouse
 from rcs_sync.warehouse.loader import LoadResult
 from rcs_sync.warehouse.privacy import PLAIN, Privacy

@@ -34,7 +34,8 @@ from rcs_sync.model.errors import (
     TransientApiError,
     WarehouseUnavailable,
 )
-from rcs_sync.source.spool import Spool, SpoolWriter
+from rcs_sync.model.responses import Deadline, Response, Spool
+from rcs_sync.source.spool import SpoolWriter
 
 log = structlog.get_logger(__name__)
 
@@ -51,34 +52,6 @@ class RetryPolicy:
     budget: timedelta
     initial: timedelta
     maximum: timedelta
-
-
-@dataclass(frozen=True)
-class Deadline:
-    """When retrying one request stops, as `time.monotonic()` instants."""
-
-    end: float
-    split: float | None = None
-    """An earlier end for failures a smaller request may avoid (`splittable`): the caller
-    then splits the request, and the halves still have until `end`."""
-
-    def after(self, exc: BaseException | None) -> float:
-        """The instant retrying stops, given the latest failure."""
-        if self.split is not None and isinstance(exc, TransientApiError) and exc.splittable:
-            return self.split
-        return self.end
-
-
-@dataclass(frozen=True)
-class Response:
-    """What the loader needs to know about one successful download."""
-
-    body: Spool
-    sent_at: datetime
-    """Local clock when the request was sent."""
-    server_sent_at: datetime | None
-    """When the server received the request, by its own clock: `Date` minus the round
-    trip. Always at or before the moment the server took its snapshot of the data."""
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:
