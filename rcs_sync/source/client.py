@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import requests
 import structlog
+from requests.adapters import BaseAdapter
 from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
 from rcs_sync.model.errors import (
@@ -98,6 +99,7 @@ class ApiClient:
         ca_bundle: Path | None = None,
         stop: threading.Event | None = None,
         on_response: Callable[[int | None], None] | None = None,
+        transport: BaseAdapter | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._token = token
@@ -108,6 +110,10 @@ class ApiClient:
         self._session = requests.Session()
         self._session.headers["Accept"] = "application/json"
         self._session.headers["User-Agent"] = "rcs-sync"
+        if transport is not None:
+            # Tests drive the whole client over a fake one: nothing reaches the network.
+            self._session.mount("http://", transport)
+            self._session.mount("https://", transport)
         # Passed on every request: requests lets $REQUESTS_CA_BUNDLE override a
         # Session-level verify (psf/requests#3829), which would drop [api] ca_bundle.
         self._verify: str | bool = str(ca_bundle) if ca_bundle else True
