@@ -205,6 +205,7 @@ def test_a_window_that_looks_truncated_is_split_and_both_halves_load(make: Make)
 def test_a_recorded_split_makes_a_later_backfill_read_that_day_in_halves_at_once(
     make: Make,
 ) -> None:
+    """Moved in from test_sync_e2e, where the simulator truncated at 300 records."""
     rig = make(then=Api(FIFTEEN, limit=10), max_records=10)
     rig.syncer.backfill(Scope(), ONE_DAY, force=False)
     before = len(rig.sent)
@@ -236,6 +237,7 @@ SPLITTABLE = {
 def test_a_window_failing_at_full_size_is_split_once_its_split_deadline_passes(
     make: Make, failure: str
 ) -> None:
+    """Moved in from test_sync_e2e, where the simulator served the 502s."""
     reply, reason = SPLITTABLE[failure]
     budget = 0.4
     api = Api(FIFTEEN)
@@ -256,8 +258,8 @@ def test_a_window_failing_at_full_size_is_split_once_its_split_deadline_passes(
 def test_an_outage_fails_each_pass_within_one_retry_budget_however_deep_it_splits(
     make: Make,
 ) -> None:
-    """Before the budget covered a window and its halves, each half started a budget of
-    its own: some 17 budgets down to min_window."""
+    """Moved in from test_sync_e2e. Before the budget covered a window and its halves,
+    each half started a budget of its own: some 17 budgets down to min_window."""
     budget = 0.3
     api = Api(FIFTEEN)
     outage = False
