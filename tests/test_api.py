@@ -12,7 +12,8 @@ import pytest
 
 from rcs_sim.server import RunningSimulator
 from rcs_sync.model.errors import ApiUnavailable, AuthRejected, BadBody, BadRequest
-from rcs_sync.source.client import ApiClient, Response, RetryPolicy, parse_retry_after
+from rcs_sync.model.responses import Response
+from rcs_sync.source.client import ApiClient, RetryPolicy, parse_retry_after
 from tests.conftest import TOKEN
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from rcs_sync.model.errors import BadBody, SuspectedTruncation
+from rcs_sync.model.responses import Spool
 from rcs_sync.model.streams import RCS_RECORDS
 from rcs_sync.model.windows import Window
-from rcs_sync.spool import Spool
 from rcs_sync.warehouse.duckdb_file import Commit, Warehouse
 from rcs_sync.warehouse.loader import SUPERSEDED
 from rcs_sync.warehouse.migrations import MIGRATIONS

@@ -19,8 +19,8 @@ import duckdb
 import pytest
 
 from rcs_sync.model.errors import WarehouseUnavailable
+from rcs_sync.model.responses import Spool
 from rcs_sync.model.streams import RCS_RECORDS
-from rcs_sync.spool import Spool
 from rcs_sync.warehouse import snapshot as snapshot_module
 from rcs_sync.warehouse.duckdb_file import Commit, Warehouse
 from rcs_sync.warehouse.snapshot import INFO_TABLE, SnapshotResult, publish

@@ -10,8 +10,9 @@ import duckdb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from rcs_sync.model.responses import Spool
 from rcs_sync.model.streams import RCS_RECORDS
-from rcs_sync.spool import Spool, SpoolWriter
+from rcs_sync.source.spool import SpoolWriter
 from rcs_sync.warehouse.loader import stage
 from rcs_sync.warehouse.privacy import PLAIN
 

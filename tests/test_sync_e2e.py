@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from rcs_sync.model.durations import format_instant
-from tests.adversarial_helpers import compare, day_start
+from tests.adversarial_helpers import compare
 from tests.conftest import TOKEN, Site, wait_for
 
 SiteFactory = Callable[..., Site]
@@ -160,68 +160,6 @@ def test_api_failing_past_the_retry_budget_exits_4_and_keeps_committed_work(
     s.assert_converged()
 
 
-def request_span(params: dict[str, str]) -> timedelta:
-    return datetime.fromisoformat(params["end"]) - datetime.fromisoformat(params["start"])
-
-
-def test_a_permanent_502_fails_the_pass_within_one_retry_budget_despite_splitting(
-    site: SiteFactory,
-) -> None:
-    """Before the budget covered a window and its halves, each half started a budget of
-    its own: ~17 budgets, one per level of splitting down to min_window."""
-    s = site(records=2_000)
-    budget = timedelta(seconds=2)
-    s.write_config(api={"retry_budget": "2s", "backoff_initial": "10ms", "backoff_max": "200ms"})
-    s.ok("sync")
-    [(checkpoint,)] = s.query("SELECT checkpoint FROM sync_checkpoints")
-    windows = s.query("SELECT * FROM sync_windows ORDER BY ALL")
-    s.sim.sim.advance(120)
-    s.sim.sim.mutate(30)
-    s.sim.sim.update_config(fault_rate=1.0, faults=("502",))
-    now = s.sim.sim.now()
-    force = ("backfill", "--force", "--start", format_instant(now - timedelta(days=3)))
-    for args in (("sync",), (*force, "--end", format_instant(now))):
-        before = len(s.sim.sim.requests)
-        result = s.run(*args)
-        assert result.returncode == 4, result.stderr[-2000:]
-        assert "still failing after retries: HTTP 502" in result.stderr.splitlines()[-1]
-        [(status, started, finished)] = s.query(
-            "SELECT status, started_at, finished_at FROM sync_runs ORDER BY run_id DESC LIMIT 1"
-        )
-        assert status == "failed"
-        assert finished - started < 3 * budget, (args, finished - started)
-        spans = {request_span(r.params) for r in s.sim.sim.requests[before:]}
-        assert len(spans) > 2, "the failing window was not split"
-        assert s.query("SELECT checkpoint FROM sync_checkpoints") == [(checkpoint,)]
-        assert s.query("SELECT * FROM sync_windows ORDER BY ALL") == windows
-    # An outage says nothing about the size a period needs.
-    assert s.query("SELECT count(*) FROM sync_splits") == [(0,)]
-    s.sim.sim.update_config(fault_rate=0.0)
-    s.ok("sync")
-    assert compare(s).ok, compare(s)
-
-
-def test_a_window_failing_with_502_until_it_is_split_still_loads(site: SiteFactory) -> None:
-    s = site(records=3_000, days=4)
-    s.write_config(api={"retry_budget": "4s", "backoff_initial": "10ms", "backoff_max": "200ms"})
-    s.sim.sim.update_config(fault_rate=1.0, faults=("502",))
-    proc = subprocess.Popen(
-        s.command("sync"), env=s.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-
-    def split() -> bool:
-        spans = [request_span(r.params) for r in list(s.sim.sim.requests)]
-        return len(spans) > 1 and spans[-1] < spans[0]
-
-    wait_for(split, 30, "a request for half of the failing window")
-    s.sim.sim.update_config(fault_rate=0.0)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 0, stderr[-2000:]
-    assert compare(s).ok, compare(s)
-    [(reason,)] = s.query("SELECT reason FROM sync_splits")
-    assert "HTTP 502" in reason
-
-
 def test_fault_storm_with_state_changes_converges_exactly(site: SiteFactory) -> None:
     """The bar: >= 200k records over >= 30 windows plus 3 incremental passes, 10 % faults."""
     s = site(
@@ -271,29 +209,6 @@ def test_truncating_server_makes_windows_split_until_nothing_is_lost(site: SiteF
         json.loads(line[3:]) for line in result.stderr.splitlines() if line.startswith("<")
     ]
     assert any(e["event"] == "window_split" for e in log_lines)
-
-
-def test_recorded_splits_spare_a_later_backfill_every_oversized_request(
-    site: SiteFactory,
-) -> None:
-    s = site(records=6_000, days=6, truncate_at=300, sync={"max_records_per_request": 300})
-    today = day_start(s.sim.sim.now())
-    span: tuple[str, ...] = ("--start", format_instant(today - timedelta(days=7)))
-    span += ("--end", format_instant(today + timedelta(days=1)))
-    s.ok("backfill", *span)
-    first = list(s.sim.sim.requests)
-    assert any(r.records >= 300 for r in first), "the server never truncated"
-    assert compare(s).ok, compare(s)
-    recorded = s.query("SELECT reason FROM sync_splits")
-    assert recorded and all("truncation threshold 300" in reason for (reason,) in recorded)
-
-    again = s.ok("backfill", *span, "--force")
-    second = s.sim.sim.requests[len(first) :]
-    assert second and all(r.records < 300 for r in second), [r.records for r in second]
-    # Exactly the windows that loaded the first time: no oversized request, no split.
-    assert len(second) == sum(1 for r in first if r.records < 300)
-    assert "window_split" not in again.stderr
-    assert compare(s).ok, compare(s)
 
 
 def test_a_reader_holding_the_file_delays_a_pass_or_fails_it_with_exit_5(

@@ -16,9 +16,11 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
+from rcs_sync.engine.source import Source
 from rcs_sync.model.durations import format_instant
 from rcs_sync.model.errors import ApiUnavailable, RcsSyncError, Stopped, SuspectedTruncation
 from rcs_sync.model.events import Outcome, Planned, Progress, Summary, WindowLoaded
+from rcs_sync.model.responses import Deadline, Response
 from rcs_sync.model.streams import Stream
 from rcs_sync.model.windows import (
     Fetch,
@@ -32,7 +34,6 @@ from rcs_sync.model.windows import (
     plan_pass,
     plan_windows,
 )
-from rcs_sync.source.client import ApiClient, Deadline, Response
 from rcs_sync.warehouse.duckdb_file import Commit, Warehouse
 from rcs_sync.warehouse.loader import LoadResult
 from rcs_sync.warehouse.privacy import PLAIN, Privacy
@@ -155,7 +156,7 @@ class Syncer:
     def __init__(
         self,
         stream: Stream,
-        api: ApiClient,
+        api: Source,
         warehouse: Warehouse,
         options: Options,
         *,

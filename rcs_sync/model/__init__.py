@@ -1,1 +1,1 @@
-"""Shared vocabulary of every layer: stream declarations, windows, errors, durations; no I/O."""
+"""Shared vocabulary of every layer: streams, windows, responses, errors, events; no network."""

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import requests
 import structlog
+from requests.adapters import BaseAdapter
 from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
 from rcs_sync.model.errors import (
@@ -34,7 +35,8 @@ from rcs_sync.model.errors import (
     TransientApiError,
     WarehouseUnavailable,
 )
-from rcs_sync.spool import Spool, SpoolWriter
+from rcs_sync.model.responses import Deadline, Response, Spool
+from rcs_sync.source.spool import SpoolWriter
 
 log = structlog.get_logger(__name__)
 
@@ -51,34 +53,6 @@ class RetryPolicy:
     budget: timedelta
     initial: timedelta
     maximum: timedelta
-
-
-@dataclass(frozen=True)
-class Deadline:
-    """When retrying one request stops, as `time.monotonic()` instants."""
-
-    end: float
-    split: float | None = None
-    """An earlier end for failures a smaller request may avoid (`splittable`): the caller
-    then splits the request, and the halves still have until `end`."""
-
-    def after(self, exc: BaseException | None) -> float:
-        """The instant retrying stops, given the latest failure."""
-        if self.split is not None and isinstance(exc, TransientApiError) and exc.splittable:
-            return self.split
-        return self.end
-
-
-@dataclass(frozen=True)
-class Response:
-    """What the loader needs to know about one successful download."""
-
-    body: Spool
-    sent_at: datetime
-    """Local clock when the request was sent."""
-    server_sent_at: datetime | None
-    """When the server received the request, by its own clock: `Date` minus the round
-    trip. Always at or before the moment the server took its snapshot of the data."""
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:
@@ -125,6 +99,7 @@ class ApiClient:
         ca_bundle: Path | None = None,
         stop: threading.Event | None = None,
         on_response: Callable[[int | None], None] | None = None,
+        transport: BaseAdapter | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._token = token
@@ -135,6 +110,10 @@ class ApiClient:
         self._session = requests.Session()
         self._session.headers["Accept"] = "application/json"
         self._session.headers["User-Agent"] = "rcs-sync"
+        if transport is not None:
+            # Tests drive the whole client over a fake one: nothing reaches the network.
+            self._session.mount("http://", transport)
+            self._session.mount("https://", transport)
         # Passed on every request: requests lets $REQUESTS_CA_BUNDLE override a
         # Session-level verify (psf/requests#3829), which would drop [api] ca_bundle.
         self._verify: str | bool = str(ca_bundle) if ca_bundle else True

@@ -28,9 +28,9 @@ from tenacity import (
 
 from rcs_sync.logs import redact
 from rcs_sync.model.errors import Stopped, WarehouseLocked, WarehouseUnavailable, error_kind
+from rcs_sync.model.responses import Spool
 from rcs_sync.model.streams import Stream
 from rcs_sync.model.windows import Fetch, Split, Window
-from rcs_sync.spool import Spool
 from rcs_sync.warehouse.loader import LoadResult, apply, stage
 from rcs_sync.warehouse.migrations import MIGRATIONS
 from rcs_sync.warehouse.privacy import PLAIN, Privacy

@@ -20,8 +20,8 @@ from pathlib import Path
 import duckdb
 
 from rcs_sync.model.errors import SuspectedTruncation
+from rcs_sync.model.responses import Spool
 from rcs_sync.model.streams import Stream
-from rcs_sync.spool import Spool
 from rcs_sync.warehouse.bodies import SAMPLE_BYTES, Rejected, sample_keys, sanitize_body
 from rcs_sync.warehouse.privacy import Privacy
 from rcs_sync.warehouse.validation import (

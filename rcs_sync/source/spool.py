@@ -15,10 +15,11 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
+
+from rcs_sync.model.responses import Spool, create_private
 
 PREFIX = "body-"
 """Spooled files are named body-<pid>-<random>…, so orphans of dead processes are found."""
@@ -27,50 +28,6 @@ PART_BYTES = 8 << 20
 threads, and a part this size costs DuckDB nothing measurable to open."""
 SEPARATOR = re.compile(rb"[\r\n],|,[\r\n]")
 """A comma next to a raw line break: JSON strings cannot hold one, so it is structural."""
-
-
-@dataclass(frozen=True)
-class Spool:
-    """A spooled body: its parts, each a JSON array when the body was cut cleanly."""
-
-    parts: tuple[Path, ...]
-    size: int
-    """Bytes the server sent (the parts hold two more per cut)."""
-
-    @classmethod
-    def of(cls, path: Path) -> Spool:
-        """A body already on disk, as one part."""
-        return cls((path,), path.stat().st_size)
-
-    @property
-    def cut(self) -> bool:
-        return len(self.parts) > 1
-
-    def whole(self) -> Path:
-        """The body exactly as the server sent it (the single part, or the parts joined
-        back with the commas the cuts replaced)."""
-        if not self.cut:
-            return self.parts[0]
-        whole = self.parts[0].with_name(self.parts[0].stem + "-whole.json")
-        whole.unlink(missing_ok=True)
-        last = len(self.parts) - 1
-        with _create(whole) as out:
-            for index, part in enumerate(self.parts):
-                with part.open("rb") as handle:
-                    length = part.stat().st_size
-                    if index > 0:
-                        handle.seek(1)  # the "[" the cut added
-                        length -= 1
-                        out.write(b",")
-                    if index < last:
-                        length -= 1  # the "]" the cut added
-                    _copy(handle, out, length)
-        return whole
-
-    def remove(self) -> None:
-        for part in self.parts:
-            part.unlink(missing_ok=True)
-            part.with_name(part.stem + "-whole.json").unlink(missing_ok=True)
 
 
 class SpoolWriter:
@@ -105,7 +62,7 @@ class SpoolWriter:
     def _open_part(self) -> BinaryIO:
         part = self._base.with_name(f"{self._base.name}-{len(self._parts)}.json")
         self._parts.append(part)
-        return _create(part)
+        return create_private(part)
 
     def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
@@ -154,17 +111,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _create(path: Path) -> BinaryIO:
-    """A new file only we can read: bodies hold phone numbers, whatever the umask."""
-    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
-
-
-def _copy(source: BinaryIO, target: BinaryIO, length: int) -> None:
-    while length > 0:
-        block = source.read(min(length, 1 << 20))
-        if not block:
-            break
-        target.write(block)
-        length -= len(block)

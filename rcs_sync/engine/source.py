@@ -1,0 +1,34 @@
+"""What a pass needs of the API, as a Protocol: the engine never sees the HTTP client.
+
+`rcs_sync.source.client.ApiClient` is the implementation `session.py` passes in; tests
+pass the same client over a fake transport. Either way the engine plans its deadlines
+from `retry_budget` and hands `fetch` the callback that commits the body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from typing import Protocol, TypeVar
+
+from rcs_sync.model.responses import Deadline, Response
+
+T = TypeVar("T")
+
+
+class Source(Protocol):
+    @property
+    def retry_budget(self) -> timedelta:
+        """How long one request may keep failing before the source gives up on it."""
+        ...
+
+    def fetch(
+        self,
+        path: str,
+        params: Mapping[str, str],
+        consume: Callable[[Response], T],
+        deadline: Deadline,
+    ) -> T:
+        """GET `path` and return `consume(response)`, retrying failures of either step
+        until `deadline`; raise `ApiUnavailable` (or a permanent error) otherwise."""
+        ...
