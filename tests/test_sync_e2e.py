@@ -347,7 +347,13 @@ def test_status_reports_checkpoints_windows_and_runs(site: SiteFactory) -> None:
     s.ok("sync")
     s.ok("sync")
     report = json.loads(s.ok("status", "--json").stdout)
-    assert report["records"] == len(s.sim.sim.truth())
+    truth = s.sim.sim.truth()
+    assert report["records"] == len(truth)
+    [counts] = report["streams"]
+    assert counts["stream"] == "rcs_records"
+    assert counts["records"] == len(truth) and counts["quarantined"] == 0
+    meanings = ["sent", "delivered", "failed", "rejected", "read"]
+    assert counts["states"] == {m: list(truth.values()).count(i) for i, m in enumerate(meanings)}
     [scope] = report["scopes"]
     assert scope["scope"] == "all"
     assert scope["checkpoint_age_s"] >= 0
