@@ -383,3 +383,14 @@ def test_config_errors_exit_2_naming_the_key(site: SiteFactory) -> None:
     bad_cli = s.run("backfill", "--start", "yesterday", "--end", "2026-01-01")
     assert bad_cli.returncode == 2
     assert "Traceback" not in bad_cli.stderr
+
+
+def test_an_unknown_stream_is_a_config_error_naming_the_key(site: SiteFactory) -> None:
+    s = site(records=10)
+    s.write_config(sync={"streams": ["teams"]})
+    result = s.run("sync")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "rcs-sync: config: [sync] streams: unknown stream 'teams'; known: rcs_records"
+    )
+    assert not s.db.exists()
