@@ -2,16 +2,22 @@
 
 It differs from RCS where a declaration can: its key is `serial` (an INTEGER), its
 state `phase` takes the values 7, 8 and 9 with meanings of its own, and its time field
-is `made`. Importing this module registers nothing, so the test process keeps the
-product's registry; `python -m tests.widget_stream ARGS` registers the declaration and
-runs `rcs-sync ARGS`, which is how end-to-end tests sync it.
+is `made`. `ENDPOINT` is the simulator's own description of the same endpoint (the
+simulator knows nothing of rcs_sync). Importing this module registers nothing, so the
+test process keeps the product's registry; `PROGRAM ARGS` (this file run as a script)
+registers the declaration, then runs `rcs-sync ARGS` exactly as the installed script
+does: that is how the end-to-end tests sync it.
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from types import MappingProxyType
 
-from rcs_sync.model.streams import Field, History, Stream
+from rcs_sim.endpoints import Endpoint
+from rcs_sync.__main__ import main as rcs_sync
+from rcs_sync.model.streams import Field, History, Stream, register
 
 WIDGETS = Stream(
     name="test_widget_records",
@@ -35,3 +41,26 @@ WIDGETS = Stream(
         meanings=MappingProxyType({7: "drafted", 8: "built", 9: "scrapped"}),
     ),
 )
+
+ENDPOINT = Endpoint(
+    path=WIDGETS.path,
+    key="serial",
+    time="made",
+    state="phase",
+    states=(7, 8, 9),
+    fields=(("colour", "string"), ("grams", "integer")),
+    records=3_000,
+    days=10.0,
+)
+
+PROGRAM = (sys.executable, str(Path(__file__).resolve()))
+"""The command line of `rcs-sync` with the widget stream registered."""
+
+
+def main() -> None:
+    register(WIDGETS)
+    rcs_sync()
+
+
+if __name__ == "__main__":
+    main()
