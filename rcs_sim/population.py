@@ -210,6 +210,23 @@ def _ceil_ms(us: int) -> int:
     return -(-us // 1000)
 
 
+def span_sql(flt: RecordFilter, bounds: str) -> str:
+    """The condition on ``t0`` (epoch ms) of a request's ``start`` and ``end`` under ``bounds``.
+
+    Timestamps are whole milliseconds, so microsecond bounds convert exactly: ``t0 >= x``
+    is ``t0 >= ceil(x)`` and ``t0 > x`` is ``t0 > floor(x)``.
+    """
+    low = f"t0 >= {_ceil_ms(flt.start_us)}" if bounds[0] == "[" else f"t0 > {flt.start_us // 1000}"
+    high = f"t0 <= {flt.end_us // 1000}" if bounds[1] == "]" else f"t0 < {_ceil_ms(flt.end_us)}"
+    return f"{low} AND {high}"
+
+
+def copy_to_sql(select: str, path: str) -> str:
+    """``COPY`` of a query's one text column to ``path``, each line written verbatim."""
+    quoted = path.replace("'", "''")
+    return f"COPY ({select}) TO '{quoted}' {_COPY_OPTIONS}"
+
+
 def records_copy_sql(
     flt: RecordFilter,
     *,
@@ -219,14 +236,8 @@ def records_copy_sql(
     limit: int | None,
     path: str,
 ) -> str:
-    """``COPY`` writing the matching records as JSON lines to ``path``, in id order.
-
-    Timestamps are whole milliseconds, so microsecond bounds convert exactly: ``t0 >= x``
-    is ``t0 >= ceil(x)`` and ``t0 > x`` is ``t0 > floor(x)``.
-    """
-    low = f"t0 >= {_ceil_ms(flt.start_us)}" if bounds[0] == "[" else f"t0 > {flt.start_us // 1000}"
-    high = f"t0 <= {flt.end_us // 1000}" if bounds[1] == "]" else f"t0 < {_ceil_ms(flt.end_us)}"
-    where = f"t0 <= {clock_ms} AND {low} AND {high}"
+    """``COPY`` writing the matching records as JSON lines to ``path``, in id order."""
+    where = f"t0 <= {clock_ms} AND {span_sql(flt, bounds)}"
     if flt.team is not None:
         where += f" AND team = {flt.team}"
     outer = "TRUE" if flt.modified_since_us is None else f"mt > {flt.modified_since_us // 1000}"
@@ -236,14 +247,13 @@ def records_copy_sql(
         """, CASE WHEN extra THEN ',"channel":"rcs"' ELSE '' END""" if extra_fields else ""
     )
     limit_sql = "" if limit is None else f"LIMIT {limit}"
-    return f"""
-COPY (
+    select = f"""
     SELECT concat(',', head, {state}, tail{optional}, '}}')
     FROM (SELECT {_as_of(clock_ms)} FROM {TABLE} WHERE {where})
     WHERE {outer}
     {limit_sql}
-) TO '{path.replace("'", "''")}' {_COPY_OPTIONS}
 """
+    return copy_to_sql(select, path)
 
 
 def truth_sql(clock_ms: int) -> str:

@@ -1,4 +1,5 @@
-"""A realistic local stand-in for the provider's ``GET /j/rcs_records`` API.
+"""A realistic local stand-in for the provider's ``GET /j/rcs_records`` API, and for any
+further record endpoint described by an :class:`~rcs_sim.endpoints.Endpoint`.
 
 Used by ``make demo``, the test suite and benchmarks. :class:`Simulator` owns the
 population (an in-memory DuckDB table, see :mod:`rcs_sim.population`), the server
@@ -44,6 +45,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import duckdb
 
+from rcs_sim import endpoints
+from rcs_sim.endpoints import Endpoint
 from rcs_sim.population import (
     BOUNDS,
     DATABASE,
@@ -56,6 +59,7 @@ from rcs_sim.population import (
     truth_sql,
 )
 
+RECORDS_PATH = "/j/rcs_records"
 MODIFIED_SINCE_MAX_AGE = timedelta(hours=48)
 # Everything else shapes the generated population, which is fixed at start.
 RUNTIME_FIELDS = frozenset(
@@ -107,26 +111,28 @@ class SimConfig:
     frozen: bool = False  # clock stands still; moves only via advance()
     clock_offset: float = 0.0  # with start_time None: server clock = real clock + offset
     start_time: datetime | None = None  # clock at start (default: now, UTC, whole seconds)
-    fault_rate: float = 0.0  # fraction of /j/rcs_records requests that get a fault
+    fault_rate: float = 0.0  # fraction of record requests (any endpoint) that get a fault
     faults: tuple[str, ...] = ("429", "500", "503", "drop", "truncate")  # from FAULT_KINDS
     slow_seconds: float = 5.0  # how long a "slow" fault stalls before answering
-    latency: float = 0.0  # seconds added to every /j/rcs_records request
+    latency: float = 0.0  # seconds added to every record request
     truncate_at: int | None = None  # silently serve only the first N matching records
     bounds: str = "[)"  # how start/end apply to `timestamp`, one of BOUNDS
     bad_fraction: float = 0.0  # fraction of records always served malformed
     extra_fields: bool = False  # ~10% of records carry an undocumented "channel" field
     boundary_fraction: float = 0.0  # share of records timestamped exactly at a UTC midnight
+    endpoints: tuple[Endpoint, ...] = ()  # further record endpoints served beside RCS
 
 
 @dataclass(frozen=True)
 class RequestLog:
-    """One ``/j/rcs_records`` request as the server saw it (the token is never kept)."""
+    """One record request as the server saw it (the token is never kept)."""
 
     params: dict[str, str]
     status: int | None  # None when the connection was dropped before any response
     records: int  # records in the (full, pre-fault) response body
     fault: str | None
     server_time: datetime
+    path: str = RECORDS_PATH
 
     def to_json(self) -> dict[str, object]:
         return {**dataclasses.asdict(self), "server_time": _iso(self.server_time)}
@@ -183,6 +189,11 @@ def _validate(config: SimConfig) -> None:
     )
     _check(config.bounds in BOUNDS, f"bounds must be one of {BOUNDS}")
     _check(isinstance(config.extra_fields, bool), "extra_fields must be a bool")
+    paths = [RECORDS_PATH, *(e.path for e in config.endpoints)]
+    _check(len(set(paths)) == len(paths), "every endpoint needs a path of its own")
+    for endpoint in config.endpoints:
+        problem = endpoints.check(endpoint)
+        _check(problem is None, problem or "")
 
 
 def _parse_time(params: dict[str, str], name: str) -> int | None:
@@ -197,13 +208,25 @@ def _parse_time(params: dict[str, str], name: str) -> int | None:
     return _to_us(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
 
 
-def parse_request(params: dict[str, str], now_us: int) -> RecordFilter:
-    """Validate ``/j/rcs_records`` query parameters as the real API does (400 on error)."""
+def _span(params: dict[str, str]) -> tuple[int, int]:
     start, end = _parse_time(params, "start"), _parse_time(params, "end")
     if start is None or end is None:
         raise BadRequest("start and end are required")
     if end < start:
         raise BadRequest("end is before start")
+    return start, end
+
+
+def _modified_since(params: dict[str, str], now_us: int) -> int | None:
+    since = _parse_time(params, "modified_since")
+    if since is not None and not now_us - MODIFIED_SINCE_MAX_AGE // _US <= since <= now_us:
+        raise BadRequest("modified_since must lie within the past 48 hours")
+    return since
+
+
+def parse_request(params: dict[str, str], now_us: int) -> RecordFilter:
+    """Validate ``/j/rcs_records`` query parameters as the real API does (400 on error)."""
+    start, end = _span(params)
     team: int | None = None
     if params.get("team"):
         try:
@@ -213,10 +236,17 @@ def parse_request(params: dict[str, str], now_us: int) -> RecordFilter:
     includes = {part.strip() for part in params.get("include", "").split(",")} - {""}
     if includes - {"content_message"}:
         raise BadRequest(f"include: unsupported {sorted(includes - {'content_message'})}")
-    since = _parse_time(params, "modified_since")
-    if since is not None and not now_us - MODIFIED_SINCE_MAX_AGE // _US <= since <= now_us:
-        raise BadRequest("modified_since must lie within the past 48 hours")
+    since = _modified_since(params, now_us)
     return RecordFilter(start, end, team, since, "content_message" in includes)
+
+
+def parse_endpoint_request(params: dict[str, str], now_us: int) -> RecordFilter:
+    """Validate the query of an :class:`Endpoint`: ``start``, ``end``, ``modified_since``."""
+    start, end = _span(params)
+    unsupported = sorted(set(params) - {"start", "end", "modified_since"})
+    if unsupported:
+        raise BadRequest(f"unsupported parameters {unsupported}")
+    return RecordFilter(start, end, None, _modified_since(params, now_us))
 
 
 class Simulator:
@@ -257,6 +287,15 @@ class Simulator:
         )
         for statement in population_statements(spec):
             self._con.execute(statement)
+        self._endpoints = {
+            e.path: (e, f"{DATABASE}.endpoint_{n}") for n, e in enumerate(config.endpoints)
+        }
+        for endpoint, table in self._endpoints.values():
+            self._con.execute(
+                endpoints.population_sql(
+                    endpoint, table, seed=config.seed, start_ms=self._start_us // 1000
+                )
+            )
 
     @property
     def config(self) -> SimConfig:
@@ -312,6 +351,41 @@ class Simulator:
                     truth[record_id] = state
         return truth, bad
 
+    def serves(self, path: str) -> bool:
+        """Whether ``path`` is a record endpoint: RCS or one of ``config.endpoints``."""
+        return path == RECORDS_PATH or path in self._endpoints
+
+    def parse(self, path: str, params: dict[str, str], now_us: int) -> RecordFilter:
+        """Validate a record request to ``path`` (BadRequest: a 400)."""
+        if path == RECORDS_PATH:
+            return parse_request(params, now_us)
+        return parse_endpoint_request(params, now_us)
+
+    def endpoint_truth(self, path: str) -> dict[int, int]:
+        """key -> state of every visible record of the endpoint at ``path``, now."""
+        _, table = self._endpoints[path]
+        with self._cursor() as cur:
+            return dict(cur.execute(endpoints.truth_sql(table, self.now_us() // 1000)).fetchall())
+
+    def endpoint_mutate(self, path: str, count: int) -> list[int]:
+        """Move ``count`` seeded-random visible records of the endpoint at ``path`` to
+        their next state now; returns their keys."""
+        if count < 0:
+            raise ValueError("count must be >= 0")
+        endpoint, table = self._endpoints[path]
+        with self._lock:
+            self._mutation_rounds += 1
+            sql = endpoints.mutate_sql(
+                endpoint,
+                table,
+                clock_ms=self.now_us() // 1000,
+                seed=self._config.seed,
+                round_=self._mutation_rounds,
+                count=count,
+            )
+            with self._cursor() as cur:
+                return sorted(row[0] for row in cur.execute(sql).fetchall())
+
     def truth(self) -> dict[int, int]:
         """id -> current state of every valid visible record: what a perfect sync holds now."""
         return self.snapshot()[1]
@@ -344,20 +418,35 @@ class Simulator:
             kind = self._rng.choice(config.faults)
             return Fault(kind, self._rng.uniform(0.2, 0.8), self._rng.random() < 0.3)
 
-    def write_records(self, flt: RecordFilter, clock_us: int, path: Path) -> int:
-        """Write the records matching ``flt`` as of the clock to ``path``; returns the count.
+    def write_records(
+        self, flt: RecordFilter, clock_us: int, path: Path, endpoint: str = RECORDS_PATH
+    ) -> int:
+        """Write the records of ``endpoint`` matching ``flt`` as of the clock to ``path``;
+        returns the count.
 
         The file holds one ``,{…}`` line per record: ``"[" + file[1:] + "]"`` is the body.
         """
         config = self._config
-        sql = records_copy_sql(
-            flt,
-            clock_ms=clock_us // 1000,
-            bounds=config.bounds,
-            extra_fields=config.extra_fields,
-            limit=config.truncate_at,
-            path=str(path),
-        )
+        if endpoint == RECORDS_PATH:
+            sql = records_copy_sql(
+                flt,
+                clock_ms=clock_us // 1000,
+                bounds=config.bounds,
+                extra_fields=config.extra_fields,
+                limit=config.truncate_at,
+                path=str(path),
+            )
+        else:
+            described, table = self._endpoints[endpoint]
+            sql = endpoints.records_copy_sql(
+                described,
+                table,
+                flt,
+                clock_ms=clock_us // 1000,
+                bounds=config.bounds,
+                limit=config.truncate_at,
+                path=str(path),
+            )
         with self._cursor() as cur:
             row = cur.execute(sql).fetchone()
         return int(row[0]) if row else 0
@@ -422,8 +511,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self.clock_us = self.server.sim.now_us()
         url = urlsplit(self.path)
-        if url.path == "/j/rcs_records":
-            self._records(_params(url.query))
+        if self.server.sim.serves(url.path):
+            self._records(url.path, _params(url.query))
         elif url.path == "/_sim/truth":
             now, truth, bad = self.server.sim.snapshot()
             self._send_json(
@@ -458,19 +547,20 @@ class _Handler(BaseHTTPRequestHandler):
         except (ValueError, RuntimeError, TypeError) as exc:
             self._send_json(400, {"error": str(exc)})
 
-    def _records(self, params: dict[str, str]) -> None:
+    def _records(self, endpoint: str, params: dict[str, str]) -> None:
         sim = self.server.sim
         if sim.config.latency:
             self.server.stopping.wait(sim.config.latency)
         clock_us = self.clock_us = sim.now_us()
-        status, records, fault, respond = self._plan_records(params, clock_us)
+        status, records, fault, respond = self._plan_records(endpoint, params, clock_us)
         # Logged before answering, so the log follows arrival order for a sequential client.
         kept = {key: value for key, value in params.items() if "token" not in key.lower()}
-        sim.requests.append(RequestLog(kept, status, records, fault, _from_us(clock_us)))
+        log = RequestLog(kept, status, records, fault, _from_us(clock_us), endpoint)
+        sim.requests.append(log)
         respond()
 
     def _plan_records(
-        self, params: dict[str, str], clock_us: int
+        self, endpoint: str, params: dict[str, str], clock_us: int
     ) -> tuple[int | None, int, str | None, Callable[[], None]]:
         """Decide the answer: (status, records, fault kind, a callable that sends it)."""
         sim = self.server.sim
@@ -481,7 +571,7 @@ class _Handler(BaseHTTPRequestHandler):
             error = {"error": "forbidden", "detail": "missing or invalid token"}
             return 403, 0, None, partial(self._send_json, 403, error)
         try:
-            flt = parse_request(params, clock_us)
+            flt = sim.parse(endpoint, params, clock_us)
         except BadRequest as exc:
             error = {"error": "bad request", "detail": str(exc)}
             return 400, 0, None, partial(self._send_json, 400, error)
@@ -493,7 +583,7 @@ class _Handler(BaseHTTPRequestHandler):
         if kind == "slow" and self.server.stopping.wait(sim.config.slow_seconds):
             return None, 0, kind, self._hang_up
         path = self.server.spool / f"{uuid.uuid4().hex}.jsonl"
-        records = sim.write_records(flt, clock_us, path)
+        records = sim.write_records(flt, clock_us, path, endpoint)
         body_fault = fault if kind in ("truncate", "reset") else None
         return 200, records, kind, partial(self._send_array, path, body_fault)
 

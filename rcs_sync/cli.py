@@ -29,7 +29,7 @@ from rcs_sync.logs import configure_logging, redact
 from rcs_sync.model.durations import format_instant, parse_instant
 from rcs_sync.model.errors import EXIT_FAILURE, EXIT_UNHEALTHY, EXIT_USAGE, RcsSyncError
 from rcs_sync.model.events import ApiResponse, PassEvent, ScopeFinished, SnapshotPublished, encode
-from rcs_sync.model.streams import RCS_RECORDS
+from rcs_sync.model.streams import Stream
 from rcs_sync.model.windows import Window
 
 if TYPE_CHECKING:
@@ -140,7 +140,7 @@ def _listener(emit: Emit | None, label: str) -> AbstractContextManager[Listener 
 @click.pass_context
 def sync(ctx: click.Context, team: int | None, events: bool, publish_snapshot: bool) -> None:
     """One pass: first a backfill from initial_start, later incremental, or a catch-up."""
-    from rcs_sync.engine.sync import Scope, sync_all
+    from rcs_sync.engine.sync import Scope, sync_streams
 
     app = _app(ctx)
     emit = _emitter() if events else None
@@ -150,12 +150,13 @@ def sync(ctx: click.Context, team: int | None, events: bool, publish_snapshot: b
     with app.session(on_response) as api:
         scopes = [Scope(team)] if team is not None else app.scopes()
         with _listener(emit, "sync") as listener:
-            outcomes = sync_all(app.syncer(api, listener=listener), scopes)
+            syncers = [app.syncer(api, stream, listener=listener) for stream in app.streams()]
+            outcomes = sync_streams(syncers, scopes)
         for outcome in outcomes:
             if emit is not None:
                 emit(_scope_event(app, outcome))
             elif outcome.result is not None:
-                click.echo(_summary(outcome.result))
+                click.echo(_summary(outcome.result, _named(app, outcome.stream)))
         if publish_snapshot and any(o.outcome == "ok" for o in outcomes) and not app.stop.is_set():
             _publish(app, emit)
     failed = next((o.error for o in outcomes if o.error is not None), None)
@@ -168,12 +169,12 @@ def _scope_event(app: App, outcome: ScopeOutcome) -> ScopeFinished:
     checkpoint = outcome.result.checkpoint if outcome.result else None
     if checkpoint is None and outcome.outcome != "stopped":
         try:
-            checkpoint = app.warehouse.checkpoint(RCS_RECORDS, outcome.scope.key)
+            checkpoint = app.warehouse.checkpoint(outcome.stream, outcome.scope.key)
         except RcsSyncError:
             checkpoint = None
     return ScopeFinished(
         event="scope",
-        stream=RCS_RECORDS.name,
+        stream=outcome.stream.name,
         scope=outcome.scope.key,
         outcome=outcome.outcome,
         summary=outcome.result.summary() if outcome.result else None,
@@ -218,10 +219,15 @@ def backfill(
     with app.session() as api:
         scopes = [Scope(team)] if team is not None else app.scopes()
         with _listener(None, "backfill") as listener:
-            syncer = app.syncer(api, listener=listener)
-            results = [syncer.backfill(scope, Window(start, end), force=force) for scope in scopes]
-    for result in results:
-        click.echo(_summary(result))
+            results = []
+            for stream in app.streams():
+                syncer = app.syncer(api, stream, listener=listener)
+                results += [
+                    (stream, syncer.backfill(scope, Window(start, end), force=force))
+                    for scope in scopes
+                ]
+    for stream, result in results:
+        click.echo(_summary(result, _named(app, stream)))
 
 
 @cli.command()
@@ -361,7 +367,13 @@ def report(
         team=team,
         time_zone=time_zone,
     )
-    result = reports.build(_settings(ctx).warehouse, selection, daily=chart is not None)
+    settings = _settings(ctx)
+    result = reports.build(
+        settings.warehouse,
+        selection,
+        stream=reports.reported(settings.sync.streams),
+        daily=chart is not None,
+    )
     if chart is not None:
         write_daily(result, chart)
     if output == "json":
@@ -372,11 +384,17 @@ def report(
         reports.print_table(result, chart=chart)
 
 
-def _summary(result: PassResult) -> str:
+def _named(app: App, stream: Stream) -> Stream | None:
+    """The stream a summary line names: none when it is the only one configured."""
+    return stream if len(app.settings.sync.streams) > 1 else None
+
+
+def _summary(result: PassResult, stream: Stream | None = None) -> str:
     data = result.summary()
     checkpoint = data["checkpoint"] or "unchanged"
+    prefix = f"{stream.name}/" if stream is not None else ""
     return (
-        f"{data['scope']}: {data['mode']}, {data['windows']} windows, "
+        f"{prefix}{data['scope']}: {data['mode']}, {data['windows']} windows, "
         f"{data['received']} received, {data['inserted']} inserted, {data['updated']} updated, "
         f"{data['quarantined']} quarantined, checkpoint {checkpoint}, {data['duration_s']}s"
     )

@@ -24,6 +24,7 @@ import structlog
 from rcs_sync.logs import register_secret
 from rcs_sync.model.durations import as_utc, format_duration, parse_duration, parse_instant
 from rcs_sync.model.errors import EXIT_USAGE, RcsSyncError
+from rcs_sync.model.streams import RCS_RECORDS, registered
 
 CONFIG_ENV = "RCS_SYNC_CONFIG"
 DEFAULT_CONFIG_FILE = "rcs-sync.toml"
@@ -94,6 +95,7 @@ class SyncSettings:
     max_records_per_request: int = 500_000  # at or above: suspect truncation, split;
     # also bounds one load's memory: 259 MB peak RSS at 500k, 306 MB at 1M (bench sweep)
     min_window: timedelta = timedelta(seconds=1)  # splitting stops here
+    streams: tuple[str, ...] = (RCS_RECORDS.name,)  # registered stream names, synced in order
 
 
 @dataclass(frozen=True)
@@ -448,6 +450,7 @@ def _sync(table: _Table) -> SyncSettings:
             "max_records_per_request", SyncSettings.max_records_per_request, minimum=1
         ),
         min_window=table.duration("min_window", SyncSettings.min_window, minimum=_SECOND),
+        streams=_streams(table),
     )
     if settings.min_window > settings.window:
         raise table.error("min_window", "must not be longer than window")
@@ -458,6 +461,26 @@ def _sync(table: _Table) -> SyncSettings:
             "the API's limit for modified_since",
         )
     return settings
+
+
+def _streams(table: _Table) -> tuple[str, ...]:
+    """Names of registered stream declarations (`model/streams.py`)."""
+    value = table.get("streams")
+    if value is _MISSING:
+        return SyncSettings.streams
+    if not isinstance(value, list) or not value or not all(isinstance(n, str) for n in value):
+        raise table.error(
+            "streams", f"expected a list of stream names like ['rcs_records'], got {_show(value)}"
+        )
+    known = [stream.name for stream in registered()]
+    for name in value:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(known)}"
+            raise table.error("streams", f"unknown stream {name!r}; {hint}")
+    if len(set(value)) != len(value):
+        raise table.error("streams", f"lists a stream more than once: {_show(value)}")
+    return tuple(value)
 
 
 def _warehouse(table: _Table) -> WarehouseSettings:

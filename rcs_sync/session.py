@@ -16,7 +16,7 @@ from types import FrameType
 
 from rcs_sync.config import Settings, read_number_key, read_token
 from rcs_sync.engine.sync import Listener, Options, Scope, Syncer
-from rcs_sync.model.streams import RCS_RECORDS, Stream
+from rcs_sync.model.streams import Stream, named
 from rcs_sync.model.windows import SyncPolicy
 from rcs_sync.source.client import ApiClient, RetryPolicy
 from rcs_sync.warehouse.duckdb_file import Warehouse
@@ -37,6 +37,7 @@ class App:
             memory_limit=wh.memory_limit,
             threads=wh.threads,
             stop=self.stop,
+            streams=self.streams(),
         )
 
     @contextmanager
@@ -115,9 +116,11 @@ class App:
             return Privacy("hash", read_number_key(wh, self.env))
         return Privacy("mask") if wh.number == "mask" else PLAIN
 
-    def syncer(
-        self, api: ApiClient, stream: Stream = RCS_RECORDS, listener: Listener | None = None
-    ) -> Syncer:
+    def streams(self) -> tuple[Stream, ...]:
+        """The declarations `[sync] streams` names, in its order."""
+        return tuple(named(name) for name in self.settings.sync.streams)
+
+    def syncer(self, api: ApiClient, stream: Stream, listener: Listener | None = None) -> Syncer:
         return Syncer(
             stream, api, self.warehouse, self.options(), listener=listener, stop=self.stop
         )

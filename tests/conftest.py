@@ -75,6 +75,9 @@ class Site:
     sim: RunningSimulator
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Settings given to write_config so far; later calls add to them."""
+    program: tuple[str, ...] = (RCS_SYNC,)
+    """How `rcs-sync` is started: the installed script, or a helper that registers
+    another stream first (`tests/widget_stream.py`)."""
 
     @property
     def config(self) -> Path:
@@ -117,7 +120,7 @@ class Site:
         return {**env, "RCS_SYNC_TOKEN": TOKEN, **extra}
 
     def command(self, *args: str) -> list[str]:
-        return [RCS_SYNC, "--config", str(self.config), *args]
+        return [*self.program, "--config", str(self.config), *args]
 
     def run(
         self, *args: str, env: dict[str, str] | None = None, timeout: float = 180

@@ -170,6 +170,7 @@ def test_defaults(tmp_path: Path) -> None:
         clock_skew=timedelta(minutes=5),
         max_records_per_request=500_000,
         min_window=timedelta(seconds=1),
+        streams=("rcs_records",),
     )
     assert settings.warehouse == WarehouseSettings(
         path=tmp_path / "rcs.duckdb",
@@ -222,6 +223,7 @@ def test_every_key_can_be_set(tmp_path: Path) -> None:
         clock_skew = "0s"
         max_records_per_request = 1000
         min_window = "1m"
+        streams = ["rcs_records"]
 
         [warehouse]
         path = "/var/lib/rcs/rcs.duckdb"
@@ -394,6 +396,12 @@ def test_section_that_is_not_a_table(tmp_path: Path) -> None:
         ("sync", "max_records_per_request", "0", "must be at least 1"),
         ("sync", "max_records_per_request", "1.5", "expected an integer"),
         ("sync", "min_window", '"2d"', "must not be longer than window"),
+        ("sync", "streams", '"rcs_records"', "expected a list of stream names"),
+        ("sync", "streams", "[]", "expected a list of stream names"),
+        ("sync", "streams", "[1]", "expected a list of stream names"),
+        ("sync", "streams", '["rcs_record"]', "unknown stream 'rcs_record'; did you mean"),
+        ("sync", "streams", '["teams"]', "unknown stream 'teams'; known: rcs_records"),
+        ("sync", "streams", '["rcs_records", "rcs_records"]', "more than once"),
         ("warehouse", "path", "[]", "expected a path"),
         ("warehouse", "spool_dir", "1", "expected a path"),
         ("warehouse", "lock_timeout", '"forever"', "expected a duration like"),

@@ -16,7 +16,6 @@ from rcs_sync.model.responses import Spool
 from rcs_sync.model.streams import RCS_RECORDS
 from rcs_sync.model.windows import Window
 from rcs_sync.warehouse.duckdb_file import Commit, Warehouse
-from rcs_sync.warehouse.loader import SUPERSEDED
 from rcs_sync.warehouse.migrations import MIGRATIONS
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -139,7 +138,9 @@ def test_duplicates_in_one_response_keep_the_most_advanced_state(
     result = load(warehouse, tmp_path, body)
     assert (result.inserted, result.quarantined) == (2, 2)
     assert rows(warehouse, "SELECT id, state FROM rcs_records ORDER BY id") == [(5, 4), (6, 1)]
-    assert rows(warehouse, "SELECT DISTINCT reason FROM rcs_quarantine") == [(SUPERSEDED,)]
+    assert rows(warehouse, "SELECT DISTINCT reason FROM rcs_quarantine") == [
+        ("id: duplicate in response, superseded by another copy",)
+    ]
 
 
 def test_upsert_is_idempotent_and_counts_changes(warehouse: Warehouse, tmp_path: Path) -> None:

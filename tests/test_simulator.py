@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 import requests
 
+from rcs_sim.endpoints import Endpoint
 from rcs_sim.server import RunningSimulator, SimConfig, Simulator
 
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -492,3 +494,77 @@ def test_serve_forever_stops_cleanly_on_sigterm() -> None:
     finally:
         process.kill()
         process.wait()
+
+
+# --- further endpoints from a description ----------------------------------------------
+
+GADGETS = Endpoint(
+    path="/j/gadget_records",
+    key="gid",
+    time="built_at",
+    state="stage",
+    states=(3, 5, 6),
+    fields=(("label", "string"), ("volts", "integer")),
+    records=500,
+    days=2.0,
+)
+
+
+def get_gadgets(rs: RunningSimulator, **params: str) -> requests.Response:
+    window = {"start": iso(START - timedelta(days=3)), "end": iso(START + timedelta(days=1))}
+    return requests.get(
+        f"{rs.base_url}{GADGETS.path}", params={**window, **params}, headers=AUTH, timeout=10
+    )
+
+
+def test_a_described_endpoint_serves_its_own_records_beside_rcs(make_sim: MakeSim) -> None:
+    rs = make_sim(endpoints=(GADGETS,))
+    records = get_gadgets(rs).json()
+    assert len(records) == 500
+    assert [list(r) for r in records[:1]] == [["gid", "label", "volts", "stage", "built_at"]]
+    assert [r["gid"] for r in records] == list(range(1, 501))
+    assert {r["stage"] for r in records} == {3, 5, 6}
+    assert all(r["label"].startswith("label-") and 0 <= r["volts"] < 1000 for r in records)
+    made = [parse_ts(r["built_at"]) for r in records]
+    assert all(START - timedelta(days=2) <= t <= START for t in made)
+    assert all(r["built_at"][-5] == "." for r in records)  # milliseconds, always
+    assert {r["gid"]: r["stage"] for r in records} == rs.sim.endpoint_truth(GADGETS.path)
+    assert len(get(rs).json()) == 2000  # RCS is served as before
+    assert [r.path for r in rs.sim.requests] == [GADGETS.path, "/j/rcs_records"]
+
+
+def test_a_described_endpoint_filters_by_time_and_modified_since(make_sim: MakeSim) -> None:
+    rs = make_sim(endpoints=(GADGETS,))
+    day = {"start": iso(START - timedelta(days=1)), "end": iso(START)}
+    in_day = get_gadgets(rs, **day).json()
+    assert 200 <= len(in_day) <= 300
+    assert all(START - timedelta(days=1) <= parse_ts(r["built_at"]) < START for r in in_day)
+    before = rs.sim.endpoint_truth(GADGETS.path)
+    rs.sim.advance(60)
+    since = iso(rs.sim.now())
+    rs.sim.advance(60)
+    moved = rs.sim.endpoint_mutate(GADGETS.path, 20)
+    after = rs.sim.endpoint_truth(GADGETS.path)
+    assert all(after[k] == GADGETS.states[(GADGETS.states.index(before[k]) + 1) % 3] for k in moved)
+    changed = get_gadgets(rs, modified_since=since).json()
+    assert {r["gid"]: r["stage"] for r in changed} == {k: after[k] for k in moved}
+
+
+@pytest.mark.parametrize(
+    ("params", "status"),
+    [({"team": "1"}, 400), ({"include": "content_message"}, 400), ({"start": ""}, 400)],
+)
+def test_a_described_endpoint_refuses_what_it_does_not_take(
+    make_sim: MakeSim, params: dict[str, str], status: int
+) -> None:
+    rs = make_sim(endpoints=(GADGETS,))
+    assert get_gadgets(rs, **params).status_code == status
+    missing_token = requests.get(f"{rs.base_url}{GADGETS.path}", timeout=10)
+    assert missing_token.status_code == 403
+
+
+def test_endpoint_descriptions_are_checked() -> None:
+    with pytest.raises(ValueError, match="path of its own"):
+        Simulator(SimConfig(records=10, endpoints=(GADGETS, GADGETS)))
+    with pytest.raises(ValueError, match="field names must differ"):
+        Simulator(SimConfig(records=10, endpoints=(replace(GADGETS, state="gid"),)))

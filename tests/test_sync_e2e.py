@@ -262,7 +262,13 @@ def test_status_reports_checkpoints_windows_and_runs(site: SiteFactory) -> None:
     s.ok("sync")
     s.ok("sync")
     report = json.loads(s.ok("status", "--json").stdout)
-    assert report["records"] == len(s.sim.sim.truth())
+    truth = s.sim.sim.truth()
+    assert report["records"] == len(truth)
+    [counts] = report["streams"]
+    assert counts["stream"] == "rcs_records"
+    assert counts["records"] == len(truth) and counts["quarantined"] == 0
+    meanings = ["sent", "delivered", "failed", "rejected", "read"]
+    assert counts["states"] == {m: list(truth.values()).count(i) for i, m in enumerate(meanings)}
     [scope] = report["scopes"]
     assert scope["scope"] == "all"
     assert scope["checkpoint_age_s"] >= 0
@@ -292,3 +298,14 @@ def test_config_errors_exit_2_naming_the_key(site: SiteFactory) -> None:
     bad_cli = s.run("backfill", "--start", "yesterday", "--end", "2026-01-01")
     assert bad_cli.returncode == 2
     assert "Traceback" not in bad_cli.stderr
+
+
+def test_an_unknown_stream_is_a_config_error_naming_the_key(site: SiteFactory) -> None:
+    s = site(records=10)
+    s.write_config(sync={"streams": ["teams"]})
+    result = s.run("sync")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "rcs-sync: config: [sync] streams: unknown stream 'teams'; known: rcs_records"
+    )
+    assert not s.db.exists()

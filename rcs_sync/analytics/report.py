@@ -1,7 +1,9 @@
 """`rcs-sync report`: messages, outcomes and rates per day, campaign or team.
 
-Everything is read from the `rcs_rates_daily` view, so the report, the chart and an
-analyst's own SQL share one definition of the counts (README, "Analytics"). Per
+Everything is read from a stream's daily rates view (its declaration's `rates_view`:
+`rcs_rates_daily` for RCS), so the report, the chart and an analyst's own SQL share one
+definition of the counts (README, "Analytics"). The report covers the first stream of
+`[sync] streams` that has one. Per
 campaign or team, the view's daily counts are summed and the rates computed from the
 sums: averaging daily rates would weigh a 10-message day like a 10,000-message one.
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import date, datetime
@@ -27,13 +29,15 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from rcs_sync.config import WarehouseSettings
+from rcs_sync.config import ConfigError, WarehouseSettings
 from rcs_sync.model.durations import format_instant
 from rcs_sync.model.errors import WarehouseUnavailable
+from rcs_sync.model.streams import Stream, named
 from rcs_sync.warehouse.duckdb_file import Warehouse
+from rcs_sync.warehouse.validation import quote
 
 GROUPINGS = ("day", "campaign", "team")
-"""What a report row can stand for; each is a column of `rcs_rates_daily`."""
+"""What a report row can stand for; each is a column of the rates view."""
 COUNTS = ("messages", "delivered", "read", "failed", "pending")
 RATES = ("delivery_rate", "read_rate")
 PIPED_WIDTH = 160
@@ -48,7 +52,7 @@ SELECT {key} AS key, grouping({key}) = 1 AS is_total,
        coalesce(sum(pending), 0)::BIGINT AS pending,
        sum(delivered) / nullif(sum(delivered) + sum(failed), 0) AS delivery_rate,
        sum("read") / nullif(sum(delivered), 0) AS read_rate
-FROM rcs_rates_daily
+FROM {view}
 WHERE {where}
 GROUP BY ROLLUP ({key})
 ORDER BY is_total, key NULLS LAST
@@ -144,17 +148,28 @@ def _time_zone(con: duckdb.DuckDBPyConnection, name: str) -> str:
     return str(row[0])
 
 
-def build(settings: WarehouseSettings, selection: Selection, *, daily: bool = False) -> Report:
-    """Run the report's query against the snapshot, or the live file when there is none;
-    with `daily`, also the per-day rows a chart needs."""
-    with _open(settings) as (con, source):
+def reported(names: Sequence[str]) -> Stream:
+    """The stream the report covers: the first of `names` with a rates view."""
+    for name in names:
+        stream = named(name)
+        if stream.rates_view is not None:
+            return stream
+    raise ConfigError("[sync] streams", "no stream listed has delivery and read rates to report")
+
+
+def build(
+    settings: WarehouseSettings, selection: Selection, *, stream: Stream, daily: bool = False
+) -> Report:
+    """Run the report's query over `stream`'s rates against the snapshot, or the live
+    file when there is none; with `daily`, also the per-day rows a chart needs."""
+    with _open(settings, stream) as (con, source):
         # SET takes no parameters; only a name listed by pg_timezone_names() gets here.
         con.execute(f"SET TimeZone = '{_time_zone(con, selection.time_zone)}'")
         try:
-            *rows, total = _rows(con, selection, selection.by)
+            *rows, total = _rows(con, stream, selection, selection.by)
             days = None
             if daily:
-                days = rows if selection.by == "day" else _rows(con, selection, "day")[:-1]
+                days = rows if selection.by == "day" else _rows(con, stream, selection, "day")[:-1]
         except duckdb.CatalogException:
             raise WarehouseUnavailable(
                 f"{source.path} has no analytics views yet: run `rcs-sync migrate`"
@@ -163,7 +178,9 @@ def build(settings: WarehouseSettings, selection: Selection, *, daily: bool = Fa
 
 
 @contextmanager
-def _open(settings: WarehouseSettings) -> Iterator[tuple[duckdb.DuckDBPyConnection, Source]]:
+def _open(
+    settings: WarehouseSettings, stream: Stream
+) -> Iterator[tuple[duckdb.DuckDBPyConnection, Source]]:
     snapshot = settings.snapshot_file.exists()
     warehouse = Warehouse(
         settings.snapshot_file if snapshot else settings.path,
@@ -171,20 +188,25 @@ def _open(settings: WarehouseSettings) -> Iterator[tuple[duckdb.DuckDBPyConnecti
         memory_limit=settings.memory_limit,
         threads=settings.threads,
     )
-    freshness = (
-        "SELECT max(as_of) FROM snapshot_info"
+    freshness, params = (
+        ("SELECT max(as_of) FROM snapshot_info", [])
         if snapshot
-        else "SELECT max(finished_at) FROM sync_runs WHERE status = 'ok'"
+        else (
+            "SELECT max(finished_at) FROM sync_runs WHERE status = 'ok' AND stream = ?",
+            [stream.name],
+        )
     )
     with warehouse.connect(read_only=True) as con:
         try:
-            found = con.execute(freshness).fetchone()
+            found = con.execute(freshness, params).fetchone()
         except duckdb.CatalogException:
             found = None
         yield con, Source(warehouse.path, snapshot, found[0] if found else None)
 
 
-def _rows(con: duckdb.DuckDBPyConnection, selection: Selection, by: str) -> list[Row]:
+def _rows(
+    con: duckdb.DuckDBPyConnection, stream: Stream, selection: Selection, by: str
+) -> list[Row]:
     """Rows for each `by` key in the selection, then the total row."""
     where, params = ["true"], []
     for clause, value in (
@@ -195,7 +217,8 @@ def _rows(con: duckdb.DuckDBPyConnection, selection: Selection, by: str) -> list
         if value is not None:
             where.append(clause)
             params.append(value)
-    sql = _QUERY.format(key=by, where=" AND ".join(where))
+    assert stream.rates_view is not None
+    sql = _QUERY.format(key=by, view=quote(stream.rates_view), where=" AND ".join(where))
     return [Row(key, *values) for key, _, *values in con.execute(sql, params).fetchall()]
 
 

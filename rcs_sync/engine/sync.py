@@ -297,7 +297,7 @@ class Syncer:
             params["modified_since"] = format_instant(ctx.modified_since)
         if ctx.scope.team is not None:
             params["team"] = str(ctx.scope.team)
-        if self.options.include_optional:
+        if self.options.include_optional and self.stream.optional_fields:
             params["include"] = ",".join(f.name for f in self.stream.optional_fields)
 
         def consume(response: Response) -> LoadResult:
@@ -369,8 +369,9 @@ class Syncer:
 
 @dataclass(frozen=True)
 class ScopeOutcome:
-    """How one scope's pass ended."""
+    """How one (stream, scope) pass ended."""
 
+    stream: Stream
     scope: Scope
     outcome: Outcome
     result: PassResult | None = None
@@ -385,15 +386,25 @@ def sync_all(syncer: Syncer, scopes: list[Scope]) -> list[ScopeOutcome]:
         try:
             result = syncer.sync(scope)
         except Stopped as exc:
-            outcomes.append(ScopeOutcome(scope, "stopped", error=exc))
+            outcomes.append(ScopeOutcome(syncer.stream, scope, "stopped", error=exc))
             break
         except RcsSyncError as exc:
             if exc.kind in ("auth", "config"):
                 log.error("token_rejected", scope=scope.key, error=str(exc))
-                outcomes.append(ScopeOutcome(scope, "auth_failed", error=exc))
+                outcomes.append(ScopeOutcome(syncer.stream, scope, "auth_failed", error=exc))
                 break
             log.error("pass_failed", scope=scope.key, kind=exc.kind, error=str(exc))
-            outcomes.append(ScopeOutcome(scope, "failed", error=exc))
+            outcomes.append(ScopeOutcome(syncer.stream, scope, "failed", error=exc))
             continue
-        outcomes.append(ScopeOutcome(scope, "ok", result=result))
+        outcomes.append(ScopeOutcome(syncer.stream, scope, "ok", result=result))
+    return outcomes
+
+
+def sync_streams(syncers: list[Syncer], scopes: list[Scope]) -> list[ScopeOutcome]:
+    """`sync_all` for each stream in turn; a refused token or a stop ends them all."""
+    outcomes: list[ScopeOutcome] = []
+    for syncer in syncers:
+        outcomes += sync_all(syncer, scopes)
+        if outcomes and outcomes[-1].outcome in ("auth_failed", "stopped"):
+            break
     return outcomes

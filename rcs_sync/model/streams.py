@@ -1,13 +1,16 @@
-"""Declarations of the provider's record endpoints.
+"""Declarations of the provider's record endpoints, and the registry naming them.
 
-A stream is data, not code: the fetch, validation and load machinery is shared and
-driven entirely by these declarations, so adding `/j/text_records` is one more
-`Stream(...)` plus a migration creating its tables.
+A stream is data, not code: the fetch, validation, load, table creation, status and
+snapshot machinery is shared and driven entirely by these declarations, so adding
+`/j/text_records` is one more registered `Stream(...)`; the warehouse creates its
+tables from it (`warehouse/tables.py`) and `[sync] streams` can then name it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Literal
 
 Kind = Literal["integer", "string", "timestamp"]
@@ -34,6 +37,9 @@ class History:
     initial: int = 0
     """A record first seen in this state was observed at its own `time` field."""
     time: str = "timestamp"
+    meanings: Mapping[int, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    """What each value of `state` means (status counts records by it); its keys are the
+    values the state field allows."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,32 @@ class Stream:
     """Fields holding personal data: stored as `[warehouse] number` says (privacy.py)."""
     history: History | None = None
     """Where each first-seen state and each state change is appended, if anywhere."""
+    rates_view: str | None = None
+    """The view of daily delivery and read rates `rcs-sync report` reads, if any."""
+
+    def __post_init__(self) -> None:
+        """A declaration that contradicts itself fails at import, not in the middle of a pass."""
+        names = [f.name for f in self.all_fields()]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stream {self.name}: a field is declared twice")
+        if not self.field_named(self.key).required:
+            raise ValueError(f"stream {self.name}: the key {self.key} must be a required field")
+        history = self.history
+        if history is not None:
+            self.field_named(history.time)
+            allowed = self.field_named(history.state).allowed
+            if history.meanings and set(history.meanings) != set(allowed or ()):
+                raise ValueError(
+                    f"stream {self.name}: the meanings of {history.state} must cover exactly "
+                    "the values it allows"
+                )
+
+    def field_named(self, name: str) -> Field:
+        """The declared field `name` (KeyError if there is none)."""
+        for f in self.all_fields():
+            if f.name == name:
+                return f
+        raise KeyError(f"stream {self.name} declares no field {name!r}")
 
     def field_names(self, *, include_optional: bool) -> tuple[str, ...]:
         fields = self.fields + (self.optional_fields if include_optional else ())
@@ -64,29 +96,56 @@ class Stream:
         return self.fields + self.optional_fields
 
 
-RCS_STATES = {0: "sent", 1: "delivered", 2: "failed", 3: "rejected", 4: "read"}
+_REGISTRY: dict[str, Stream] = {}
 
-RCS_RECORDS = Stream(
-    name="rcs_records",
-    path="/j/rcs_records",
-    table="rcs_records",
-    quarantine_table="rcs_quarantine",
-    fields=(
-        Field("id", "integer", "BIGINT", required=True, minimum=1),
-        Field("campaign", "integer", "BIGINT"),
-        Field("job", "integer", "BIGINT"),
-        Field("team", "integer", "BIGINT"),
-        Field("number", "string", "VARCHAR"),
-        Field("reference", "string", "VARCHAR"),
-        Field("portal", "string", "VARCHAR"),
-        Field("state", "integer", "UTINYINT", required=True, allowed=tuple(RCS_STATES)),
-        Field("timestamp", "timestamp", "TIMESTAMPTZ", required=True),
-    ),
-    optional_fields=(Field("content_message", "string", "VARCHAR"),),
-    precedence="CASE state WHEN 4 THEN 3 WHEN 2 THEN 2 WHEN 3 THEN 2 WHEN 1 THEN 1 ELSE 0 END",
-    personal=("number",),
-    history=History("rcs_state_changes"),
+
+def register(stream: Stream) -> Stream:
+    """Make `stream` known by its name to `[sync] streams`, the warehouse and status: the
+    declarations below, and any a test adds before it starts the CLI."""
+    known = _REGISTRY.setdefault(stream.name, stream)
+    if known != stream:
+        raise ValueError(f"another stream is already registered as {stream.name!r}")
+    return stream
+
+
+def registered() -> tuple[Stream, ...]:
+    """Every registered stream, in the order of registration."""
+    return tuple(_REGISTRY.values())
+
+
+def named(name: str) -> Stream:
+    """The registered stream `name` (KeyError if there is none)."""
+    return _REGISTRY[name]
+
+
+RCS_RECORDS = register(
+    Stream(
+        name="rcs_records",
+        path="/j/rcs_records",
+        table="rcs_records",
+        quarantine_table="rcs_quarantine",
+        fields=(
+            Field("id", "integer", "BIGINT", required=True, minimum=1),
+            Field("campaign", "integer", "BIGINT"),
+            Field("job", "integer", "BIGINT"),
+            Field("team", "integer", "BIGINT"),
+            Field("number", "string", "VARCHAR"),
+            Field("reference", "string", "VARCHAR"),
+            Field("portal", "string", "VARCHAR"),
+            Field("state", "integer", "UTINYINT", required=True, allowed=(0, 1, 2, 3, 4)),
+            Field("timestamp", "timestamp", "TIMESTAMPTZ", required=True),
+        ),
+        optional_fields=(Field("content_message", "string", "VARCHAR"),),
+        precedence=(
+            "CASE state WHEN 4 THEN 3 WHEN 2 THEN 2 WHEN 3 THEN 2 WHEN 1 THEN 1 ELSE 0 END"
+        ),
+        personal=("number",),
+        history=History(
+            "rcs_state_changes",
+            meanings=MappingProxyType(
+                {0: "sent", 1: "delivered", 2: "failed", 3: "rejected", 4: "read"}
+            ),
+        ),
+        rates_view="rcs_rates_daily",
+    )
 )
-
-STREAMS = (RCS_RECORDS,)
-"""Every stream the warehouse holds."""

@@ -29,11 +29,12 @@ from tenacity import (
 from rcs_sync.logs import redact
 from rcs_sync.model.errors import Stopped, WarehouseLocked, WarehouseUnavailable, error_kind
 from rcs_sync.model.responses import Spool
-from rcs_sync.model.streams import Stream
+from rcs_sync.model.streams import Stream, registered
 from rcs_sync.model.windows import Fetch, Split, Window
 from rcs_sync.warehouse.loader import LoadResult, apply, stage
 from rcs_sync.warehouse.migrations import MIGRATIONS
 from rcs_sync.warehouse.privacy import PLAIN, Privacy
+from rcs_sync.warehouse.tables import REGISTRY_DDL, ensure
 
 log = structlog.get_logger(__name__)
 
@@ -72,8 +73,11 @@ class Warehouse:
         memory_limit: str = "400MB",
         threads: int = 2,
         stop: threading.Event | None = None,
+        streams: Sequence[Stream] | None = None,
     ) -> None:
         self.path = path
+        self.streams = tuple(registered() if streams is None else streams)
+        """The streams whose tables `migrate` provides (default: every registered one)."""
         self._lock_timeout = lock_timeout
         self._config: dict[str, str | int] = {"memory_limit": memory_limit, "threads": threads}
         self._stop = stop or threading.Event()
@@ -178,7 +182,8 @@ class Warehouse:
             raise Stopped("stop requested")
 
     def migrate(self) -> list[int]:
-        """Apply pending migrations, each in its own transaction; return those applied."""
+        """Apply pending migrations, each in its own transaction, then provide the tables
+        of streams not yet recorded (`tables.ensure`); return the migrations applied."""
         applied: list[int] = []
         with self.connect() as con:
             con.execute(
@@ -203,7 +208,22 @@ class Warehouse:
                     raise WarehouseUnavailable(f"migration {version} failed: {exc}") from None
                 applied.append(version)
                 log.info("migration_applied", version=version, name=name)
+            self._ensure_streams(con)
         return applied
+
+    def _ensure_streams(self, con: duckdb.DuckDBPyConnection) -> None:
+        con.execute(REGISTRY_DDL)
+        done = {str(r[0]) for r in con.execute("SELECT stream FROM schema_streams").fetchall()}
+        for stream in self.streams:
+            if stream.name in done:
+                continue
+            try:
+                with _transaction(con, self.path):
+                    ensure(con, stream, datetime.now(UTC))
+            except duckdb.Error as exc:
+                raise WarehouseUnavailable(
+                    f"creating the tables of stream {stream.name} failed: {exc}"
+                ) from None
 
     def start_run(self, stream: Stream, scope: str, command: str, mode: str) -> int:
         with self.connect() as con:

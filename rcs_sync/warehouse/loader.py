@@ -40,7 +40,6 @@ complete record (one record larger than `bodies.SAMPLE_BYTES`)."""
 
 REFUSED = (duckdb.InvalidInputException, duckdb.ConversionException)
 """What DuckDB raises for a body it cannot read as records of the declared shape."""
-SUPERSEDED = "id: duplicate in response, superseded by another copy"
 WITHHELD = '"withheld: the record could not be parsed and may hold personal data"'
 """The raw JSON kept for an unparseable record when personal data must not be stored."""
 
@@ -286,11 +285,16 @@ def _drop_duplicates(
         SELECT ?, {key}::VARCHAR, ?, {raw_expr(names)}, ?
         FROM _batch WHERE rowid IN (SELECT rid FROM _losers)
         """,
-        [run_id, SUPERSEDED, now],
+        [run_id, superseded(stream), now],
     )
     con.execute("DELETE FROM _batch WHERE rowid IN (SELECT rid FROM _losers)")
     con.execute("DROP TABLE _losers")
     return int(row[0])
+
+
+def superseded(stream: Stream) -> str:
+    """The quarantine reason of a copy `_drop_duplicates` did not keep."""
+    return f"{stream.key}: duplicate in response, superseded by another copy"
 
 
 def _written(stream: Stream, *, include_optional: bool) -> list[str]:

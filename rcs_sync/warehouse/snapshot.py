@@ -14,10 +14,10 @@ lacks are written, in one transaction:
 - a table with a primary key and an `updated_at` column (the record tables: every
   insert and change sets `updated_at`) gives the rows changed since the spare's
   previous refresh (`snapshot_info.as_of` minus `OVERLAP`) without reading the rest;
-- the bookkeeping tables and the logs (keyless, only ever appended to, like
-  `rcs_state_changes`, which grows with every record) are read likewise through a
-  condition their changed rows meet (`CHANGED`); a log whose row count is unchanged
-  has nothing new;
+- the bookkeeping tables and the logs (keyless, only ever appended to, like a stream's
+  history table, which grows with every record) are read likewise through a condition
+  their changed rows meet (`CHANGED`, and for the warehouse's streams their quarantine
+  and history tables); a log whose row count is unchanged has nothing new;
 - any other table is compared with the spare's copy in full.
 
 A *full* refresh, a byte copy of the warehouse file (and its WAL), replaces the spare
@@ -60,7 +60,7 @@ import duckdb
 import structlog
 
 from rcs_sync.model.errors import WarehouseUnavailable
-from rcs_sync.model.streams import STREAMS
+from rcs_sync.model.streams import Stream
 from rcs_sync.warehouse.duckdb_file import Warehouse
 from rcs_sync.warehouse.validation import quote
 
@@ -75,17 +75,18 @@ writer's clock lagged a little; copying a row twice is harmless."""
 TRACKED = "updated_at"
 CHANGED: Mapping[str, str] = MappingProxyType(
     {
-        "rcs_quarantine": "quarantined_at >= $since",
         "sync_windows": "completed_at >= $since",
         "sync_splits": "recorded_at >= $since",
         "sync_runs": "started_at >= $since OR finished_at IS NULL OR finished_at >= $since",
+        "schema_streams": "applied_at >= $since",
     }
 )
 """For tables without `updated_at`, a condition every row added or changed since
-`$since` meets (our clock stamps them; a run's row changes only while it runs). A
-stream's history table (`rcs_state_changes`) has one too: its rows are written with
-their record's upsert, which sets the record's `updated_at`. A row a refresh misses
-leaves the row counts different, which forces a full copy."""
+`$since` meets (our clock stamps them; a run's row changes only while it runs). Each
+stream's quarantine table has one (`QUARANTINED`), and so has its history table: its
+rows are written with their record's upsert, which sets the record's `updated_at`. A
+row a refresh misses leaves the row counts different, which forces a full copy."""
+QUARANTINED = "quarantined_at >= $since"
 SNAP = "_rcs_snapshot"
 """Alias of the generation attached to the connection reading the warehouse."""
 
@@ -125,7 +126,7 @@ def publish_from(warehouse: Warehouse, snapshot: Path) -> SnapshotResult:
         current = store.current()
         generation = None
         for spare in store.spares(current):
-            reason = _refresh(con, spare, as_of)
+            reason = _refresh(con, spare, as_of, warehouse.streams)
             if reason is None:
                 generation = spare
                 break
@@ -189,14 +190,16 @@ class _Generations:
                 generation.unlink()
 
 
-def _refresh(con: duckdb.DuckDBPyConnection, generation: Path, as_of: datetime) -> str | None:
+def _refresh(
+    con: duckdb.DuckDBPyConnection, generation: Path, as_of: datetime, streams: tuple[Stream, ...]
+) -> str | None:
     """Bring a spare generation up to date in place; else say why it cannot be."""
     try:
         con.execute(f"ATTACH ? AS {SNAP} (READ_WRITE)", [str(generation)])
     except duckdb.Error as exc:
         return f"cannot open it (held by a reader?): {exc}"
     try:
-        reason = _update(con, as_of)
+        reason = _update(con, as_of, streams)
         if reason is None:
             con.execute(f"CHECKPOINT {SNAP}")
     finally:
@@ -206,7 +209,9 @@ def _refresh(con: duckdb.DuckDBPyConnection, generation: Path, as_of: datetime) 
     return reason
 
 
-def _update(con: duckdb.DuckDBPyConnection, as_of: datetime) -> str | None:
+def _update(
+    con: duckdb.DuckDBPyConnection, as_of: datetime, streams: tuple[Stream, ...]
+) -> str | None:
     """Refresh the attached spare in one transaction; else say why only a copy will do."""
     source = _one(con, "SELECT current_database()")
     if not _same_schema(con, source):
@@ -214,7 +219,7 @@ def _update(con: duckdb.DuckDBPyConnection, as_of: datetime) -> str | None:
     since: datetime = _one(con, f"SELECT as_of FROM {SNAP}.main.{INFO_TABLE}")
     if since > as_of:
         return "the clock went backwards"
-    tables = _tables(con, source)
+    tables = _tables(con, source, streams)
     con.execute("BEGIN TRANSACTION")
     try:
         for table in tables:
@@ -309,7 +314,9 @@ class _Table:
         con.execute(f"INSERT INTO {target} FROM _new")
 
 
-def _tables(con: duckdb.DuckDBPyConnection, database: str) -> list[_Table]:
+def _tables(
+    con: duckdb.DuckDBPyConnection, database: str, streams: tuple[Stream, ...]
+) -> list[_Table]:
     rows = con.execute(
         """
         SELECT schema_name, table_name, coalesce(k.constraint_column_names, []),
@@ -331,18 +338,20 @@ def _tables(con: duckdb.DuckDBPyConnection, database: str) -> list[_Table]:
             schema,
             name,
             tuple(key),
-            f"{TRACKED} >= $since" if key and tracked else _changed_since(name, database),
+            f"{TRACKED} >= $since" if key and tracked else _changed_since(name, database, streams),
         )
         for schema, name, key, tracked in rows
     ]
 
 
-def _changed_since(table: str, database: str) -> str | None:
+def _changed_since(table: str, database: str, streams: tuple[Stream, ...]) -> str | None:
     """The `recent` condition of a table without `updated_at`, if it has one; about
     either copy (a history table's refers to the warehouse `database`'s records)."""
     if table in CHANGED:
         return CHANGED[table]
-    for stream in STREAMS:
+    for stream in streams:
+        if stream.quarantine_table == table:
+            return QUARANTINED
         if stream.history is not None and stream.history.table == table:
             key = quote(stream.key)
             records = f"{quote(database)}.main.{quote(stream.table)}"

@@ -9,10 +9,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import duckdb
+
 from rcs_sync.model.durations import format_duration, format_instant
 from rcs_sync.model.health import Health, ScopeRuns, evaluate
+from rcs_sync.model.streams import Stream
 from rcs_sync.model.windows import Window, merge
 from rcs_sync.warehouse.duckdb_file import Warehouse
+from rcs_sync.warehouse.validation import quote
 
 RUNS_SHOWN = 5
 RUN_COLUMNS = (
@@ -43,8 +47,14 @@ def collect(
     scope_runs: list[ScopeRuns] = []
     with warehouse.connect(read_only=True) as con:
         version = con.execute("SELECT max(version) FROM schema_migrations").fetchone()
-        records = con.execute("SELECT count(*) FROM rcs_records").fetchone()
-        quarantined = con.execute("SELECT count(*) FROM rcs_quarantine").fetchone()
+        present = {
+            str(r[0])
+            for r in con.execute(
+                "SELECT table_name FROM duckdb_tables() "
+                "WHERE database_name = current_database() AND schema_name = 'main'"
+            ).fetchall()
+        }
+        streams = [_stream_counts(con, stream, present) for stream in warehouse.streams]
         scopes = con.execute(
             "SELECT stream, scope FROM sync_checkpoints UNION SELECT stream, scope FROM sync_runs "
             "UNION SELECT stream, scope FROM sync_windows ORDER BY ALL"
@@ -96,15 +106,43 @@ def collect(
                 }
             )
     verdict: Health = evaluate(scope_runs, interval, now)
+    first = streams[0] if streams else {}
     return {
         "healthy": verdict.healthy,
         "problems": verdict.reasons,
         "warehouse": str(warehouse.path),
         "schema_version": version[0] if version else None,
-        "records": records[0] if records else 0,
-        "quarantined": quarantined[0] if quarantined else 0,
+        "records": first.get("records") or 0,
+        "quarantined": first.get("quarantined") or 0,
         "scopes": entries,
+        "streams": streams,
     }
+
+
+def _stream_counts(
+    con: duckdb.DuckDBPyConnection, stream: Stream, present: set[str]
+) -> dict[str, Any]:
+    """A stream's records, quarantined records and records per state meaning; None
+    counts for a stream whose tables the next migration creates."""
+    counts: dict[str, Any] = {"stream": stream.name, "records": None, "quarantined": None}
+    meanings = stream.history.meanings if stream.history else {}
+    counts["states"] = dict.fromkeys(meanings.values(), 0) if meanings else {}
+    if stream.table not in present or stream.quarantine_table not in present:
+        return counts
+    counts["records"] = _count(con, stream.table)
+    counts["quarantined"] = _count(con, stream.quarantine_table)
+    if stream.history is not None and meanings:
+        state = quote(stream.history.state)
+        rows = con.execute(
+            f"SELECT {state}, count(*) FROM {quote(stream.table)} GROUP BY ALL"
+        ).fetchall()
+        counts["states"].update({meanings[value]: n for value, n in rows if value in meanings})
+    return counts
+
+
+def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:
+    row = con.execute(f"SELECT count(*) FROM {quote(table)}").fetchone()
+    return int(row[0]) if row else 0
 
 
 def render(report: dict[str, Any]) -> str:
@@ -115,6 +153,14 @@ def render(report: dict[str, Any]) -> str:
         f"warehouse {report['warehouse']} (schema v{report['schema_version']}): "
         f"{report['records']} records, {report['quarantined']} quarantined",
     ]
+    if len(report["streams"]) > 1:
+        lines[1] = f"warehouse {report['warehouse']} (schema v{report['schema_version']})"
+        for counts in report["streams"]:
+            states = ", ".join(f"{n} {meaning}" for meaning, n in counts["states"].items())
+            lines.append(
+                f"{counts['stream']}: {counts['records'] or 0} records, "
+                f"{counts['quarantined'] or 0} quarantined" + (f" ({states})" if states else "")
+            )
     for entry in report["scopes"]:
         age = entry["checkpoint_age_s"]
         shown_age = (
