@@ -28,9 +28,10 @@ import duckdb
 
 from bench import RUNS, banner, median, report
 from rcs_sync.logs import configure_logging
+from rcs_sync.model.commits import Commit
 from rcs_sync.model.responses import Spool
 from rcs_sync.model.streams import RCS_RECORDS
-from rcs_sync.warehouse.duckdb_file import Commit, Warehouse
+from rcs_sync.warehouse.duckdb_file import Warehouse
 from rcs_sync.warehouse.snapshot import publish
 
 T = TypeVar("T")

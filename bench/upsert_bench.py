@@ -29,9 +29,10 @@ import duckdb
 
 from bench import RUNS, banner, median, report
 from rcs_sync.logs import configure_logging
+from rcs_sync.model.commits import Commit
 from rcs_sync.model.responses import Spool
 from rcs_sync.model.streams import RCS_RECORDS
-from rcs_sync.warehouse.duckdb_file import Commit, Warehouse
+from rcs_sync.warehouse.duckdb_file import Warehouse
 
 BATCH = int(os.environ.get("BENCH_UPSERT_RECORDS", "100000"))
 SIZES = tuple(int(n) for n in os.environ.get("BENCH_UPSERT_SIZES", "1000000,20000000").split(","))

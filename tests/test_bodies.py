@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
+from rcs_sync.model.commits import Commit, LoadResult
 from rcs_sync.model.responses import Spool
 from rcs_sync.model.streams import RCS_RECORDS
 from rcs_sync.model.windows import Window
 from rcs_sync.warehouse.bodies import sanitize_body
-from rcs_sync.warehouse.duckdb_file import Commit, Warehouse
-from rcs_sync.warehouse.loader import LoadResult
+from rcs_sync.warehouse.duckdb_file import Warehouse
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 WINDOW = Window(T0, datetime(2026, 3, 2, tzinfo=UTC))

@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 
+from rcs_sync.model.commits import Commit
 from rcs_sync.model.errors import BadBody, SuspectedTruncation
 from rcs_sync.model.responses import Spool
 from rcs_sync.model.streams import RCS_RECORDS
 from rcs_sync.model.windows import Window
-from rcs_sync.warehouse.duckdb_file import Commit, Warehouse
+from rcs_sync.warehouse.duckdb_file import Warehouse
 from rcs_sync.warehouse.migrations import MIGRATIONS
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)

@@ -18,11 +18,12 @@ from typing import Any
 import duckdb
 import pytest
 
+from rcs_sync.model.commits import Commit
 from rcs_sync.model.errors import WarehouseUnavailable
 from rcs_sync.model.responses import Spool
 from rcs_sync.model.streams import RCS_RECORDS
 from rcs_sync.warehouse import snapshot as snapshot_module
-from rcs_sync.warehouse.duckdb_file import Commit, Warehouse
+from rcs_sync.warehouse.duckdb_file import Warehouse
 from rcs_sync.warehouse.snapshot import INFO_TABLE, SnapshotResult, publish
 
 READER = """

@@ -11,10 +11,11 @@ from typing import Any
 import duckdb
 import pytest
 
+from rcs_sync.model.commits import Commit
 from rcs_sync.model.errors import WarehouseUnavailable
 from rcs_sync.model.responses import Spool
 from rcs_sync.model.streams import RCS_RECORDS, Field, History, Stream, register, registered
-from rcs_sync.warehouse.duckdb_file import Commit, Warehouse
+from rcs_sync.warehouse.duckdb_file import Warehouse
 from rcs_sync.warehouse.migrations import MIGRATIONS
 from rcs_sync.warehouse.tables import stream_tables
 from tests.widget_stream import WIDGETS

@@ -17,6 +17,8 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from rcs_sync.engine.source import Source
+from rcs_sync.engine.store import Store
+from rcs_sync.model.commits import Commit, LoadResult
 from rcs_sync.model.durations import format_instant
 from rcs_sync.model.errors import ApiUnavailable, RcsSyncError, Stopped, SuspectedTruncation
 from rcs_sync.model.events import Outcome, Planned, Progress, Summary, WindowLoaded
@@ -34,8 +36,6 @@ from rcs_sync.model.windows import (
     plan_pass,
     plan_windows,
 )
-from rcs_sync.warehouse.duckdb_file import Commit, Warehouse
-from rcs_sync.warehouse.loader import LoadResult
 from rcs_sync.warehouse.privacy import PLAIN, Privacy
 
 log = structlog.get_logger(__name__)
@@ -157,7 +157,7 @@ class Syncer:
         self,
         stream: Stream,
         api: Source,
-        warehouse: Warehouse,
+        warehouse: Store,
         options: Options,
         *,
         listener: Listener | None = None,

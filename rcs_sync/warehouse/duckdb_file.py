@@ -12,7 +12,6 @@ import re
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,11 +26,12 @@ from tenacity import (
 )
 
 from rcs_sync.logs import redact
+from rcs_sync.model.commits import Commit, LoadResult
 from rcs_sync.model.errors import Stopped, WarehouseLocked, WarehouseUnavailable, error_kind
 from rcs_sync.model.responses import Spool
 from rcs_sync.model.streams import Stream, registered
 from rcs_sync.model.windows import Fetch, Split, Window
-from rcs_sync.warehouse.loader import LoadResult, apply, stage
+from rcs_sync.warehouse.loader import apply, stage
 from rcs_sync.warehouse.migrations import MIGRATIONS
 from rcs_sync.warehouse.privacy import PLAIN, Privacy
 from rcs_sync.warehouse.tables import REGISTRY_DDL, ensure
@@ -48,20 +48,6 @@ class _LockConflict(Exception):
 
 def _is_lock_conflict(exc: BaseException) -> bool:
     return isinstance(exc, _LockConflict)
-
-
-@dataclass(frozen=True)
-class Commit:
-    """Bookkeeping written in the same transaction as a batch of records."""
-
-    stream: Stream
-    scope: str
-    run_id: int
-    fetched_at: datetime
-    window: Window | None = None
-    """Set for full-window reads: recorded as completed, so a rerun skips it."""
-    checkpoint: datetime | None = None
-    """Set when this batch completes a pass: the checkpoint it earns."""
 
 
 class Warehouse:

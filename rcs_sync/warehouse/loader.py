@@ -19,6 +19,7 @@ from pathlib import Path
 
 import duckdb
 
+from rcs_sync.model.commits import LoadResult
 from rcs_sync.model.errors import SuspectedTruncation
 from rcs_sync.model.responses import Spool
 from rcs_sync.model.streams import Stream
@@ -42,14 +43,6 @@ REFUSED = (duckdb.InvalidInputException, duckdb.ConversionException)
 """What DuckDB raises for a body it cannot read as records of the declared shape."""
 WITHHELD = '"withheld: the record could not be parsed and may hold personal data"'
 """The raw JSON kept for an unparseable record when personal data must not be stored."""
-
-
-@dataclass(frozen=True)
-class LoadResult:
-    received: int
-    inserted: int
-    updated: int
-    quarantined: int
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,32 @@
+"""The engine ↔ warehouse hand-over: what a loaded batch is committed with, and what the
+load did. Shared types, so an engine and any warehouse backend speak the same terms."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from rcs_sync.model.streams import Stream
+from rcs_sync.model.windows import Window
+
+
+@dataclass(frozen=True)
+class Commit:
+    """Bookkeeping written in the same transaction as a batch of records."""
+
+    stream: Stream
+    scope: str
+    run_id: int
+    fetched_at: datetime
+    window: Window | None = None
+    """Set for full-window reads: recorded as completed, so a rerun skips it."""
+    checkpoint: datetime | None = None
+    """Set when this batch completes a pass: the checkpoint it earns."""
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    received: int
+    inserted: int
+    updated: int
+    quarantined: int
