@@ -1,33 +1,54 @@
 """The monitoring in deploy/, checked with Prometheus' own tool against a real daemon.
 
 promtool (Debian's prometheus package; CI installs it) checks and unit-tests the alert
-rules and lints a live `/metrics` scrape of `rcs-sync run` after a pass against the
-simulator. Every metric name the rules and their unit tests use must appear in that
-scrape.
+rules, lints a live `/metrics` scrape of `rcs-sync run` after a pass against the
+simulator, and parses the Grafana dashboard's queries. Every metric name the rules,
+their unit tests and the dashboard use must appear in that scrape.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import socket
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from rcs_sim.server import SimConfig, start_simulator
+from rcs_sync.daemon.metrics import Metrics
 from tests.conftest import TOKEN, Site, wait_for
 from tests.test_service import daemon
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 RULES = DEPLOY / "prometheus" / "rcs-sync-alerts.yml"
 RULE_TESTS = DEPLOY / "prometheus" / "rcs-sync-alerts.test.yml"
+DASHBOARD = DEPLOY / "grafana" / "rcs-sync.json"
 
 PROMETHEUS_OWN = {"up"}
 """Series Prometheus itself writes for every scrape target."""
+
+PROMQL_WORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "offset",
+    "and",
+    "or",
+    "unless",
+    "inf",
+    "nan",
+}
+GRAFANA_RANGES = re.compile(r"\$__(?:range|rate_interval|interval)\b")
 
 
 def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -37,6 +58,34 @@ def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProces
     return subprocess.run(
         [path, *args], input=stdin, capture_output=True, text=True, timeout=60, check=False
     )
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects: identifiers left once strings,
+    label matchers, ranges and grouping label lists are gone, minus functions (followed
+    by "(") and keywords."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)
+    text = re.sub(r"\{[^}]*\}|\[[^\]]*\]", "", text)
+    text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", text)
+    names = re.findall(r"(?<![\w.$])[A-Za-z_:][\w:]*(?![\w:]|\s*\()", text)
+    return set(names) - PROMQL_WORDS
+
+
+@pytest.mark.parametrize(
+    ("expr", "names"),
+    [
+        ('up{job="rcs-sync"} == 0', {"up"}),
+        ("time() - a_seconds > 900", {"a_seconds"}),
+        ('increase(a_total{outcome="failed", x=~"$instance"}[15m]) > 0', {"a_total"}),
+        (
+            "histogram_quantile(0.9, sum by (le, stream) (rate(a_bucket[$__range]))) / b",
+            {"a_bucket", "b"},
+        ),
+        ("a unless on (scope) b offset 5m or c", {"a", "b", "c"}),
+    ],
+)
+def test_metric_names_finds_the_selected_series_only(expr: str, names: set[str]) -> None:
+    assert metric_names(expr) == names
 
 
 def samples(text: str) -> dict[str, float]:
@@ -124,3 +173,55 @@ def test_rules_and_their_tests_name_only_exported_metrics(scrape: str) -> None:
     assert set(re.findall(r"\brcs_sync_\w+", rules + tests)) <= exported
     assert series <= exported | PROMETHEUS_OWN
     assert series >= {"rcs_sync_passes_total", "rcs_sync_last_success_timestamp_seconds"}
+
+
+def dashboard_queries() -> list[str]:
+    """Every panel target's `expr`, then the template variables' metric queries."""
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            match = re.fullmatch(r"label_values\((\w+),\s*\w+\)", variable["query"]["query"])
+            assert match, variable
+            exprs.append(match.group(1))
+    return exprs
+
+
+def test_dashboard_uses_every_exported_metric_and_nothing_else(scrape: str) -> None:
+    used = set().union(*(metric_names(expr) for expr in dashboard_queries()))
+    families = {family.name for family in Metrics().registry.collect()}
+
+    assert used <= set(samples(scrape))
+    unused = {f for f in families if not any(n == f or n.startswith(f + "_") for n in used)}
+    assert not unused
+
+
+def test_dashboard_queries_parse_as_promql(tmp_path: Path) -> None:
+    # promtool parses the queries as recording rules, Grafana's variables filled in.
+    rules = []
+    for number, expr in enumerate(dashboard_queries()):
+        query = GRAFANA_RANGES.sub("1h", expr).replace("$instance", ".+")
+        assert "$" not in query, f"unknown Grafana variable in {expr!r}"
+        rules.append({"record": f"dashboard:query_{number}", "expr": query})
+    path = tmp_path / "dashboard-queries.yml"  # JSON is YAML
+    path.write_text(json.dumps({"groups": [{"name": "dashboard", "rules": rules}]}))
+
+    result = promtool("check", "rules", str(path))
+
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dashboard_is_consistent() -> None:
+    dashboard: dict[str, Any] = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    panels = dashboard["panels"]
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+
+    assert len({p["id"] for p in panels}) == len(panels)
+    for panel in panels:
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        assert panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
+        refs = [t["refId"] for t in panel["targets"]]
+        assert len(set(refs)) == len(refs), panel["title"]
+        for target in panel["targets"]:
+            assert set(re.findall(r"\$(\w+)", target["expr"])) - {"__range"} <= variables
+    assert {"datasource", "instance"} <= variables
