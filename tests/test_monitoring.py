@@ -21,6 +21,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from rcs_sim.server import SimConfig, start_simulator
+from rcs_sync.config import SyncSettings, load_settings
 from rcs_sync.daemon.metrics import Metrics
 from tests.conftest import TOKEN, Site, wait_for
 from tests.test_service import daemon
@@ -149,6 +150,18 @@ def test_alert_rules_pass_their_promtool_unit_tests() -> None:
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
+
+
+def test_alert_rules_are_written_for_the_shipped_interval() -> None:
+    # "Three intervals" in every window and threshold, for the interval the server
+    # config ships (the built-in default): change them together.
+    interval = load_settings(DEPLOY / "rcs-sync.toml").sync.interval
+    three = int(3 * interval.total_seconds())
+    exprs = re.findall(r"^\s*expr: (.*)$", RULES.read_text(encoding="utf-8"), re.M)
+
+    assert interval == SyncSettings.interval
+    assert {r for e in exprs for r in re.findall(r"\[(\w+)\]", e)} == {f"{three // 60}m"}
+    assert {int(n) for e in exprs for n in re.findall(r"> (\d+)$", e)} - {0} == {three}
 
 
 def test_every_alert_is_shown_to_fire() -> None:
