@@ -17,6 +17,7 @@ import pytest
 
 from rcs_sync.config import CONFIG_ENV, CREDENTIAL_NAME, load_settings
 from rcs_sync.model.durations import parse_instant
+from rcs_sync.model.errors import EXIT_STOPPED, EXIT_USAGE
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 DAEMON = "rcs-sync.service"
@@ -111,6 +112,26 @@ def test_backfill_runs_like_the_daemon() -> None:
         return lines[[key for key, _ in lines].index("User") :]
 
     assert identity_and_sandbox(backfill) == identity_and_sandbox(daemon)
+
+
+def test_daemon_is_not_restarted_on_errors_a_restart_cannot_fix() -> None:
+    # `rcs-sync run` ends with EXIT_USAGE on a bad config, a missing or unreadable token
+    # and an unbindable [metrics] listen (test_run_config_errors.py). It never ends with
+    # EXIT_AUTH (3): a refused token fails each pass and the daemon carries on
+    # (test_service.py, test_rejected_token_is_unhealthy_until_the_token_file_is_fixed).
+    prevented = {int(code) for code in setting(DAEMON, "RestartPreventExitStatus").split()}
+
+    assert setting(DAEMON, "Restart") == "on-failure"
+    assert prevented == {EXIT_USAGE}
+    assert setting(DAEMON, "SuccessExitStatus") == str(EXIT_STOPPED)
+
+
+def test_backfill_is_never_restarted() -> None:
+    # Its OnFailure= hands over to the daemon; restarting a failed backfill would stop
+    # the daemon again (Conflicts=), so there is no Restart= and nothing to prevent.
+    keys = {key for key, _ in settings(BACKFILL, "Service")}
+
+    assert not keys & {"Restart", "RestartPreventExitStatus"}
 
 
 def test_backfill_stops_the_daemon_for_its_duration_and_restarts_it() -> None:

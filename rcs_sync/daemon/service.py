@@ -32,7 +32,7 @@ import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from rcs_sync.config import Settings, parse_listen
+from rcs_sync.config import ConfigError, Settings, parse_listen
 from rcs_sync.daemon.metrics import Metrics
 from rcs_sync.daemon.notify import Notifier
 from rcs_sync.daemon.passes import PassEntry, PassProcess
@@ -104,8 +104,10 @@ class Service:
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
         }
         try:
-            self._migrate()
+            # A listen address that cannot be bound is a configuration error: report it
+            # before waiting on the warehouse lock and migrations.
             self._start_metrics()
+            self._migrate()
             scheduler = self._start_scheduler()
             self.notifier.ready("warehouse ready; first pass running")
             log.info("daemon_started", interval_s=self.interval.total_seconds())
@@ -155,8 +157,18 @@ class Service:
         if listen is None:
             return
         host, port = parse_listen(listen)
-        self.metrics = Metrics()
-        bound = self.metrics.serve(host, port)
+        metrics = Metrics()
+        try:
+            bound = metrics.serve(host, port)
+        except OSError as exc:
+            # Port taken, address not local, name unknown, port < 1024: a restart cannot
+            # fix any of these, so exit 2 (RestartPreventExitStatus=) rather than 1.
+            reason = exc.strerror or str(exc)
+            raise ConfigError(
+                "[metrics] listen",
+                f"cannot listen on {listen.strip()}: {reason[:1].lower()}{reason[1:]}",
+            ) from None
+        self.metrics = metrics
         log.info("metrics_listening", address=f"{host}:{bound}")
 
     def _start_scheduler(self) -> BackgroundScheduler:
