@@ -141,14 +141,14 @@ def write_config(
     interval: str = "5m",
     initial_start: datetime | None = None,
 ) -> Path:
-    """A config with splitting off (max_records_per_request far above any response), so
+    """A config planning every window whole (target_records_per_request far above any response), so
     one window is one request."""
     config = directory / "rcs-sync.toml"
     first = f'initial_start = "{format_instant(initial_start)}"\n' if initial_start else ""
     config.write_text(
         f'[api]\nbase_url = "{base_url}"\ntimeout = "120s"\n'
         f'[sync]\nwindow = "{window}"\ninterval = "{interval}"\n{first}'
-        f"max_records_per_request = 10000000\n"
+        f"target_records_per_request = 10000000\n"
         f'[warehouse]\npath = "rcs.duckdb"\n',
         encoding="utf-8",
     )

@@ -118,7 +118,7 @@ def typical_pass(main: Path, body: Path, newest: int) -> int:
     run_id = wh.start_run(RCS_RECORDS, "all", "run", "incremental")
     now = datetime.now(UTC)
     commit = Commit(RCS_RECORDS, "all", run_id, now, checkpoint=now)
-    result = wh.commit_batch(Spool.of(body), commit, include_optional=False, max_records=None)
+    result = wh.commit_batch(Spool.of(body), commit, include_optional=False, server_limit=None)
     wh.finish_run(run_id, error=None)
     assert result.updated == changed and result.inserted == PASS_RECORDS - changed, result
     return newest + PASS_RECORDS - changed

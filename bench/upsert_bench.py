@@ -95,7 +95,7 @@ def upsert(pristine: Path, work: Path, body: Path) -> float:
     now = datetime.now(UTC)
     commit = Commit(RCS_RECORDS, "all", run_id, now, checkpoint=now)
     began = time.perf_counter()
-    result = wh.commit_batch(Spool.of(body), commit, include_optional=False, max_records=None)
+    result = wh.commit_batch(Spool.of(body), commit, include_optional=False, server_limit=None)
     seconds = time.perf_counter() - began
     wh.finish_run(run_id, error=None)
     half = BATCH // 2

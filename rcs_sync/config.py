@@ -82,6 +82,9 @@ class ApiSettings:
     backoff_initial: timedelta = timedelta(milliseconds=500)
     backoff_max: timedelta = timedelta(seconds=30)
     ca_bundle: Path | None = None  # extra CAs; TLS verification is never disabled
+    concurrency: int = 4  # windows fetched at once by full passes (1: one at a time)
+    server_limit: int | None = None  # a count the server is known to cut responses at:
+    # a response of exactly this many records is evidence of truncation (its window split)
 
 
 @dataclass(frozen=True)
@@ -92,8 +95,8 @@ class SyncSettings:
     interval: timedelta = timedelta(minutes=5)
     overlap: timedelta = timedelta(minutes=2)  # modified_since = checkpoint - overlap
     clock_skew: timedelta = timedelta(minutes=5)
-    max_records_per_request: int = 500_000  # at or above: suspect truncation, split;
-    # also bounds one load's memory: 259 MB peak RSS at 500k, 306 MB at 1M (bench sweep)
+    target_records_per_request: int = 500_000  # windows are planned from the density
+    # already seen to stay under this; a larger response is still loaded, never re-read
     min_window: timedelta = timedelta(seconds=1)  # splitting stops here
     streams: tuple[str, ...] = (RCS_RECORDS.name,)  # registered stream names, synced in order
 
@@ -287,6 +290,11 @@ class _Table:
             raise self.error(name, f"must be at least {minimum}, got {value}")
         return value
 
+    def optional_integer(self, name: str, *, minimum: int) -> int | None:
+        if self.get(name) is _MISSING:
+            return None
+        return self.integer(name, minimum, minimum=minimum)
+
     def duration(self, name: str, default: timedelta, *, minimum: timedelta) -> timedelta:
         value = self.get(name)
         if value is _MISSING:
@@ -328,6 +336,16 @@ class _Table:
         return self.base_dir / Path(value.strip()).expanduser()
 
 
+_REPLACED = {
+    ("sync", "max_records_per_request"): (
+        "removed: a response is never re-read for its size; use [sync] "
+        "target_records_per_request (window planning) and, if the server is known to cut "
+        "responses at a count, [api] server_limit"
+    ),
+}
+"""Keys that were removed, with what replaced them (a one-line config error)."""
+
+
 def _show(value: object) -> str:
     """A short rendering of a bad value for an error line (TOML spelling for booleans)."""
     text = str(value).lower() if isinstance(value, bool) else repr(value)
@@ -354,6 +372,8 @@ def _split_sections(document: Mapping[str, object], base_dir: Path) -> dict[str,
             raise ConfigError(f"[{name}]", f"expected a table, got {_show(values)}")
         known = [item.name for item in fields(schema)]
         for key in values:
+            if (name, key) in _REPLACED:
+                raise ConfigError(f"[{name}] {key}", _REPLACED[name, key])
             if key not in known:
                 close = difflib.get_close_matches(key, known, n=1)
                 hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(known)}"
@@ -378,6 +398,8 @@ def _api(table: _Table) -> ApiSettings:
         ),
         backoff_max=table.duration("backoff_max", ApiSettings.backoff_max, minimum=_MILLISECOND),
         ca_bundle=table.path("ca_bundle"),
+        concurrency=table.integer("concurrency", ApiSettings.concurrency, minimum=1),
+        server_limit=table.optional_integer("server_limit", minimum=1),
     )
     if settings.backoff_max < settings.backoff_initial:
         raise table.error("backoff_max", "must not be shorter than backoff_initial")
@@ -446,8 +468,8 @@ def _sync(table: _Table) -> SyncSettings:
         interval=table.duration("interval", SyncSettings.interval, minimum=_SECOND),
         overlap=table.duration("overlap", SyncSettings.overlap, minimum=timedelta()),
         clock_skew=table.duration("clock_skew", SyncSettings.clock_skew, minimum=timedelta()),
-        max_records_per_request=table.integer(
-            "max_records_per_request", SyncSettings.max_records_per_request, minimum=1
+        target_records_per_request=table.integer(
+            "target_records_per_request", SyncSettings.target_records_per_request, minimum=1
         ),
         min_window=table.duration("min_window", SyncSettings.min_window, minimum=_SECOND),
         streams=_streams(table),

@@ -17,6 +17,7 @@ from types import FrameType
 from rcs_sync.config import Settings, read_number_key, read_token
 from rcs_sync.engine.sync import Listener, Options, Scope, Syncer
 from rcs_sync.model.streams import Stream, named
+from rcs_sync.model.throttle import Throttle
 from rcs_sync.model.windows import SyncPolicy
 from rcs_sync.source.client import ApiClient, RetryPolicy
 from rcs_sync.warehouse.duckdb_file import Warehouse
@@ -92,6 +93,7 @@ class App:
             ca_bundle=api.ca_bundle,
             stop=self.stop,
             on_response=on_response,
+            throttle=Throttle(api.concurrency),
         )
 
     def options(self) -> Options:
@@ -105,9 +107,11 @@ class App:
                 clock_skew=s.clock_skew,
             ),
             include_optional=self.settings.api.include_content,
-            max_records=s.max_records_per_request,
+            server_limit=self.settings.api.server_limit,
             min_window=s.min_window,
             privacy=self.privacy(),
+            concurrency=self.settings.api.concurrency,
+            target_records=s.target_records_per_request,
         )
 
     def privacy(self) -> Privacy:

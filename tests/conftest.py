@@ -165,9 +165,11 @@ class Site:
 
 @pytest.fixture
 def site(tmp_path: Path, make_sim: Callable[..., RunningSimulator]) -> Callable[..., Site]:
-    def make(sync: dict[str, Any] | None = None, **sim_config: Any) -> Site:
+    def make(
+        sync: dict[str, Any] | None = None, api: dict[str, Any] | None = None, **sim_config: Any
+    ) -> Site:
         s = Site(tmp_path, make_sim(**sim_config))
-        s.write_config(sync=sync or {})
+        s.write_config(sync=sync or {}, api=api or {})
         return s
 
     return make

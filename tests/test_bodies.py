@@ -61,7 +61,7 @@ def load(wh: Warehouse, tmp_path: Path, records: list[str]) -> LoadResult:
     path.write_text("[" + ", ".join(records) + "]", encoding="utf-8")
     run_id = wh.start_run(RCS_RECORDS, "all", "test", "backfill")
     commit = Commit(RCS_RECORDS, "all", run_id, T0, window=WINDOW)
-    return wh.commit_batch(Spool.of(path), commit, include_optional=False, max_records=None)
+    return wh.commit_batch(Spool.of(path), commit, include_optional=False, server_limit=None)
 
 
 def strict(text: str) -> Any:

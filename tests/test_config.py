@@ -168,7 +168,7 @@ def test_defaults(tmp_path: Path) -> None:
         interval=timedelta(minutes=5),
         overlap=timedelta(minutes=2),
         clock_skew=timedelta(minutes=5),
-        max_records_per_request=500_000,
+        target_records_per_request=500_000,
         min_window=timedelta(seconds=1),
         streams=("rcs_records",),
     )
@@ -221,7 +221,7 @@ def test_every_key_can_be_set(tmp_path: Path) -> None:
         interval = "1m"
         overlap = "30s"
         clock_skew = "0s"
-        max_records_per_request = 1000
+        target_records_per_request = 1000
         min_window = "1m"
         streams = ["rcs_records"]
 
@@ -252,7 +252,7 @@ def test_every_key_can_be_set(tmp_path: Path) -> None:
         interval=timedelta(minutes=1),
         overlap=timedelta(seconds=30),
         clock_skew=timedelta(),
-        max_records_per_request=1000,
+        target_records_per_request=1000,
         min_window=timedelta(minutes=1),
     )
     assert settings.warehouse == WarehouseSettings(
@@ -393,8 +393,12 @@ def test_section_that_is_not_a_table(tmp_path: Path) -> None:
         ("sync", "interval", "true", "got true"),
         ("sync", "overlap", '"47h56m"', "must stay under 48h"),
         ("sync", "clock_skew", '"x"', "expected a duration like"),
-        ("sync", "max_records_per_request", "0", "must be at least 1"),
-        ("sync", "max_records_per_request", "1.5", "expected an integer"),
+        ("sync", "target_records_per_request", "0", "must be at least 1"),
+        ("sync", "target_records_per_request", "1.5", "expected an integer"),
+        ("sync", "max_records_per_request", "1000", "removed: a response is never re-read"),
+        ("api", "concurrency", "0", "must be at least 1"),
+        ("api", "server_limit", "0", "must be at least 1"),
+        ("api", "server_limit", "true", "expected an integer"),
         ("sync", "min_window", '"2d"', "must not be longer than window"),
         ("sync", "streams", '"rcs_records"', "expected a list of stream names"),
         ("sync", "streams", "[]", "expected a list of stream names"),

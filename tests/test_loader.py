@@ -52,7 +52,7 @@ def load(
     body: str | bytes | list[Any],
     *,
     include: bool = False,
-    max_records: int | None = None,
+    server_limit: int | None = None,
     window: Window | None = WINDOW,
 ) -> Any:
     path = tmp_path / "body.json"
@@ -62,7 +62,7 @@ def load(
     run_id = wh.start_run(RCS_RECORDS, "all", "test", "backfill")
     commit = Commit(RCS_RECORDS, "all", run_id, T0, window=window)
     return wh.commit_batch(
-        Spool.of(path), commit, include_optional=include, max_records=max_records
+        Spool.of(path), commit, include_optional=include, server_limit=server_limit
     )
 
 
@@ -210,10 +210,10 @@ def test_suspected_truncation_rolls_back_the_whole_batch(
     warehouse: Warehouse, tmp_path: Path
 ) -> None:
     with pytest.raises(SuspectedTruncation):
-        load(warehouse, tmp_path, [record(i) for i in range(1, 11)], max_records=10)
+        load(warehouse, tmp_path, [record(i) for i in range(1, 11)], server_limit=10)
     assert rows(warehouse, "SELECT count(*) FROM rcs_records") == [(0,)]
     assert rows(warehouse, "SELECT count(*) FROM sync_windows") == [(0,)]
-    load(warehouse, tmp_path, [record(i) for i in range(1, 10)], max_records=10)
+    load(warehouse, tmp_path, [record(i) for i in range(1, 10)], server_limit=10)
     assert rows(warehouse, "SELECT count(*) FROM sync_windows") == [(1,)]
 
 
@@ -268,7 +268,7 @@ def test_held_calls_share_one_connection_released_before_a_wait(
         assert opens_elsewhere(warehouse.path)
         # After a failed batch the connection is not reused (nor left open).
         with pytest.raises(SuspectedTruncation):
-            load(warehouse, tmp_path, [record(i) for i in range(2, 12)], max_records=10)
+            load(warehouse, tmp_path, [record(i) for i in range(2, 12)], server_limit=10)
         assert opens_elsewhere(warehouse.path)
         load(warehouse, tmp_path, [record(2)])
     assert opens_elsewhere(warehouse.path)

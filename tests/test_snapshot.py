@@ -151,7 +151,7 @@ def pass_through_loader(main: Path, tmp_path: Path, first_id: int, state: int = 
         Spool.of(body),
         Commit(RCS_RECORDS, "all", run_id, now, checkpoint=now),
         include_optional=False,
-        max_records=None,
+        server_limit=None,
     )
     wh.finish_run(run_id, error=None)
 

@@ -206,7 +206,7 @@ def test_the_loader_follows_the_declaration_of_a_stream_it_never_saw(tmp_path: P
         Spool.of(body),
         Commit(WIDGETS, "all", run_id, now),
         include_optional=False,
-        max_records=None,
+        server_limit=None,
     )
 
     assert (result.received, result.inserted, result.quarantined) == (6, 2, 4)

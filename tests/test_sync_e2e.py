@@ -201,7 +201,7 @@ def test_malformed_records_are_quarantined_and_valid_ones_converge(site: SiteFac
 
 
 def test_truncating_server_makes_windows_split_until_nothing_is_lost(site: SiteFactory) -> None:
-    s = site(records=6_000, days=6, truncate_at=300, sync={"max_records_per_request": 300})
+    s = site(records=6_000, days=6, truncate_at=300, api={"server_limit": 300})
     result = s.ok("sync")
     s.assert_converged()
     assert any(r.records >= 300 for r in s.sim.sim.requests)

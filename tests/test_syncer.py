@@ -9,6 +9,7 @@ bookkeeping. The end-to-end suites check the same machinery over real HTTP.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,10 +26,12 @@ from rcs_sync.model.errors import (
     ApiUnavailable,
     AuthRejected,
     BadRequest,
+    Stopped,
     SuspectedTruncation,
 )
 from rcs_sync.model.events import Progress
 from rcs_sync.model.streams import RCS_RECORDS
+from rcs_sync.model.throttle import RECOVER_AFTER, Change, Throttle
 from rcs_sync.model.windows import (
     BOUNDARY_PAD,
     SyncPolicy,
@@ -144,7 +147,9 @@ def make(tmp_path: Path, warehouse: Warehouse) -> Iterator[Make]:
         *script: Answer,
         then: Answer | None = None,
         budget: float = 1.0,
-        max_records: int = 1_000,
+        server_limit: int | None = None,
+        concurrency: int = 1,
+        target_records: int | None = None,
         min_window: timedelta = timedelta(minutes=1),
         include_optional: bool = False,
         token: Callable[[], str] = lambda: TOKEN,
@@ -164,10 +169,18 @@ def make(tmp_path: Path, warehouse: Warehouse) -> Iterator[Make]:
             spool_dir=tmp_path / "spool",
             stop=stop,
             transport=transport,
+            throttle=Throttle(concurrency),
         )
         clients.append(api)
         policy = SyncPolicy(DAY, timedelta(days=1), HORIZON, OVERLAP, SKEW)
-        options = Options(policy, include_optional, max_records, min_window)
+        options = Options(
+            policy,
+            include_optional,
+            server_limit,
+            min_window,
+            concurrency=concurrency,
+            target_records=target_records,
+        )
         events: list[Progress] = []
 
         def listen(event: Progress) -> None:
@@ -187,7 +200,7 @@ def make(tmp_path: Path, warehouse: Warehouse) -> Iterator[Make]:
 
 
 def test_a_window_that_looks_truncated_is_split_and_both_halves_load(make: Make) -> None:
-    rig = make(then=Api(FIFTEEN, limit=10), max_records=10)
+    rig = make(then=Api(FIFTEEN, limit=10), server_limit=10)
     result = rig.syncer.backfill(Scope(), ONE_DAY, force=False)
     assert [span(s) for s in rig.sent] == [FULL, HALF, HALF]
     assert rig.ids() == set(range(1, 16))
@@ -196,7 +209,7 @@ def test_a_window_that_looks_truncated_is_split_and_both_halves_load(make: Make)
         "SELECT period_start, period_end, span, reason FROM sync_splits"
     )
     assert (start, end, size) == (ONE_DAY.start, ONE_DAY.end, ONE_DAY.span / 2)
-    assert "truncation threshold 10" in reason
+    assert "exactly 10 records" in reason
     assert rig.query("SELECT window_start, window_end FROM sync_windows ORDER BY 1") == [
         (half.start, half.end) for half in ONE_DAY.halves()
     ]
@@ -206,7 +219,7 @@ def test_a_recorded_split_makes_a_later_backfill_read_that_day_in_halves_at_once
     make: Make,
 ) -> None:
     """Moved in from test_sync_e2e, where the simulator truncated at 300 records."""
-    rig = make(then=Api(FIFTEEN, limit=10), max_records=10)
+    rig = make(then=Api(FIFTEEN, limit=10), server_limit=10)
     rig.syncer.backfill(Scope(), ONE_DAY, force=False)
     before = len(rig.sent)
     again = rig.syncer.backfill(Scope(), ONE_DAY, force=True)
@@ -217,7 +230,7 @@ def test_a_recorded_split_makes_a_later_backfill_read_that_day_in_halves_at_once
 def test_a_window_still_truncated_at_min_window_fails_rather_than_load_part_of_it(
     make: Make,
 ) -> None:
-    rig = make(then=Api(FIFTEEN, limit=10), max_records=10, min_window=timedelta(days=1))
+    rig = make(then=Api(FIFTEEN, limit=10), server_limit=10, min_window=timedelta(days=1))
     with pytest.raises(SuspectedTruncation):
         rig.syncer.backfill(Scope(), ONE_DAY, force=False)
     assert len(rig.sent) == 1
@@ -328,7 +341,7 @@ def test_a_truncated_response_renews_the_budget_for_its_halves(make: Make) -> No
     rig = make(
         then=failing_first(Api(FIFTEEN, limit=10), budget * 2 / 3),
         budget=budget,
-        max_records=10,
+        server_limit=10,
     )
     result = rig.syncer.backfill(Scope(), ONE_DAY, force=False)
     assert (result.splits, result.windows) == (1, 2)
@@ -439,7 +452,7 @@ def test_a_split_incremental_pass_checkpoints_with_its_last_half_at_its_first_ha
             seen.append(warehouse.checkpoint(RCS_RECORDS, "all"))
 
     rig = make(
-        then=Api(records, limit=10, clock=lambda: next(dates)), max_records=10, listener=listener
+        then=Api(records, limit=10, clock=lambda: next(dates)), server_limit=10, listener=listener
     )
     checkpoint = now - timedelta(hours=1)
     rig.given_checkpoint(checkpoint)
@@ -559,3 +572,171 @@ def test_each_attempt_carries_the_current_token_and_the_scope_and_field_paramete
             "team": "7",
             "include": "content_message",
         }
+
+
+# --- big responses and density planning ---------------------------------------------------
+
+
+def test_a_response_above_the_target_is_loaded_whole_and_the_next_day_planned_smaller(
+    make: Make,
+) -> None:
+    """A complete array is never thrown away for its size: the day above the target
+    loads as sent, and its density plans its neighbour in halves, with no wasted read."""
+    two_days = FIFTEEN + [
+        record(100 + i, DAY + timedelta(days=1) + i * timedelta(minutes=90)) for i in range(15)
+    ]
+    rig = make(then=Api(two_days), target_records=10)
+    result = rig.syncer.backfill(Scope(), Window(DAY, DAY + timedelta(days=2)), force=False)
+    assert [span(s) for s in rig.sent] == [FULL, HALF, HALF]
+    assert result.received == len(rig.ids()) == 30, "every record served once, stored once"
+    assert result.splits == 0
+    assert rig.query("SELECT count(*) FROM sync_splits") == [(0,)]
+
+
+def test_more_records_than_the_server_limit_is_no_evidence_of_truncation(make: Make) -> None:
+    rig = make(then=Api(FIFTEEN), server_limit=10)
+    result = rig.syncer.backfill(Scope(), ONE_DAY, force=False)
+    assert [span(s) for s in rig.sent] == [FULL]
+    assert (result.splits, result.received) == (0, 15)
+
+
+def test_a_later_backfill_plans_from_the_densities_in_the_ledger(make: Make) -> None:
+    rig = make(then=Api(FIFTEEN), target_records=10)
+    rig.syncer.backfill(Scope(), ONE_DAY, force=False)
+    rig.syncer.backfill(Scope(), ONE_DAY, force=True)
+    assert [span(s) for s in rig.sent] == [FULL, HALF, HALF]
+    assert len(rig.ids()) == 15
+
+
+# --- requests in flight -------------------------------------------------------------------
+
+
+def days(n: int) -> list[dict[str, Any]]:
+    return [record(i, DAY + i * timedelta(minutes=37)) for i in range(1, n * 39)]
+
+
+class InFlight:
+    """An endpoint that answers slowly and counts the requests it holds at once."""
+
+    def __init__(self, api: Api, delay: float) -> None:
+        self.api, self.delay = api, delay
+        self.now = self.most = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, sent: Sent) -> Reply:
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            time.sleep(self.delay)
+            return self.api(sent)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+def test_a_backfill_keeps_several_requests_in_flight_and_loads_each_window_once(
+    make: Make, warehouse: Warehouse
+) -> None:
+    records = days(12)
+    endpoint = InFlight(Api(records), 0.05)
+    rig = make(then=endpoint, concurrency=4)
+    span_ = Window(DAY, DAY + timedelta(days=12))
+    result = rig.syncer.backfill(Scope(), span_, force=False)
+    assert endpoint.most == 4
+    assert len(rig.sent) == 12 == result.windows
+    assert rig.ids() == {r["id"] for r in records}
+    fetches = warehouse.fetches(RCS_RECORDS, "all")
+    assert sorted(f.window for f in fetches) == [
+        Window(DAY + timedelta(days=d), DAY + timedelta(days=d + 1)) for d in range(12)
+    ]
+
+
+def test_concurrent_first_pass_commits_the_checkpoint_only_once_the_span_is_covered(
+    make: Make, warehouse: Warehouse
+) -> None:
+    seen: list[datetime | None] = []
+
+    def listener(event: Progress) -> None:
+        if event["event"] == "window":
+            seen.append(warehouse.checkpoint(RCS_RECORDS, "all"))
+
+    rig = make(then=InFlight(Api(FIFTEEN), 0.02), concurrency=3, listener=listener)
+    result = rig.syncer.sync(Scope())
+    assert result.mode == "backfill"
+    assert seen[:-1] == [None] * (len(seen) - 1)
+    fetches = warehouse.fetches(RCS_RECORDS, "all")
+    span_ = Window(DAY, max(f.window.end for f in fetches))
+    assert seen[-1] == result.checkpoint == checkpoint_after_full_pass(span_, fetches, HORIZON)
+
+
+def test_a_failure_in_flight_stops_new_windows_and_keeps_those_that_loaded(
+    make: Make, warehouse: Warehouse
+) -> None:
+    api = InFlight(Api(days(8)), 0.02)
+
+    def answer(sent: Sent) -> Reply:
+        if bounds(sent)[0] >= DAY + timedelta(days=2) - BOUNDARY_PAD:
+            return Reply(400, b"no")
+        return api(sent)
+
+    rig = make(then=answer, concurrency=2)
+    with pytest.raises(BadRequest):
+        rig.syncer.backfill(Scope(), Window(DAY, DAY + timedelta(days=8)), force=False)
+    assert len(rig.sent) < 8, "no new window starts after a failure"
+    done = warehouse.fetches(RCS_RECORDS, "all")
+    assert {f.window.start for f in done} <= {DAY, DAY + timedelta(days=1)}
+    [(status,)] = rig.query("SELECT status FROM sync_runs")
+    assert status == "failed"
+
+
+def test_a_stop_during_a_concurrent_backfill_ends_it_with_whole_windows_only(
+    make: Make, warehouse: Warehouse
+) -> None:
+    stop = threading.Event()
+    records = days(10)
+    api = InFlight(Api(records), 0.02)
+
+    def answer(sent: Sent) -> Reply:
+        if len(rig.sent) >= 3:
+            stop.set()
+        return api(sent)
+
+    rig = make(then=answer, concurrency=3, stop=stop)
+    with pytest.raises(Stopped):
+        rig.syncer.backfill(Scope(), Window(DAY, DAY + timedelta(days=10)), force=False)
+    loaded = warehouse.fetches(RCS_RECORDS, "all")
+    assert len(loaded) < 10
+    by_window = {
+        f.window: {
+            r["id"]
+            for r in records
+            if f.window.start <= datetime.fromisoformat(r["timestamp"]) < f.window.end
+        }
+        for f in loaded
+    }
+    assert rig.ids() >= set().union(*by_window.values())
+    [(status,)] = rig.query("SELECT status FROM sync_runs")
+    assert status == "stopped"
+
+
+def test_a_429_halves_the_requests_in_flight_and_responses_raise_it_again(make: Make) -> None:
+    answers: list[Answer] = [Reply(429, headers={"Retry-After": "0"})]
+    rig = make(*answers, then=Api(FIFTEEN), concurrency=4, budget=5.0)
+    throttle = rig.syncer.api.throttle
+    rig.syncer.backfill(Scope(), ONE_DAY, force=False)
+    assert throttle.limit == 2, "lowered by the 429, not yet recovered after one response"
+    rig.syncer.backfill(
+        Scope(), Window(DAY + timedelta(days=1), DAY + timedelta(days=9)), force=False
+    )
+    assert throttle.limit == 4
+
+
+def test_throttle_halves_and_recovers_one_at_a_time() -> None:
+    throttle = Throttle(4)
+    assert throttle.pushed_back("429") == Change(4, 2, "429")
+    assert throttle.pushed_back("429") == Change(2, 1, "429")
+    assert throttle.pushed_back("429") is None
+    changes = [throttle.succeeded() for _ in range(RECOVER_AFTER * 3)]
+    assert [c.after for c in changes if c] == [2, 3, 4]
+    assert throttle.succeeded() is None

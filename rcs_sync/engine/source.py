@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Protocol, TypeVar
 
 from rcs_sync.model.responses import Deadline, Response
+from rcs_sync.model.throttle import Throttle
 
 T = TypeVar("T")
 
@@ -22,6 +23,11 @@ class Source(Protocol):
         """How long one request may keep failing before the source gives up on it."""
         ...
 
+    @property
+    def throttle(self) -> Throttle:
+        """How many requests may be in flight now (lowered by the server's push-back)."""
+        ...
+
     def fetch(
         self,
         path: str,
@@ -30,5 +36,7 @@ class Source(Protocol):
         deadline: Deadline,
     ) -> T:
         """GET `path` and return `consume(response)`, retrying failures of either step
-        until `deadline`; raise `ApiUnavailable` (or a permanent error) otherwise."""
+        until `deadline`; raise `ApiUnavailable` (or a permanent error) otherwise.
+        Called from several threads at once when a pass keeps requests in flight;
+        `consume` then hands the body to the pass's single writer."""
         ...

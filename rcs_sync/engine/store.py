@@ -51,7 +51,7 @@ class Store(Protocol):
         commit: Commit,
         *,
         include_optional: bool,
-        max_records: int | None,
+        server_limit: int | None,
         privacy: Privacy,
     ) -> LoadResult:
         """Load `body` and write `commit` in one transaction."""

@@ -8,9 +8,12 @@ request in flight.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -32,6 +35,8 @@ from rcs_sync.model.windows import (
     Window,
     checkpoint_after_full_pass,
     checkpoint_after_incremental,
+    cut,
+    density_size,
     gaps,
     plan_pass,
     plan_windows,
@@ -56,9 +61,14 @@ class Scope:
 class Options:
     policy: SyncPolicy
     include_optional: bool
-    max_records: int
+    server_limit: int | None
+    """A count the server is known to cut responses at: exactly that many is evidence."""
     min_window: timedelta
     privacy: Privacy = PLAIN
+    concurrency: int = 1
+    """Windows a full pass fetches at once; loads stay one at a time (`_Writer`)."""
+    target_records: int | None = None
+    """Full passes cut windows ahead, from the density seen, to hold about this many."""
 
 
 @dataclass
@@ -135,9 +145,9 @@ class _Pass:
     retry_budget: float
     """Seconds of failures a window and all its halves share; a full response renews it,
     so an outage fails the pass within about one budget however deep the splits go."""
-    unrecorded: list[tuple[Split, str]] = field(default_factory=list)
-    """Splits made since the last load, recorded once a smaller window loads: a window
-    that fails at every size (an outage) says nothing about the size it needs."""
+    observed: list[Fetch] = field(default_factory=list)
+    """Fetches with their record counts (the ledger's, then this pass's): the density
+    the next windows are planned by."""
     deadline: float = field(init=False)
     """`time.monotonic()` at which the current budget runs out."""
 
@@ -250,10 +260,15 @@ class Syncer:
         )
         budget = self.api.retry_budget.total_seconds()
         ctx = _Pass(scope, run_id, result, coverage, None, record_windows=True, retry_budget=budget)
-        for window in todo:
-            if self.stop.is_set():
-                raise Stopped("stop requested between windows")
-            self._read(ctx, window)
+        ctx.observed = [f for f in self.warehouse.fetches(self.stream, scope.key) if f.records]
+        if self.options.concurrency > 1 and len(todo) > 1:
+            self._concurrently(ctx, todo)
+        else:
+            pending = deque(todo)
+            while pending:
+                if self.stop.is_set():
+                    raise Stopped("stop requested between windows")
+                self._read(ctx, self._next(ctx, pending), _here, [])
         if not todo and sets_checkpoint:
             # Every window was read before (e.g. by `backfill` up to a future end): the
             # checkpoint those reads earned was never written by a commit of this pass.
@@ -278,7 +293,63 @@ class Syncer:
             record_windows=False,
             retry_budget=budget,
         )
-        self._read(ctx, plan.span)
+        self._read(ctx, plan.span, _here, [])
+
+    def _next(self, ctx: _Pass, pending: deque[Window]) -> Window:
+        """The next window to fetch, cut first where the density seen says it would
+        hold more than the target (the rest of it goes back to the front of the queue)."""
+        window = pending.popleft()
+        target = self.options.target_records
+        if target is None or not ctx.record_windows:
+            return window
+        size = density_size(window, ctx.observed, target)
+        if size >= window.span:
+            return window
+        pieces = cut(window, max(size, self.options.min_window))
+        log.info(
+            "window_planned_smaller",
+            scope=ctx.scope.key,
+            window_start=format_instant(window.start),
+            window_end=format_instant(window.end),
+            pieces=len(pieces),
+            target=target,
+        )
+        pending.extendleft(reversed(pieces[1:]))
+        return pieces[0]
+
+    def _concurrently(self, ctx: _Pass, todo: list[Window]) -> None:
+        """Fetch up to `concurrency` windows at once (fewer while the server pushes
+        back), each on a thread of its own that downloads to a spool file; this thread
+        is the single writer and commits each window in its own transaction as its
+        body arrives, in whatever order they come.
+
+        The first failure stops new windows from starting; the windows in flight still
+        finish (their loads are good data), then the failure is raised. A stop request
+        ends the downloads at once, and loads not yet begun are not begun."""
+        writer = _Writer(self.warehouse.release, self.stop)
+        pending = deque(todo)
+        running: dict[Future[None], Window] = {}
+        failure: BaseException | None = None
+        throttle = self.api.throttle
+        with ThreadPoolExecutor(self.options.concurrency, thread_name_prefix="fetch") as pool:
+            try:
+                while running or (pending and failure is None):
+                    if self.stop.is_set() and failure is None:
+                        failure = Stopped("stop requested between windows")
+                    limit = min(self.options.concurrency, throttle.limit)
+                    while pending and failure is None and len(running) < limit:
+                        window = self._next(ctx, pending)
+                        running[pool.submit(self._read, ctx, window, writer.run, [])] = window
+                    writer.serve(timeout=0.05)
+                    for future in [f for f in running if f.done()]:
+                        del running[future]
+                        error = future.exception()
+                        if error is not None and failure is None:
+                            failure = error
+            finally:
+                writer.close()
+        if failure is not None:
+            raise failure
 
     def _deadline(self, ctx: _Pass, window: Window) -> Deadline:
         """A window that keeps failing in a way a smaller one may avoid gives up after
@@ -288,9 +359,20 @@ class Syncer:
         now = time.monotonic()
         return Deadline(ctx.deadline, split=now + (ctx.deadline - now) / 2)
 
-    def _read(self, ctx: _Pass, window: Window) -> None:
+    def _read(
+        self,
+        ctx: _Pass,
+        window: Window,
+        run: Run,
+        unrecorded: list[tuple[Split, str]],
+    ) -> None:
         """Fetch and commit one window, halving it while the server seems to truncate or
-        choke on it (there is no pagination to fall back on)."""
+        choke on it (there is no pagination to fall back on).
+
+        `run` carries the warehouse's work to the single writer (the calling thread
+        itself when the pass fetches one window at a time). `unrecorded` holds the
+        splits made on the way to this window, recorded once a smaller window loads: a
+        window that fails at every size (an outage) says nothing about the size it needs."""
         start, end = window.request_bounds()
         params = {"start": format_instant(start), "end": format_instant(end)}
         if ctx.modified_since is not None:
@@ -300,7 +382,7 @@ class Syncer:
         if self.options.include_optional and self.stream.optional_fields:
             params["include"] = ",".join(f.name for f in self.stream.optional_fields)
 
-        def consume(response: Response) -> LoadResult:
+        def commit(response: Response) -> LoadResult:
             # Without a Date header, our clock minus the skew margin stands in for the server's.
             skew = self.options.policy.clock_skew
             fetched_at = response.server_sent_at or response.sent_at - skew
@@ -317,17 +399,26 @@ class Syncer:
                 response.body,
                 commit,
                 include_optional=self.options.include_optional,
-                max_records=self.options.max_records,
+                server_limit=self.options.server_limit,
                 privacy=self.options.privacy,
             )
             ctx.coverage.fetches.append(fetch)
+            ctx.observed.append(Fetch(window, fetched_at, loaded.received))
             if commit.checkpoint is not None:
                 ctx.result.checkpoint = commit.checkpoint
+            if unrecorded:
+                self.warehouse.record_splits(self.stream, ctx.scope.key, unrecorded)
+                unrecorded.clear()
+            self._loaded(ctx, window, loaded)
             return loaded
 
-        self.warehouse.release()  # not held while the response downloads
+        def consume(response: Response) -> LoadResult:
+            return run(lambda: commit(response))
+
+        if run is _here:
+            self.warehouse.release()  # not held while the response downloads
         try:
-            loaded = self.api.fetch(self.stream.path, params, consume, self._deadline(ctx, window))
+            self.api.fetch(self.stream.path, params, consume, self._deadline(ctx, window))
         except (SuspectedTruncation, ApiUnavailable) as exc:
             if isinstance(exc, SuspectedTruncation):
                 ctx.renew()  # answered in full: the server works, the window is too big
@@ -344,14 +435,14 @@ class Syncer:
             )
             ctx.result.splits += 1
             if ctx.record_windows:
-                ctx.unrecorded.append((Split(window, window.span / 2), str(exc)))
+                unrecorded.append((Split(window, window.span / 2), str(exc)))
             for half in window.halves():
-                self._read(ctx, half)
+                self._read(ctx, half, run, unrecorded)
             return
         ctx.renew()
-        if ctx.unrecorded:
-            self.warehouse.record_splits(self.stream, ctx.scope.key, ctx.unrecorded)
-            ctx.unrecorded.clear()
+
+    def _loaded(self, ctx: _Pass, window: Window, loaded: LoadResult) -> None:
+        """Count a committed window and tell the listener (on the writer's thread)."""
         ctx.result.add(loaded)
         event = WindowLoaded(
             event="window",
@@ -365,6 +456,85 @@ class Syncer:
         )
         log.info("window_loaded", **{k: v for k, v in event.items() if k != "event"})
         self._listen(event)
+
+
+Run = Callable[[Callable[[], LoadResult]], LoadResult]
+"""Runs the warehouse's share of a window (its commit) on the writer's thread."""
+
+
+def _here(work: Callable[[], LoadResult]) -> LoadResult:
+    """The writer is the calling thread: one window at a time."""
+    return work()
+
+
+@dataclass
+class _Job:
+    work: Callable[[], LoadResult]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: LoadResult | None = None
+    error: BaseException | None = None
+
+
+class _Writer:
+    """The one thread that touches the warehouse while fetch threads download.
+
+    Fetch threads hand it their commits (`run`, blocking until done); the pass's own
+    thread executes them one at a time (`serve`), so the DuckDB connection is never
+    used from two threads, each window is still its own transaction, and a stop
+    signal's `interrupt` reaches the statement in hand. While no commit waits, the file
+    is let go, so readers get in between loads."""
+
+    def __init__(self, release: Callable[[], None], stop: threading.Event) -> None:
+        self._jobs: queue.Queue[_Job] = queue.Queue()
+        self._release = release
+        self._stop = stop
+        self._closed = False
+
+    def run(self, work: Callable[[], LoadResult]) -> LoadResult:
+        job = _Job(work)
+        self._jobs.put(job)
+        if self._closed:
+            self._drain()
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        assert job.result is not None
+        return job.result
+
+    def serve(self, *, timeout: float) -> None:
+        """Run the commits waiting now, or wait up to `timeout` for one."""
+        try:
+            job = self._jobs.get(timeout=timeout)
+        except queue.Empty:
+            self._release()
+            return
+        while True:
+            if self._stop.is_set():
+                job.error = Stopped("stop requested before this window was loaded")
+            else:
+                try:
+                    job.result = job.work()
+                except BaseException as exc:  # handed to the fetch thread, which raises it
+                    job.error = exc
+            job.done.set()
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+
+    def close(self) -> None:
+        """No more commits: any handed in from now on (or waiting) fail with Stopped."""
+        self._closed = True
+        self._drain()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            job.error = Stopped("the pass ended before this window was loaded")
+            job.done.set()
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ Vocabulary
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import Literal
@@ -68,6 +68,8 @@ class Window:
 class Fetch:
     window: Window
     fetched_at: datetime
+    records: int | None = field(default=None, compare=False)
+    """Records the response held, where known: the density later windows are planned by."""
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,28 @@ def plan_windows(
         for segment, segment_size in sizes(gap, size, splits)
         for w in cut(segment, segment_size)
     ]
+
+
+def density_size(window: Window, observed: Sequence[Fetch], target: int) -> timedelta:
+    """The window size (`window.span / 2**k`) that should hold at most about `target`
+    records, judging by the density of the observed fetch nearest to `window`.
+
+    The estimate is a plan, not evidence: a response above the target is loaded anyway.
+    Without an observation (or below the target) the window stays whole."""
+    known = [f for f in observed if f.records is not None]
+    if not known:
+        return window.span
+    middle = window.start + window.span / 2
+
+    def distance(f: Fetch) -> timedelta:
+        return abs(f.window.start + f.window.span / 2 - middle)
+
+    nearest = min(known, key=distance)
+    per_second = (nearest.records or 0) / nearest.window.span.total_seconds()
+    expected = per_second * window.span.total_seconds()
+    if expected <= target:
+        return window.span
+    return nested_size(window.span, window.span * (target / expected))
 
 
 def plan_pass(checkpoint: datetime | None, now: datetime, policy: SyncPolicy) -> PassPlan:

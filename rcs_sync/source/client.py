@@ -36,6 +36,7 @@ from rcs_sync.model.errors import (
     WarehouseUnavailable,
 )
 from rcs_sync.model.responses import Deadline, Response, Spool
+from rcs_sync.model.throttle import Change, Throttle
 from rcs_sync.source.spool import SpoolWriter
 
 log = structlog.get_logger(__name__)
@@ -100,6 +101,7 @@ class ApiClient:
         stop: threading.Event | None = None,
         on_response: Callable[[int | None], None] | None = None,
         transport: BaseAdapter | None = None,
+        throttle: Throttle | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._token = token
@@ -107,13 +109,12 @@ class ApiClient:
         self._retry = retry
         self._spool_dir = spool_dir
         self._stop = stop or threading.Event()
-        self._session = requests.Session()
-        self._session.headers["Accept"] = "application/json"
-        self._session.headers["User-Agent"] = "rcs-sync"
-        if transport is not None:
-            # Tests drive the whole client over a fake one: nothing reaches the network.
-            self._session.mount("http://", transport)
-            self._session.mount("https://", transport)
+        self._transport = transport
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._sessions_lock = threading.Lock()
+        self.throttle = throttle or Throttle()
+        """How many requests a pass may keep in flight; 429s and Retry-After lower it."""
         # Passed on every request: requests lets $REQUESTS_CA_BUNDLE override a
         # Session-level verify (psf/requests#3829), which would drop [api] ca_bundle.
         self._verify: str | bool = str(ca_bundle) if ca_bundle else True
@@ -121,8 +122,30 @@ class ApiClient:
         self._on_response = on_response or (lambda _status: None)
         """Told each response's status, None for no response (metrics)."""
 
+    @property
+    def _session(self) -> requests.Session:
+        """One session per thread: concurrent fetches never share a connection pool's
+        cookies or adapters' state across threads."""
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers["Accept"] = "application/json"
+            session.headers["User-Agent"] = "rcs-sync"
+            # requests asks for gzip/deflate by default and decodes as it streams.
+            if self._transport is not None:
+                # Tests drive the whole client over a fake one: nothing reaches the network.
+                session.mount("http://", self._transport)
+                session.mount("https://", self._transport)
+            self._local.session = session
+            with self._sessions_lock:
+                self._sessions.append(session)
+        return session
+
     def close(self) -> None:
-        self._session.close()
+        with self._sessions_lock:
+            sessions, self._sessions = self._sessions, []
+        for session in sessions:
+            session.close()
 
     @property
     def retry_budget(self) -> timedelta:
@@ -192,6 +215,7 @@ class ApiClient:
                 self._on_response(resp.status_code)
                 self._check_status(resp)
                 _spool(resp, out, self._stop)
+                self._log_change(self.throttle.succeeded())
         except requests.Timeout as exc:
             self._on_response(None)
             raise TransientApiError(f"timed out ({type(exc).__name__})", splittable=True) from None
@@ -218,12 +242,30 @@ class ApiClient:
             # clock skew between us and the server cannot stretch or cancel the wait.
             server_now = parse_date_header(resp.headers.get("Date")) or datetime.now(UTC)
             retry_after = parse_retry_after(resp.headers.get("Retry-After"), server_now)
+            if status == 429 or retry_after is not None:
+                self._log_change(self.throttle.pushed_back(f"HTTP {status}"))
             raise TransientApiError(
                 f"HTTP {status}",
                 retry_after=retry_after,
                 splittable=status in SPLITTABLE_STATUSES,
             )
         raise BadRequest(f"API at {self._host} refused the request (HTTP {status}): {detail}")
+
+    @staticmethod
+    def _log_change(change: Change | None) -> None:
+        if change is None:
+            return
+        if change.after < change.before:
+            log.warning(
+                "concurrency_lowered",
+                before=change.before,
+                after=change.after,
+                reason=change.reason,
+            )
+        else:
+            log.info(
+                "concurrency_raised", before=change.before, after=change.after, reason=change.reason
+            )
 
     def _wait(self, limit: Deadline, state: RetryCallState) -> float:
         exc = _failure(state)

@@ -256,11 +256,11 @@ class Warehouse:
     def fetches(self, stream: Stream, scope: str) -> list[Fetch]:
         with self.connect() as con:
             rows = con.execute(
-                "SELECT window_start, window_end, fetched_at FROM sync_windows "
+                "SELECT window_start, window_end, fetched_at, records FROM sync_windows "
                 "WHERE stream = ? AND scope = ?",
                 [stream.name, scope],
             ).fetchall()
-        return [Fetch(Window(_utc(a), _utc(b)), _utc(f)) for a, b, f in rows]
+        return [Fetch(Window(_utc(a), _utc(b)), _utc(f), int(n)) for a, b, f, n in rows]
 
     def splits(self, stream: Stream, scope: str) -> list[Split]:
         with self.connect() as con:
@@ -296,13 +296,13 @@ class Warehouse:
         commit: Commit,
         *,
         include_optional: bool,
-        max_records: int | None,
+        server_limit: int | None,
         privacy: Privacy = PLAIN,
     ) -> LoadResult:
         """Load one response and its bookkeeping in ONE transaction: after a crash at any
         instant either both are in the file or neither is."""
         with self.connect() as con:
-            staged = stage(con, commit.stream, body, max_records=max_records, privacy=privacy)
+            staged = stage(con, commit.stream, body, server_limit=server_limit, privacy=privacy)
             now = datetime.now(UTC)
             with _transaction(con, self.path):
                 result = apply(

@@ -58,16 +58,18 @@ def stage(
     stream: Stream,
     body: Spool,
     *,
-    max_records: int | None,
+    server_limit: int | None,
     privacy: Privacy,
 ) -> Staged:
-    """Parse and validate a body into `_batch`, outside any transaction."""
+    """Parse and validate a body into `_batch`, outside any transaction.
+
+    A complete array is loaded whatever its size: only a response of exactly
+    `server_limit` records (a count the server is known to cut at) is evidence that
+    the server left records out."""
     received, rejected = _parse(con, stream, body, privacy)
     received += len(rejected)
-    if max_records is not None and received >= max_records:
-        raise SuspectedTruncation(
-            f"response holds {received} records, at the truncation threshold {max_records}"
-        )
+    if server_limit is not None and received == server_limit:
+        raise SuspectedTruncation(f"response holds exactly {received} records, the server's limit")
     return Staged(received, rejected)
 
 
