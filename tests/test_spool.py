@@ -43,9 +43,10 @@ def per_line(items: list[dict[str, Any]], separator: str) -> bytes:
 
 def staged_rows(body: Spool) -> list[tuple[Any, ...]]:
     con = duckdb.connect()
-    stage(con, RCS_RECORDS, body, max_records=None, privacy=PLAIN)
+    stage(con, RCS_RECORDS, body, server_limit=None, privacy=PLAIN)
     return con.execute(
-        "SELECT id, state, reference, extra, _reason FROM _batch ORDER BY rowid"
+        "SELECT id, state, reference, number, content_message, extra, _reason "
+        "FROM _batch ORDER BY rowid"
     ).fetchall()
 
 
@@ -62,11 +63,40 @@ def test_a_body_with_one_record_per_line_is_cut_into_arrays_of_its_records(
         assert spool.size == len(body)
 
 
-def test_a_compact_body_stays_in_one_part(tmp_path: Path) -> None:
-    body = json.dumps(records(60)).encode()
-    spool = spooled(tmp_path, body)
-    assert not spool.cut
-    assert spool.whole().read_bytes() == body
+def layout(items: list[dict[str, Any]], name: str) -> bytes:
+    """A body as servers lay them out: compact, one record per line, or indented."""
+    if name == "compact":
+        return json.dumps(items, separators=(",", ":"), ensure_ascii=False).encode()
+    if name == "lines":
+        return per_line(items, "\n,")
+    return json.dumps(items, indent=3, ensure_ascii=False).encode()
+
+
+TRICKY = ["},{", '"},{"', "]", "[{", '\\"},{\\', "a\n},\n{b", "é},{ü", "\\", '\\\\"']
+"""String contents that look like separators, brackets, escapes, non-ASCII."""
+
+
+def flat(count: int, texts: list[str]) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": i,
+            "state": i % 5,
+            "timestamp": "2026-03-01T10:21:14Z",
+            "reference": texts[i % len(texts)],
+            "content_message": texts[(i * 7) % len(texts)] * 3,
+        }
+        for i in range(1, count + 1)
+    ]
+
+
+def test_every_layout_is_cut_into_arrays_of_its_records(tmp_path: Path) -> None:
+    items = flat(80, TRICKY)
+    for name in ("compact", "lines", "pretty"):
+        body = layout(items, name)
+        spool = spooled(tmp_path / name, body, chunk=97, part_bytes=300)
+        assert len(spool.parts) > 5, name
+        assert [r for p in spool.parts for r in json.loads(p.read_bytes())] == items, name
+        assert spool.whole().read_bytes() == body
 
 
 def test_the_loader_reads_a_cut_body_like_the_whole_one(tmp_path: Path) -> None:
@@ -133,6 +163,47 @@ def test_whatever_the_layout_and_cuts_the_loader_sees_the_same_records(
     body = ("[" + separator.join(json.dumps(r, indent=indent) for r in items) + "]").encode()
     spool = spooled(tmp, body, chunk=chunk, part_bytes=part_bytes)
     assert spool.whole().read_bytes() == body
+    whole = tmp / "whole.json"
+    whole.write_bytes(body)
+    assert staged_rows(spool) == staged_rows(Spool.of(whole))
+
+
+tricky_text = st.lists(st.sampled_from(TRICKY) | st.text(max_size=6), max_size=4).map("".join)
+flat_record = st.fixed_dictionaries(
+    {"id": st.integers(1, 10**6), "state": st.integers(0, 4)},
+    optional={
+        "reference": tricky_text,
+        "number": tricky_text,
+        "content_message": tricky_text,
+        "timestamp": st.sampled_from(["2026-03-01T10:21:14Z", "2026-03-01T10:21:14.243Z"]),
+    },
+)
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    items=st.lists(flat_record, min_size=1, max_size=40),
+    name=st.sampled_from(["compact", "lines", "pretty"]),
+    part_bytes=st.integers(1, 400),
+    chunk=st.integers(1, 200),
+)
+def test_any_layout_any_cut_any_string_the_parts_hold_exactly_the_records_sent(
+    tmp_path_factory: Any,
+    items: list[dict[str, Any]],
+    name: str,
+    part_bytes: int,
+    chunk: int,
+) -> None:
+    """Records without nesting: every cut lands between records (each part parses as an
+    array, together they are the records in order), and the loader stages the same rows
+    as from the whole body, `content_message` included."""
+    tmp = tmp_path_factory.mktemp("spool")
+    body = layout(items, name)
+    spool = spooled(tmp, body, chunk=chunk, part_bytes=part_bytes)
+    assert spool.whole().read_bytes() == body
+    assert [r for p in spool.parts for r in json.loads(p.read_bytes())] == items
     whole = tmp / "whole.json"
     whole.write_bytes(body)
     assert staged_rows(spool) == staged_rows(Spool.of(whole))

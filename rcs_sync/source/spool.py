@@ -1,13 +1,23 @@
 """Response bodies on disk, cut into parts DuckDB can parse in parallel.
 
-DuckDB parses one JSON array on one thread, but several files on all of them. Servers
-that stream a large array usually put one record per line (`[{…}\\n,{…}\\n,…]`, as the
-simulator does), and a comma next to a raw newline is always outside any string. So
-while the body is written, every `PART_BYTES` or so it is cut at such a comma: the part
-so far is closed with `]` and the next one opened with `[`. Where that comma was a
-top-level separator, the parts are arrays holding exactly the records of the body;
-where it was not (pretty-printed nesting), a part is not valid JSON, DuckDB says so,
-and the loader falls back to `whole()`, the body exactly as the server sent it.
+DuckDB parses one JSON array on one thread, but several files on all of them. So
+while the body is written, every `PART_BYTES` or so it is cut at a separator between
+two records: the part so far is closed with `]` and the next one opened with `[`.
+
+A separator is a comma between a `}` and a `{` (with any whitespace around it), which
+finds the record boundary of every layout servers use: compact `},{`, one record per
+line `}\n,{`, indented objects `},\n    {`. Such a comma can also sit inside a string
+(`"a},{b"`), so the writer follows whether the body is inside a string as it goes,
+which costs a `bytes.count` per chunk: outside strings a `"` toggles the state, and
+JSON only allows a backslash inside strings, where it escapes the next character, so
+dropping every backslash pair (`re.sub`, only on chunks that hold a backslash) leaves
+exactly the quotes that count. A candidate inside a string is skipped.
+
+What the writer does not follow is nesting: a record holding an array of objects
+(`{"x":[{…},{…}]}`) has separators one level down. A cut there, or anywhere else that
+is not a top-level separator, leaves the part before it inside an object, an array or
+a string, so that part is not valid JSON: DuckDB says so, and the loader falls back to
+`whole()`, the body exactly as the server sent it. A wrong cut costs time, never data.
 """
 
 from __future__ import annotations
@@ -26,8 +36,12 @@ PREFIX = "body-"
 PART_BYTES = 8 << 20
 """Cut roughly this often (~50k records): a window of 100k records already loads on two
 threads, and a part this size costs DuckDB nothing measurable to open."""
-SEPARATOR = re.compile(rb"[\r\n],|,[\r\n]")
-"""A comma next to a raw line break: JSON strings cannot hold one, so it is structural."""
+SEPARATOR = re.compile(rb"\}[ \t\r\n]*(,)[ \t\r\n]*\{")
+"""A comma between two objects: a record boundary unless it lies inside a string."""
+ESCAPE = re.compile(rb"\\.", re.DOTALL)
+"""A backslash and the character it escapes (only ever inside a string)."""
+CANDIDATES = 16
+"""Separators tried per chunk before waiting for the next one (strings full of `},{`)."""
 
 
 class SpoolWriter:
@@ -45,6 +59,10 @@ class SpoolWriter:
         self._written = 0
         """Bytes in the current part."""
         self.size = 0
+        self._in_string = False
+        """Whether the bytes written so far end inside a JSON string."""
+        self._escaped = False
+        """Whether they end on a backslash inside a string (the next byte is escaped)."""
 
     def __enter__(self) -> SpoolWriter:
         return self
@@ -70,6 +88,7 @@ class SpoolWriter:
         if comma < 0:
             self._out.write(chunk)
             self._written += len(chunk)
+            self._advance(chunk)
             return
         self._out.write(chunk[:comma])
         self._out.write(b"]")
@@ -79,19 +98,40 @@ class SpoolWriter:
         rest = chunk[comma + 1 :]
         self._out.write(rest)
         self._written = len(rest)
+        self._in_string, self._escaped = False, False  # a separator is outside strings
+        self._advance(rest)
 
-    @staticmethod
-    def _cut_at(chunk: bytes) -> int:
-        """Index of the first comma next to a line break in the chunk, or -1."""
-        found = SEPARATOR.search(chunk)
-        if found is None:
-            return -1
-        return found.start() if chunk[found.start()] == ord(",") else found.start() + 1
+    def _advance(self, data: bytes) -> None:
+        """Follow the string state over `data`, written after the current state."""
+        self._in_string, self._escaped = _string_state(data, self._in_string, self._escaped)
+
+    def _cut_at(self, chunk: bytes) -> int:
+        """Index of the first separator in the chunk that lies outside strings, or -1."""
+        for tried, found in enumerate(SEPARATOR.finditer(chunk)):
+            if tried >= CANDIDATES:
+                break
+            comma = found.start(1)
+            inside, _ = _string_state(chunk[:comma], self._in_string, self._escaped)
+            if not inside:
+                return comma
+        return -1
 
     def spool(self) -> Spool:
         self._out.close()
         self._base.unlink(missing_ok=True)
         return Spool(tuple(self._parts), self.size)
+
+
+def _string_state(data: bytes, in_string: bool, escaped: bool) -> tuple[bool, bool]:
+    """Whether the body is inside a string (and on a pending backslash) after `data`."""
+    if escaped and data:
+        data = data[1:]  # the character the last chunk's backslash escapes
+        escaped = False
+    if b"\\" in data:
+        data = ESCAPE.sub(b"", data)
+        if data.endswith(b"\\"):
+            data, escaped = data[:-1], True
+    return in_string ^ bool(data.count(b'"') & 1), escaped
 
 
 def remove_orphans(directory: Path) -> None:
