@@ -12,7 +12,7 @@ import sys
 import click
 
 from rcs_sim.population import BOUNDS, FAULT_KINDS
-from rcs_sim.server import SimConfig, serve_forever
+from rcs_sim.server import FORMATS, SimConfig, serve_forever
 
 
 @click.command()
@@ -33,6 +33,24 @@ from rcs_sim.server import SimConfig, serve_forever
     help=f"Comma-separated fault kinds from: {', '.join(FAULT_KINDS)}.",
 )
 @click.option("--latency", type=click.FloatRange(0), default=0.0, help="Seconds per request.")
+@click.option(
+    "--format",
+    "layout",
+    type=click.Choice(FORMATS),
+    default="lines",
+    show_default=True,
+    help="Body layout: one record per line, compact [{…},{…}], or indented objects.",
+)
+@click.option(
+    "--bandwidth", type=click.FloatRange(0), default=0.0, help="Bytes/s per connection (0: any)."
+)
+@click.option(
+    "--server-time",
+    type=click.FloatRange(0),
+    default=0.0,
+    help="Seconds of server work per 100k records served.",
+)
+@click.option("--gzip", "gzipped", is_flag=True, help="Gzip bodies for clients that accept it.")
 @click.option("--truncate-at", type=click.IntRange(1), help="Silently cut responses at N records.")
 @click.option("--bounds", type=click.Choice(BOUNDS), default="[)", show_default=True)
 @click.option("--bad-fraction", type=click.FloatRange(0, 1), default=0.0, show_default=True)
@@ -51,6 +69,10 @@ def simulate(
     fault_rate: float,
     faults: str,
     latency: float,
+    layout: str,
+    bandwidth: float,
+    server_time: float,
+    gzipped: bool,
     truncate_at: int | None,
     bounds: str,
     bad_fraction: float,
@@ -76,6 +98,10 @@ def simulate(
         fault_rate=fault_rate,
         faults=kinds,
         latency=latency,
+        format=layout,
+        bandwidth=bandwidth,
+        server_time=server_time,
+        gzip=gzipped,
         truncate_at=truncate_at,
         bounds=bounds,
         bad_fraction=bad_fraction,

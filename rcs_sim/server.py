@@ -15,6 +15,7 @@ Control endpoints (no auth, loopback only): ``GET /_sim/truth``, ``GET /_sim/req
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import hmac
 import json
 import os
@@ -40,7 +41,7 @@ from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import parse_qs, urlsplit
 
 import duckdb
@@ -96,6 +97,21 @@ _ERROR_TEXT = {
 }
 
 
+FORMATS = ("lines", "compact", "pretty")
+"""Body layouts: one record per line (`[{…}\n,{…}]`), `[{…},{…}]` with no line break,
+and the provider's own example (indented objects, one field per line)."""
+PRETTY = (
+    (b"}\n", b"\n   }"),
+    (b',{"', b',\n   {\n      "'),
+    (b',"', b',\n      "'),
+    (b'":', b'": '),
+)
+"""Replacements from a line of the spool file to an indented record. They hold for the
+simulator's own records, whose strings never contain `,"`, `":` or a `}` before a line
+break (a raw line break cannot occur in a JSON string)."""
+REFORMAT_BLOCK = 8 << 20
+
+
 @dataclass(frozen=True)
 class SimConfig:
     """Everything that shapes a simulated provider; see the field comments for units."""
@@ -121,6 +137,10 @@ class SimConfig:
     extra_fields: bool = False  # ~10% of records carry an undocumented "channel" field
     boundary_fraction: float = 0.0  # share of records timestamped exactly at a UTC midnight
     endpoints: tuple[Endpoint, ...] = ()  # further record endpoints served beside RCS
+    format: str = "lines"  # body layout, one of FORMATS
+    bandwidth: float = 0.0  # bytes/s each connection may send (0: unlimited)
+    server_time: float = 0.0  # seconds of server work per 100k records served
+    gzip: bool = False  # gzip bodies for clients that send Accept-Encoding: gzip
 
 
 @dataclass(frozen=True)
@@ -188,6 +208,8 @@ def _validate(config: SimConfig) -> None:
         "truncate_at must be None or an int >= 0",
     )
     _check(config.bounds in BOUNDS, f"bounds must be one of {BOUNDS}")
+    _check(config.format in FORMATS, f"format must be one of {FORMATS}")
+    _check(config.bandwidth >= 0 and config.server_time >= 0, "network shaping must be >= 0")
     _check(isinstance(config.extra_fields, bool), "extra_fields must be a bool")
     paths = [RECORDS_PATH, *(e.path for e in config.endpoints)]
     _check(len(set(paths)) == len(paths), "every endpoint needs a path of its own")
@@ -584,8 +606,15 @@ class _Handler(BaseHTTPRequestHandler):
             return None, 0, kind, self._hang_up
         path = self.server.spool / f"{uuid.uuid4().hex}.jsonl"
         records = sim.write_records(flt, clock_us, path, endpoint)
+        if sim.config.server_time and self.server.stopping.wait(
+            sim.config.server_time * records / 100_000
+        ):
+            path.unlink(missing_ok=True)
+            return None, 0, kind, self._hang_up
+        path = _body_file(path, sim.config.format)
         body_fault = fault if kind in ("truncate", "reset") else None
-        return 200, records, kind, partial(self._send_array, path, body_fault)
+        gzipped = sim.config.gzip and "gzip" in (self.headers.get("Accept-Encoding") or "")
+        return 200, records, kind, partial(self._send_array, path, body_fault, gzipped)
 
     def _send_fault(self, fault: Fault, clock_us: int) -> None:
         """Answer with an error status, an HTML page, or nothing at all (``drop``)."""
@@ -601,40 +630,59 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send_json(int(fault.kind), {"error": _ERROR_TEXT[int(fault.kind)]})
 
-    def _send_array(self, path: Path, fault: Fault | None) -> None:
-        """Send ``[`` + the spool file minus its leading comma + ``]`` (zero-copy), then
-        delete the file.
+    def _send_array(self, path: Path, fault: Fault | None, gzipped: bool = False) -> None:
+        """Send the body file (see `_body_file`), then delete it: gzip-encoded when
+        asked, at most `bandwidth` bytes/s.
 
         ``truncate`` omits Content-Length and closes early (the client sees a complete but
         unterminated array); ``reset`` promises the full length, sends part, then RSTs.
         """
         try:
-            size = path.stat().st_size
-            length = size + 1 if size else 2
+            if gzipped:
+                path = _gzip_file(path)
+            length = path.stat().st_size
             cut = length if fault is None else max(1, int(length * fault.cut))
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
+            if gzipped:
+                self.send_header("Content-Encoding", "gzip")
             if fault is not None and fault.kind == "truncate":
                 self.send_header("Connection", "close")
                 self.close_connection = True
             else:
                 self.send_header("Content-Length", str(length))
             self.end_headers()
-            self.wfile.write(b"[")
-            if min(cut, size) > 1:
-                with path.open("rb") as body:
-                    self.connection.sendfile(body, 1, min(cut, size) - 1)
+            with path.open("rb") as body:
+                self._send_bytes(body, cut)
         finally:
             path.unlink(missing_ok=True)
-        if fault is None:
-            self.wfile.write(b"]")
-        elif fault.kind == "reset":
+            path.with_suffix(".jsonl").unlink(missing_ok=True)
+        if fault is not None and fault.kind == "reset":
             # Linger 0 turns close() into a RST; the fd closes once rfile lets go of it.
             linger = struct.pack("ii", 1, 0)
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
             self.close_connection = True
             self.connection.close()
             self.rfile.close()
+
+    def _send_bytes(self, body: BinaryIO, count: int) -> None:
+        """The first `count` bytes of `body`: zero-copy, or paced to `bandwidth`."""
+        self.wfile.flush()
+        rate = self.server.sim.config.bandwidth
+        if not rate:
+            if count:
+                self.connection.sendfile(body, 0, count)
+            return
+        started, sent, step = time.monotonic(), 0, 64 << 10
+        while sent < count:
+            block = body.read(min(step, count - sent))
+            if not block:
+                return
+            self.connection.sendall(block)
+            sent += len(block)
+            ahead = sent / rate - (time.monotonic() - started)
+            if ahead > 0 and self.server.stopping.wait(ahead):
+                return
 
     def _hang_up(self) -> None:
         self.close_connection = True
@@ -659,6 +707,42 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
+
+
+def _body_file(lines: Path, layout: str) -> Path:
+    """The whole body, `[` … `]`, from the spool file's `,{…}` lines, in `layout`."""
+    body = lines.with_suffix(".json")
+    with lines.open("rb") as source, body.open("wb") as out:
+        out.write(b"[")
+        first, rest = True, b""
+        while True:
+            block = source.read(REFORMAT_BLOCK)
+            data = rest + block
+            if block:
+                end = data.rfind(b"\n") + 1
+                data, rest = data[:end], data[end:]
+            if layout == "compact":
+                data = data.replace(b"\n", b"")
+            elif layout == "pretty":
+                for old, new in PRETTY:
+                    data = data.replace(old, new)
+            if first and data:
+                data, first = data[1:], False  # the first record's leading comma
+            out.write(data)
+            if not block:
+                break
+        out.write(b"\n]" if layout == "pretty" else b"]")
+    lines.unlink(missing_ok=True)
+    return body
+
+
+def _gzip_file(body: Path) -> Path:
+    """`body` gzip-compressed (level 1: the simulator should not be the bottleneck)."""
+    packed = body.with_suffix(".json.gz")
+    with body.open("rb") as source, gzip.open(packed, "wb", compresslevel=1) as out:
+        shutil.copyfileobj(source, out, 1 << 20)
+    body.unlink(missing_ok=True)
+    return packed
 
 
 def _params(query: str) -> dict[str, str]:

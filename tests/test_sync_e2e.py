@@ -9,6 +9,8 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from rcs_sync.model.durations import format_instant
 from tests.adversarial_helpers import compare
 from tests.conftest import TOKEN, Site, wait_for
@@ -309,3 +311,21 @@ def test_an_unknown_stream_is_a_config_error_naming_the_key(site: SiteFactory) -
         "rcs-sync: config: [sync] streams: unknown stream 'teams'; known: rcs_records"
     )
     assert not s.db.exists()
+
+
+@pytest.mark.parametrize(
+    ("layout", "gzipped", "content"),
+    [("compact", True, False), ("pretty", False, True), ("lines", True, True)],
+)
+def test_every_body_layout_and_encoding_loads_exactly_the_records_served(
+    site: SiteFactory, layout: str, gzipped: bool, content: bool
+) -> None:
+    """The default concurrency, bodies compact, indented or one record per line, gzip
+    or not: the warehouse ends up holding what the server holds."""
+    s = site(records=4_000, days=6, format=layout, gzip=gzipped, api={"include_content": content})
+    s.ok("sync")
+    s.assert_converged()
+    [(with_content,)] = s.query(
+        "SELECT count(*) FROM rcs_records WHERE content_message IS NOT NULL"
+    )
+    assert (with_content > 0) == content
