@@ -11,8 +11,17 @@ the cores. Sizes (environment, defaults in brackets):
 - BENCH_SWEEP [250000,500000,1000000]: one window of each size, to choose the default
   of `[sync] max_records_per_request` (served by the same simulator as the above).
 - BENCH_NOOP_RECORDS [100k]: the warehouse behind an incremental pass finding nothing.
-- BENCH_PARTS [one_window,scale,noop]: which parts to run, e.g. `one_window,noop` to set
-  the backfill and the no-op pass of two trees side by side.
+- BENCH_LAYOUTS [lines,compact,pretty]: body layouts of the `layouts` part, each a
+  one-day backfill of BENCH_RECORDS with the default configuration, beside the bare
+  limit on the same bytes.
+- BENCH_BIG_DAY [800000]: records per day of the `big_days` part (two such days):
+  records the server served over records stored, and the peak RSS.
+- BENCH_SLOW_RECORDS [300000] over 30 days for the `slow_link` part: a backfill over a
+  slow link (BENCH_SLOW_LATENCY [0.2] s per request, BENCH_SLOW_BANDWIDTH [6e6] bytes/s
+  per connection, BENCH_SLOW_SERVER [1.0] s of server time per 100k records) at
+  `concurrency = 1` and at the default, against what the link allows.
+- BENCH_PARTS [one_window,layouts,big_days,slow_link,scale,noop]: which parts to run,
+  e.g. `one_window,noop` to set the backfill and the no-op pass of two trees side by side.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -51,7 +61,15 @@ SCALE_RECORDS = int(os.environ.get("BENCH_SCALE_RECORDS", "4000000"))
 SCALE_WINDOWS = int(os.environ.get("BENCH_SCALE_WINDOWS", "20"))
 SWEEP = tuple(int(n) for n in os.environ.get("BENCH_SWEEP", "250000,500000,1000000").split(","))
 NOOP_RECORDS = int(os.environ.get("BENCH_NOOP_RECORDS", "100000"))
-PARTS = os.environ.get("BENCH_PARTS", "one_window,scale,noop").split(",")
+PARTS = os.environ.get("BENCH_PARTS", "one_window,layouts,big_days,slow_link,scale,noop").split(",")
+LAYOUTS = os.environ.get("BENCH_LAYOUTS", "lines,compact,pretty").split(",")
+BIG_DAY = int(os.environ.get("BENCH_BIG_DAY", "800000"))
+SLOW_RECORDS = int(os.environ.get("BENCH_SLOW_RECORDS", "300000"))
+SLOW_LATENCY = float(os.environ.get("BENCH_SLOW_LATENCY", "0.2"))
+SLOW_BANDWIDTH = float(os.environ.get("BENCH_SLOW_BANDWIDTH", "6e6"))
+SLOW_SERVER = float(os.environ.get("BENCH_SLOW_SERVER", "1.0"))
+DEFAULT_CONCURRENCY = 4
+"""`[api] concurrency` when the config leaves it out."""
 ONE_WINDOW = "100000d"
 """A window larger than any span: the whole span in one request."""
 SCALE_WINDOW = timedelta(hours=2, minutes=24)
@@ -140,15 +158,18 @@ def write_config(
     window: str,
     interval: str = "5m",
     initial_start: datetime | None = None,
+    *,
+    defaults: bool = False,
+    api: str = "",
 ) -> Path:
-    """A config planning every window whole (target_records_per_request far above any response), so
-    one window is one request."""
+    """A config planning every window whole (target_records_per_request far above any
+    response), so one window is one request; with `defaults`, the shipped planning."""
     config = directory / "rcs-sync.toml"
     first = f'initial_start = "{format_instant(initial_start)}"\n' if initial_start else ""
+    target = "" if defaults else "target_records_per_request = 10000000\n"
     config.write_text(
-        f'[api]\nbase_url = "{base_url}"\ntimeout = "120s"\n'
-        f'[sync]\nwindow = "{window}"\ninterval = "{interval}"\n{first}'
-        f"target_records_per_request = 10000000\n"
+        f'[api]\nbase_url = "{base_url}"\ntimeout = "120s"\n{api}'
+        f'[sync]\nwindow = "{window}"\ninterval = "{interval}"\n{first}{target}'
         f'[warehouse]\npath = "rcs.duckdb"\n',
         encoding="utf-8",
     )
@@ -173,12 +194,16 @@ def bench_backfill(
     window: str = ONE_WINDOW,
     *,
     per_window: bool = False,
+    defaults: bool = False,
+    api: str = "",
+    stored: list[int] | None = None,
 ) -> list[Run]:
-    """RUNS backfills of `span` through the CLI, each into a new warehouse."""
+    """RUNS backfills of `span` through the CLI, each into a new warehouse (the rows it
+    ends up holding appended to `stored`)."""
     runs = []
     for _ in range(RUNS):
         with tempfile.TemporaryDirectory(prefix="rcs-bench-") as tmp:
-            config = write_config(Path(tmp), base_url, window)
+            config = write_config(Path(tmp), base_url, window, defaults=defaults, api=api)
             cmd = [
                 RCS_SYNC,
                 "--config",
@@ -193,6 +218,10 @@ def bench_backfill(
             if run.peak_rss_mb <= own_peak_rss_mb():
                 sys.exit("bench: the peak RSS measured is the bench's own; keep heavy work out")
             runs.append(run)
+            if stored is not None:
+                with duckdb.connect(str(Path(tmp) / "rcs.duckdb"), read_only=True) as con:
+                    row = con.execute("SELECT count(*) FROM rcs_records").fetchone()
+                stored.append(int(row[0]) if row else 0)
     return runs
 
 
@@ -333,6 +362,169 @@ def bench_one_window(env: dict[str, str], figures: dict[str, object]) -> None:
         )
     finally:
         stop(sim)
+
+
+def served(base_url: str, env: dict[str, str]) -> list[dict[str, Any]]:
+    """The simulator's request log (records and body bytes of each response)."""
+    request = urllib.request.Request(
+        f"{base_url}/_sim/requests", headers={"Authorization": f"Bearer {env['RCS_SIM_TOKEN']}"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        entries: list[dict[str, Any]] = json.load(resp)
+    return [e for e in entries if e["path"] == "/j/rcs_records" and e["status"] == 200]
+
+
+def bench_layouts(env: dict[str, str], figures: dict[str, object]) -> None:
+    """For each body layout: RECORDS records stamped within one day, read as one window
+    (one request) with the default configuration otherwise (target, concurrency),
+    beside the bare limit on the same bytes in the same run."""
+    for layout in LAYOUTS:
+        sim, base_url = spawn(["--records", str(RECORDS), "--days", "0.9", "--format", layout], env)
+        try:
+            now = datetime.now(UTC)
+            span = span_from(now - timedelta(days=1), timedelta(days=1, hours=1))
+            backfill = checked(
+                bench_backfill(base_url, env, span, ONE_WINDOW, defaults=True), RECORDS
+            )
+            bare = bench_bare(base_url, env, span)
+        finally:
+            stop(sim)
+        rate = median([RECORDS / r.seconds for r in backfill])
+        bare_rate = median([RECORDS / r.seconds for r in bare])
+        label = f"layout {layout}: backfill 1 day, default config"
+        report(figures, f"{label} (records/s)", f"layout_{layout}_records_per_s", round(rate))
+        report(
+            figures,
+            f"{label}, peak RSS (MB)",
+            f"layout_{layout}_peak_rss_mb",
+            median([r.peak_rss_mb for r in backfill]),
+        )
+        report(
+            figures,
+            f"layout {layout}: bare limit (records/s)",
+            f"layout_{layout}_bare_records_per_s",
+            round(bare_rate),
+        )
+        report(
+            figures,
+            f"layout {layout}: backfill time / bare-limit time",
+            f"layout_{layout}_ratio_to_bare",
+            round(bare_rate / rate, 2),
+        )
+
+
+def bench_big_days(env: dict[str, str], figures: dict[str, object]) -> None:
+    """Two days of BIG_DAY records each, default configuration: records the server
+    served over records stored (a response thrown away and re-read counts twice)."""
+    day = timedelta(days=1)
+    history = 3 * day + SPAWN_SLACK
+    density = BIG_DAY / day.total_seconds()
+    sim, base_url = spawn(
+        [
+            "--records",
+            str(round(density * history.total_seconds())),
+            "--days",
+            f"{history / day:.6f}",
+        ],
+        env,
+    )
+    try:
+        first = grid_ceil(datetime.now(UTC) - history, day)
+        span = span_from(first, 2 * day)
+        stored: list[int] = []
+        runs = bench_backfill(base_url, env, span, "1d", defaults=True, stored=stored)
+        log = served(base_url, env)
+    finally:
+        stop(sim)
+    report(
+        figures,
+        f"2 days of {BIG_DAY:,}: records served / records stored",
+        "big_days_served_ratio",
+        round(sum(e["records"] for e in log) / sum(stored), 3),
+    )
+    report(
+        figures,
+        f"2 days of {BIG_DAY:,}: requests per backfill",
+        "big_days_requests",
+        len(log) / RUNS,
+    )
+    report(
+        figures,
+        f"2 days of {BIG_DAY:,}: peak RSS (MB)",
+        "big_days_peak_rss_mb",
+        median([r.peak_rss_mb for r in runs]),
+    )
+    report(
+        figures,
+        f"2 days of {BIG_DAY:,} (records/s)",
+        "big_days_records_per_s",
+        round(median([s / r.seconds for s, r in zip(stored, runs, strict=True)])),
+    )
+
+
+def bench_slow_link(env: dict[str, str], figures: dict[str, object]) -> None:
+    """A 30-day backfill over a slow link at `concurrency = 1` and at the default,
+    against what the link allows: (body bytes / bandwidth + server time + one round
+    trip) summed over the requests, divided by the concurrency."""
+    days = 30
+    history = timedelta(days=days) + SPAWN_SLACK
+    density = SLOW_RECORDS / (days * 86400)
+    sim, base_url = spawn(
+        [
+            "--records",
+            str(round(density * history.total_seconds())),
+            "--days",
+            f"{history / timedelta(days=1):.6f}",
+            "--latency",
+            str(SLOW_LATENCY),
+            "--bandwidth",
+            str(SLOW_BANDWIDTH),
+            "--server-time",
+            str(SLOW_SERVER),
+        ],
+        env,
+    )
+    results: dict[int, tuple[list[Run], list[dict[str, Any]]]] = {}
+    try:
+        first = grid_ceil(datetime.now(UTC) - history, timedelta(days=1))
+        span = span_from(first, timedelta(days=days - 1))
+        for concurrency in (1, DEFAULT_CONCURRENCY):
+            before = len(served(base_url, env))
+            api = "" if concurrency == DEFAULT_CONCURRENCY else f"concurrency = {concurrency}\n"
+            runs = bench_backfill(base_url, env, span, "1d", defaults=True, api=api)
+            results[concurrency] = (runs, served(base_url, env)[before:])
+    finally:
+        stop(sim)
+    seconds = {c: median([r.seconds for r in runs]) for c, (runs, _) in results.items()}
+    for concurrency, (_, log) in results.items():
+        allowed = (
+            sum(
+                e["bytes"] / SLOW_BANDWIDTH + SLOW_SERVER * e["records"] / 100_000 + SLOW_LATENCY
+                for e in log
+            )
+            / RUNS
+            / concurrency
+        )
+        label = f"slow link, 30 days, concurrency {concurrency}"
+        report(figures, f"{label} (s)", f"slow_c{concurrency}_s", seconds[concurrency])
+        report(
+            figures,
+            f"{label}: what the link allows (s)",
+            f"slow_c{concurrency}_link_s",
+            round(allowed, 3),
+        )
+        report(
+            figures,
+            f"{label}: time / what the link allows",
+            f"slow_c{concurrency}_ratio_to_link",
+            round(seconds[concurrency] / allowed, 2),
+        )
+    report(
+        figures,
+        f"slow link: concurrency 1 / concurrency {DEFAULT_CONCURRENCY}",
+        "slow_speedup",
+        round(seconds[1] / seconds[DEFAULT_CONCURRENCY], 2),
+    )
 
 
 def grid_ceil(instant: datetime, size: timedelta) -> datetime:
@@ -619,7 +811,14 @@ def main() -> None:
         "scale_windows": SCALE_WINDOWS,
         "noop_records": NOOP_RECORDS,
     }
-    parts = {"one_window": bench_one_window, "scale": bench_scale, "noop": bench_noop}
+    parts = {
+        "one_window": bench_one_window,
+        "layouts": bench_layouts,
+        "big_days": bench_big_days,
+        "slow_link": bench_slow_link,
+        "scale": bench_scale,
+        "noop": bench_noop,
+    }
     unknown = set(PARTS) - parts.keys()
     if unknown:
         sys.exit(f"bench: unknown BENCH_PARTS {sorted(unknown)}; known: {sorted(parts)}")

@@ -153,6 +153,7 @@ class RequestLog:
     fault: str | None
     server_time: datetime
     path: str = RECORDS_PATH
+    bytes: int = 0  # body bytes of a 200 as laid out (before any gzip)
 
     def to_json(self) -> dict[str, object]:
         return {**dataclasses.asdict(self), "server_time": _iso(self.server_time)}
@@ -518,6 +519,7 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server: _Server
     clock_us: int | None = None
+    body_bytes: int = 0
 
     def version_string(self) -> str:
         return self.server_version
@@ -574,10 +576,13 @@ class _Handler(BaseHTTPRequestHandler):
         if sim.config.latency:
             self.server.stopping.wait(sim.config.latency)
         clock_us = self.clock_us = sim.now_us()
+        self.body_bytes = 0
         status, records, fault, respond = self._plan_records(endpoint, params, clock_us)
         # Logged before answering, so the log follows arrival order for a sequential client.
         kept = {key: value for key, value in params.items() if "token" not in key.lower()}
-        log = RequestLog(kept, status, records, fault, _from_us(clock_us), endpoint)
+        log = RequestLog(
+            kept, status, records, fault, _from_us(clock_us), endpoint, self.body_bytes
+        )
         sim.requests.append(log)
         respond()
 
@@ -612,6 +617,7 @@ class _Handler(BaseHTTPRequestHandler):
             path.unlink(missing_ok=True)
             return None, 0, kind, self._hang_up
         path = _body_file(path, sim.config.format)
+        self.body_bytes = path.stat().st_size
         body_fault = fault if kind in ("truncate", "reset") else None
         gzipped = sim.config.gzip and "gzip" in (self.headers.get("Accept-Encoding") or "")
         return 200, records, kind, partial(self._send_array, path, body_fault, gzipped)
