@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install lint test demo bench soak clean
+.PHONY: install lint test demo bench bench-peer soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
@@ -34,8 +34,18 @@ bench: $(STAMP)
 	$(BIN)/python bench/analytics_bench.py
 	$(BIN)/python bench/upsert_bench.py
 
+# The peer (dlt) lives in a virtualenv of its own, so its dependencies never mix with ours.
+PEER := .venv-peer
+$(PEER)/.installed-stamp:
+	test -x $(PEER)/bin/python || $(PYTHON) -m venv $(PEER)
+	$(PEER)/bin/python -m pip install --quiet 'dlt[duckdb]' requests
+	touch $@
+
+bench-peer: $(STAMP) $(PEER)/.installed-stamp
+	PEER_PYTHON=$(PEER)/bin/python $(BIN)/python bench/peer.py
+
 soak: $(STAMP)
 	$(BIN)/python bench/soak.py
 
 clean:
-	rm -rf $(VENV) demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PEER) demo .pytest_cache .mypy_cache .ruff_cache
