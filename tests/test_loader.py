@@ -217,6 +217,13 @@ def test_suspected_truncation_rolls_back_the_whole_batch(
     assert rows(warehouse, "SELECT count(*) FROM sync_windows") == [(1,)]
 
 
+def test_more_records_than_the_server_limit_load_they_were_evidently_not_cut_there(
+    warehouse: Warehouse, tmp_path: Path
+) -> None:
+    load(warehouse, tmp_path, [record(i) for i in range(1, 12)], server_limit=10)
+    assert rows(warehouse, "SELECT count(*) FROM rcs_records") == [(11,)]
+
+
 def test_window_and_records_commit_together(warehouse: Warehouse, tmp_path: Path) -> None:
     load(warehouse, tmp_path, [record(1)])
     assert rows(warehouse, "SELECT window_start, window_end, records FROM sync_windows") == [
