@@ -7,10 +7,13 @@ we delay it, only for the length of one commit.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import secrets
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +22,7 @@ from typing import Any
 import duckdb
 import structlog
 from tenacity import (
+    RetryCallState,
     Retrying,
     retry_if_exception,
     stop_after_delay,
@@ -27,7 +31,13 @@ from tenacity import (
 
 from rcs_sync.logs import redact
 from rcs_sync.model.commits import Commit, LoadResult
-from rcs_sync.model.errors import Stopped, WarehouseLocked, WarehouseUnavailable, error_kind
+from rcs_sync.model.errors import (
+    Stopped,
+    WarehouseDamaged,
+    WarehouseLocked,
+    WarehouseUnavailable,
+    error_kind,
+)
 from rcs_sync.model.responses import Spool
 from rcs_sync.model.streams import Stream, registered
 from rcs_sync.model.windows import Fetch, Split, Window
@@ -40,10 +50,37 @@ log = structlog.get_logger(__name__)
 
 FILE_MODE = 0o640
 LOCK_PID = re.compile(r"\(PID (\d+)\)")
+LOCK_WAIT_WARNING = 3.0
+"""Seconds of waiting for DuckDB's file lock after which the wait is logged (a warning
+naming the holder, once per wait), like PostgreSQL's `log_lock_waits`."""
+RUN_FIELDS = (
+    "stream",
+    "scope",
+    "command",
+    "mode",
+    "pid",
+    "started_at",
+    "finished_at",
+    "status",
+    "error",
+    "error_kind",
+)
+"""What a deferred run record holds (`defer_run`), besides an optional `run_id`."""
+
+
+NEXT_RUN_ID = (
+    "SELECT greatest(nextval('sync_runs_id'), coalesce(max(run_id), 0) + 1) FROM sync_runs"
+)
+"""The next `run_id`: the sequence's, unless rows were copied in without it (a snapshot
+used as the warehouse holds the rows but a sequence as of its first copy)."""
 
 
 class _LockConflict(Exception):
     """One failed attempt to take the file lock; retried until the budget runs out."""
+
+    def __init__(self, pid: int | None) -> None:
+        super().__init__(pid)
+        self.pid = pid
 
 
 def _is_lock_conflict(exc: BaseException) -> bool:
@@ -129,20 +166,59 @@ class Warehouse:
             self._held = None
 
     def _open_retrying(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        began = time.monotonic()
+        warned = False
+        holder: int | None = None
+
+        def note(state: RetryCallState) -> None:
+            nonlocal holder
+            exc = state.outcome.exception() if state.outcome else None
+            holder = exc.pid if isinstance(exc, _LockConflict) else None
+
+        def sleep(seconds: float) -> None:
+            """Sleep, logging the wait once it has lasted LOCK_WAIT_WARNING seconds."""
+            nonlocal warned
+            end = time.monotonic() + seconds
+            while True:
+                now = time.monotonic()
+                if not warned and now - began >= LOCK_WAIT_WARNING:
+                    warned = True
+                    log.warning(
+                        "warehouse_lock_wait",
+                        path=str(self.path),
+                        holder_pid=holder,
+                        waited_s=round(now - began, 1),
+                        timeout_s=self._lock_timeout,
+                    )
+                if now >= end:
+                    return
+                step = end - now
+                if not warned:
+                    step = min(step, began + LOCK_WAIT_WARNING - now + 0.01)
+                self._sleep(step)
+
         retrying = Retrying(
             retry=retry_if_exception(_is_lock_conflict),
             stop=stop_after_delay(self._lock_timeout),
             wait=wait_random_exponential(multiplier=0.05, max=2.0),
-            sleep=self._sleep,
+            sleep=sleep,
+            before_sleep=note,
             reraise=True,
         )
         try:
             con: duckdb.DuckDBPyConnection = retrying(self._open, read_only)
         except _LockConflict as exc:
+            by = f" (PID {exc.pid})" if exc.pid else ""
             raise WarehouseLocked(
-                f"warehouse {self.path} is locked by another process{exc}; "
+                f"warehouse {self.path} is locked by another process{by}; "
                 f"gave up after {self._lock_timeout:g}s"
             ) from None
+        if warned:
+            log.info(
+                "warehouse_lock_acquired",
+                path=str(self.path),
+                waited_s=round(time.monotonic() - began, 1),
+            )
         return con
 
     def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
@@ -155,7 +231,7 @@ class Warehouse:
             message = str(exc)
             if "lock" in message.lower():
                 pid = LOCK_PID.search(message)
-                raise _LockConflict(f" (PID {pid.group(1)})" if pid else "") from None
+                raise _LockConflict(int(pid.group(1)) if pid else None) from None
             raise WarehouseUnavailable(f"cannot open warehouse {self.path}: {message}") from None
         except duckdb.Error as exc:
             raise WarehouseUnavailable(f"cannot open warehouse {self.path}: {exc}") from None
@@ -195,6 +271,7 @@ class Warehouse:
                 applied.append(version)
                 log.info("migration_applied", version=version, name=name)
             self._ensure_streams(con)
+            self._write_deferred(con)
         return applied
 
     def _ensure_streams(self, con: duckdb.DuckDBPyConnection) -> None:
@@ -212,30 +289,148 @@ class Warehouse:
                 ) from None
 
     def start_run(self, stream: Stream, scope: str, command: str, mode: str) -> int:
-        with self.connect() as con:
-            row = con.execute(
-                "INSERT INTO sync_runs (stream, scope, command, mode, pid, started_at, status) "
-                "VALUES (?, ?, ?, ?, ?, ?, 'running') RETURNING run_id",
-                [stream.name, scope, command, mode, os.getpid(), datetime.now(UTC)],
-            ).fetchone()
+        """A `running` row in `sync_runs`. If the file cannot be written, the failed run
+        is kept beside it (`defer_run`) before the error is raised."""
+        started = datetime.now(UTC)
+        try:
+            with self.connect() as con:
+                row = con.execute(
+                    "INSERT INTO sync_runs "
+                    "(run_id, stream, scope, command, mode, pid, started_at, status) "
+                    f"VALUES (({NEXT_RUN_ID}), ?, ?, ?, ?, ?, ?, 'running') RETURNING run_id",
+                    [stream.name, scope, command, mode, os.getpid(), started],
+                ).fetchone()
+        except (WarehouseLocked, WarehouseUnavailable) as exc:
+            self.defer_run(failed_run(stream.name, scope, command, exc, started, mode=mode))
+            raise
         assert row is not None
         return int(row[0])
 
     def finish_run(self, run_id: int, error: BaseException | None) -> None:
+        """Close the run's row; if the file cannot be written now, its outcome is kept
+        beside it and written by the next opening (`defer_run`) rather than raised over
+        the error that ended the run."""
         status = "ok" if error is None else "stopped" if isinstance(error, Stopped) else "failed"
         message = None if error is None else redact(str(error) or type(error).__name__)
-        with self.connect() as con:
-            con.execute(
-                "UPDATE sync_runs SET finished_at = ?, status = ?, error = ?, error_kind = ? "
-                "WHERE run_id = ?",
-                [
-                    datetime.now(UTC),
-                    status,
-                    message,
-                    None if error is None else error_kind(error),
-                    run_id,
-                ],
+        kind = None if error is None else error_kind(error)
+        finished = datetime.now(UTC)
+        try:
+            with self.connect() as con:
+                con.execute(
+                    "UPDATE sync_runs SET finished_at = ?, status = ?, error = ?, error_kind = ? "
+                    "WHERE run_id = ?",
+                    [finished, status, message, kind, run_id],
+                )
+        except (WarehouseLocked, WarehouseUnavailable) as exc:
+            if isinstance(exc, WarehouseDamaged):
+                raise
+            log.warning("run_record_deferred", run_id=run_id, error=str(exc))
+            self.defer_run(
+                {
+                    "run_id": run_id,
+                    "finished_at": finished.isoformat(),
+                    "status": status,
+                    "error": message,
+                    "error_kind": kind,
+                }
             )
+
+    @property
+    def deferred_dir(self) -> Path:
+        """Where run records wait that could not be written when they were made."""
+        return self.path.parent / f".{self.path.name}.runs"
+
+    def defer_run(self, record: Mapping[str, Any]) -> None:
+        """Keep a run record (a new failed run, or the outcome of run `run_id`) that could
+        not be written because the file was locked or unwritable: a small JSON file in
+        `deferred_dir`, moved into `sync_runs` by the next opening that can write
+        (`migrate`, which every pass starts with). Written under a temporary name, fsynced,
+        then renamed: a crash leaves it whole or absent, and writing it twice is harmless
+        (`_write_deferred` skips a row it already holds)."""
+        directory = self.deferred_dir
+        name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}.json"
+        try:
+            directory.mkdir(mode=0o750, exist_ok=True)
+            temporary = directory / f".{name}.tmp"
+            with open(temporary, "w", encoding="utf-8") as out:
+                json.dump(dict(record), out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(temporary, FILE_MODE)
+            os.replace(temporary, directory / name)
+        except OSError as exc:
+            log.error("run_record_lost", directory=str(directory), error=str(exc))
+
+    def deferred_runs(self) -> list[dict[str, Any]]:
+        """The run records waiting in `deferred_dir`, oldest first."""
+        return [record for _path, record in self._deferred()]
+
+    def _deferred(self) -> list[tuple[Path, dict[str, Any]]]:
+        try:
+            paths = sorted(self.deferred_dir.glob("*.json"))
+        except OSError:
+            return []
+        found = []
+        for path in paths:
+            try:
+                record = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(record, dict):
+                found.append((path, record))
+        return found
+
+    def _write_deferred(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Move the deferred run records into `sync_runs` (one transaction), then delete
+        their files. A crash between the two writes nothing twice: a new run is skipped
+        if a row of the same stream, scope, process and start exists, an outcome applies
+        only to a row still `running`."""
+        deferred = self._deferred()
+        if not deferred:
+            return
+        with _transaction(con, self.path):
+            for _path, r in deferred:
+                finished = _instant(r.get("finished_at"))
+                if r.get("run_id") is not None:
+                    con.execute(
+                        "UPDATE sync_runs SET finished_at = ?, status = ?, error = ?, "
+                        "error_kind = ? WHERE run_id = ? AND status = 'running'",
+                        [
+                            finished,
+                            r.get("status"),
+                            r.get("error"),
+                            r.get("error_kind"),
+                            r["run_id"],
+                        ],
+                    )
+                    continue
+                started = _instant(r.get("started_at")) or finished or datetime.now(UTC)
+                con.execute(
+                    "INSERT INTO sync_runs (run_id, stream, scope, command, mode, pid, "
+                    "started_at, finished_at, status, error, error_kind) "
+                    f"SELECT ({NEXT_RUN_ID}), ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS ("
+                    "SELECT 1 FROM sync_runs WHERE stream = ? AND scope = ? "
+                    "AND pid IS NOT DISTINCT FROM ? AND started_at = ?)",
+                    [
+                        r.get("stream"),
+                        r.get("scope"),
+                        r.get("command") or "sync",
+                        r.get("mode"),
+                        r.get("pid"),
+                        started,
+                        finished,
+                        r.get("status") or "failed",
+                        r.get("error"),
+                        r.get("error_kind"),
+                        r.get("stream"),
+                        r.get("scope"),
+                        r.get("pid"),
+                        started,
+                    ],
+                )
+        for path, _record in deferred:
+            path.unlink(missing_ok=True)
+        log.info("deferred_runs_recorded", count=len(deferred))
 
     def checkpoint(self, stream: Stream, scope: str) -> datetime | None:
         with self.connect() as con:
@@ -381,6 +576,34 @@ def _transaction(con: duckdb.DuckDBPyConnection, path: Path) -> Iterator[None]:
         con.execute("COMMIT")
     except duckdb.Error as exc:
         raise WarehouseUnavailable(f"commit to {path} failed: {exc}") from None
+
+
+def failed_run(
+    stream: str,
+    scope: str,
+    command: str,
+    error: BaseException,
+    started: datetime,
+    *,
+    mode: str | None = None,
+) -> dict[str, Any]:
+    """A deferred record (`Warehouse.defer_run`) of a run that failed before it had a row."""
+    return {
+        "stream": stream,
+        "scope": scope,
+        "command": command,
+        "mode": mode,
+        "pid": os.getpid(),
+        "started_at": started.isoformat(),
+        "finished_at": datetime.now(UTC).isoformat(),
+        "status": "stopped" if isinstance(error, Stopped) else "failed",
+        "error": redact(str(error) or type(error).__name__),
+        "error_kind": error_kind(error),
+    }
+
+
+def _instant(value: object) -> datetime | None:
+    return datetime.fromisoformat(value) if isinstance(value, str) else None
 
 
 def _utc(value: datetime) -> datetime:
