@@ -186,6 +186,7 @@ def sync(
             wait=not no_wait,
             on_wait=on_wait,
             first_contact_fails_fast=not events,  # the daemon's passes keep retrying
+            verify=not events,
         ) as api:
             with _listener(emit, "sync") as listener:
                 syncers = [app.syncer(api, stream, listener=listener) for stream in app.streams()]

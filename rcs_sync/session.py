@@ -41,6 +41,7 @@ class App:
             threads=wh.threads,
             stop=self.stop,
             streams=self.streams(),
+            snapshot=wh.snapshot_file,
         )
 
     @contextmanager
@@ -53,6 +54,7 @@ class App:
         wait: bool = True,
         on_wait: Callable[[int | None, float], None] | None = None,
         first_contact_fails_fast: bool = False,
+        verify: bool = True,
     ) -> Iterator[ApiClient]:
         """What every pass runs inside (`sync`, `backfill`, the daemon's passes): stop
         signals that finish or roll back the window in hand, the token read once up
@@ -65,14 +67,17 @@ class App:
         the next pass that can write (`Warehouse.defer_run`).
 
         `first_contact_fails_fast` (one-shot commands, never the daemon's passes): a first
-        request that cannot connect at all fails at once (`ApiUnreachable`), unretried."""
+        request that cannot connect at all fails at once (`ApiUnreachable`), unretried.
+        `verify`: check every data block before writing (`Warehouse.verify`); the daemon's
+        passes skip it (the daemon checked at start-up, and a damaged block any pass
+        reads fails it just as well)."""
         self._stop_on_signals(interrupt=False)
         started = datetime.now(UTC)
         ready = False
         try:
             self.token()
             with self.writer(wait=wait, on_wait=on_wait), self.warehouse.held():
-                self.warehouse.migrate()
+                self.warehouse.migrate(verify=verify)
                 ready = True
                 self._stop_on_signals(interrupt=True)
                 api = self.api(on_response, first_contact_fails_fast=first_contact_fails_fast)

@@ -12,6 +12,7 @@ from typing import Any
 import duckdb
 
 from rcs_sync.model.durations import format_duration, format_instant
+from rcs_sync.model.errors import WarehouseDamaged
 from rcs_sync.model.health import Health, ScopeRuns, evaluate
 from rcs_sync.model.streams import Stream
 from rcs_sync.model.windows import Window, merge
@@ -57,7 +58,26 @@ def collect(
     outcomes = {int(r["run_id"]): r for r in deferred if r.get("run_id") is not None}
     unwritten = [r for r in deferred if r.get("run_id") is None]
     scope_runs: list[ScopeRuns] = []
+    try:
+        return _collect(
+            warehouse, interval, now, outcomes=outcomes, unwritten=unwritten, scope_runs=scope_runs
+        )
+    except WarehouseDamaged as exc:
+        report = _report(warehouse, Health(False, [str(exc)]), None, [], [])
+        return {**report, "damaged": True}
+
+
+def _collect(
+    warehouse: Warehouse,
+    interval: timedelta,
+    now: datetime,
+    *,
+    outcomes: dict[int, dict[str, Any]],
+    unwritten: list[dict[str, Any]],
+    scope_runs: list[ScopeRuns],
+) -> dict[str, Any]:
     with warehouse.connect(read_only=True) as con:
+        warehouse.verify(con)
         version = con.execute("SELECT max(version) FROM schema_migrations").fetchone()
         present = {
             str(r[0])
@@ -162,6 +182,7 @@ def _report(
         "quarantined": first.get("quarantined") or 0,
         "scopes": entries,
         "streams": streams,
+        "damaged": False,
     }
 
 
