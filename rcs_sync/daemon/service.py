@@ -38,7 +38,7 @@ from rcs_sync.daemon.notify import Notifier
 from rcs_sync.daemon.passes import PassEntry, PassProcess
 from rcs_sync.model import events
 from rcs_sync.model.durations import format_instant, parse_instant
-from rcs_sync.model.errors import WarehouseUnavailable
+from rcs_sync.model.errors import EXIT_STOPPED, WarehouseUnavailable
 from rcs_sync.model.events import PassFailed, ScopeFinished
 from rcs_sync.writer_lock import WriterLock
 
@@ -120,13 +120,15 @@ class Service:
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
         }
         try:
-            # A listen address that cannot be bound is a configuration error: report it
-            # before waiting on the warehouse lock and migrations.
-            self._start_metrics()
+            # One daemon per warehouse: a second one waits here for the first to exit
+            # (it would also find the metrics port taken).
             self._lock = WriterLock(
                 self.settings.warehouse.path, role="daemon", wait=self.wait, stop=self.stop
             )
             self._lock.acquire()
+            # A listen address that cannot be bound is a configuration error: report it
+            # before waiting on the warehouse lock and migrations.
+            self._start_metrics()
             self._migrate()
             scheduler = self._start_scheduler()
             self.notifier.ready("warehouse ready; first pass running")
@@ -246,7 +248,7 @@ class Service:
         if self.stop.is_set():
             return
         self.notifier.status(report.status_line(datetime.now(UTC)))
-        if report.exit_code:
+        if report.exit_code and report.exit_code != EXIT_STOPPED:
             self._count_unreported(report)
         if report.exit_code and not report.scopes:
             log.error(
