@@ -274,7 +274,7 @@ def render(report: dict[str, Any]) -> str:
             )
             number = run["run_id"] if run["run_id"] is not None else "(not yet recorded)"
             lines.append(
-                f"  run {number}: {run['command']}/{run['mode']} {run['status']} "
+                f"  run {number}: {run['command']}/{run['mode'] or '-'} {run['status']} "
                 f"{when}: {run['windows']} windows, {run['received']} received, "
                 f"{run['inserted']} inserted, {run['updated']} updated, "
                 f"{run['quarantined']} quarantined" + (f" — {run['error']}" if run["error"] else "")
