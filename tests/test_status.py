@@ -9,10 +9,10 @@ from pathlib import Path
 import duckdb
 
 from rcs_sync.model.durations import parse_instant
-from rcs_sync.model.errors import EXIT_UNHEALTHY, ApiUnavailable
+from rcs_sync.model.errors import EXIT_UNHEALTHY, ApiUnavailable, WarehouseLocked
 from rcs_sync.model.streams import RCS_RECORDS
 from rcs_sync.warehouse import status
-from rcs_sync.warehouse.duckdb_file import Warehouse
+from rcs_sync.warehouse.duckdb_file import Warehouse, failed_run
 from tests.conftest import RCS_SYNC
 from tests.fixtures import build_warehouse
 from tests.widget_stream import WIDGETS
@@ -141,3 +141,39 @@ def test_status_of_a_warehouse_that_does_not_exist_is_unhealthy_exit_6(tmp_path:
         assert result.returncode == EXIT_UNHEALTHY, result.stderr
         assert "does not exist yet: run a sync" in result.stdout
     assert not (tmp_path / "rcs.duckdb").exists()
+
+
+def test_a_run_that_could_not_be_written_is_shown_then_written_exactly_once(
+    tmp_path: Path,
+) -> None:
+    warehouse = _runs(tmp_path)
+    locked = WarehouseLocked("warehouse rcs.duckdb is locked by another process (PID 7)")
+    warehouse.defer_run(failed_run("rcs_records", "all", "sync", locked, datetime.now(UTC)))
+    running = warehouse.start_run(RCS_RECORDS, "all", "sync", "incremental")
+    warehouse.defer_run(
+        {
+            "run_id": running,
+            "finished_at": datetime.now(UTC).isoformat(),
+            "status": "failed",
+            "error": "x",
+            "error_kind": "api",
+        }
+    )
+
+    shown = status.collect(warehouse, timedelta(minutes=5))["scopes"][0]["last_runs"]
+    assert [(r["run_id"], r["status"], r["error_kind"]) for r in shown] == [
+        (running, "failed", "api"),
+        (None, "failed", "warehouse"),
+    ]
+    saved = {p: p.read_bytes() for p in warehouse.deferred_dir.glob("*.json")}
+    assert len(saved) == 2
+    warehouse.migrate()
+    assert not list(warehouse.deferred_dir.glob("*.json"))
+    for path, data in saved.items():  # as if the process died before deleting them
+        path.write_bytes(data)
+    warehouse.migrate()
+    with duckdb.connect(str(warehouse.path), read_only=True) as con:
+        rows = con.execute(
+            "SELECT status, error_kind, error FROM sync_runs ORDER BY run_id"
+        ).fetchall()
+    assert rows == [("failed", "api", "x"), ("failed", "warehouse", str(locked))]

@@ -453,6 +453,8 @@ class Warehouse:
         then renamed: a crash leaves it whole or absent, and writing it twice is harmless
         (`_write_deferred` skips a row it already holds)."""
         directory = self.deferred_dir
+        if not directory.parent.is_dir():
+            return  # no place for a warehouse at all: nothing will ever read it
         name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}.json"
         try:
             directory.mkdir(mode=0o750, exist_ok=True)
@@ -464,7 +466,7 @@ class Warehouse:
             os.chmod(temporary, FILE_MODE)
             os.replace(temporary, directory / name)
         except OSError as exc:
-            log.error("run_record_lost", directory=str(directory), error=str(exc))
+            log.warning("run_record_lost", directory=str(directory), error=str(exc))
 
     def deferred_runs(self) -> list[dict[str, Any]]:
         """The run records waiting in `deferred_dir`, oldest first."""
