@@ -12,23 +12,40 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
 import click
 import structlog
 
 from rcs_sync import early_stop
 from rcs_sync.config import ConfigError, Settings, config_path, load_settings, read_token
-from rcs_sync.logs import configure_logging, redact
+from rcs_sync.logs import configure_logging, json_lines, redact
 from rcs_sync.model.durations import format_instant, parse_instant
-from rcs_sync.model.errors import EXIT_FAILURE, EXIT_UNHEALTHY, EXIT_USAGE, RcsSyncError
-from rcs_sync.model.events import ApiResponse, PassEvent, ScopeFinished, SnapshotPublished, encode
+from rcs_sync.model.errors import (
+    EXIT_FAILURE,
+    EXIT_STOPPED,
+    EXIT_UNHEALTHY,
+    EXIT_USAGE,
+    RcsSyncError,
+    Stopped,
+    error_kind,
+)
+from rcs_sync.model.events import (
+    ApiResponse,
+    PassEvent,
+    PassFailed,
+    ScopeFinished,
+    SnapshotPublished,
+    WriterWait,
+    encode,
+)
 from rcs_sync.model.streams import Stream
 from rcs_sync.model.windows import Window
 
@@ -137,8 +154,16 @@ def _listener(emit: Emit | None, label: str) -> AbstractContextManager[Listener 
 @click.option(
     "--publish-snapshot", is_flag=True, help="Publish the analysts' snapshot after the pass."
 )
+@click.option(
+    "--no-wait",
+    is_flag=True,
+    help="Exit at once (exit 5) if another rcs-sync is writing the warehouse, "
+    "instead of waiting for it.",
+)
 @click.pass_context
-def sync(ctx: click.Context, team: int | None, events: bool, publish_snapshot: bool) -> None:
+def sync(
+    ctx: click.Context, team: int | None, events: bool, publish_snapshot: bool, no_wait: bool
+) -> None:
     """One pass: first a backfill from initial_start, later incremental, or a catch-up."""
     from rcs_sync.engine.sync import Scope, sync_streams
 
@@ -147,20 +172,52 @@ def sync(ctx: click.Context, team: int | None, events: bool, publish_snapshot: b
     on_response = (
         (lambda status: emit(ApiResponse(event="api_response", status=status))) if emit else None
     )
-    with app.session(on_response) as api:
-        scopes = [Scope(team)] if team is not None else app.scopes()
-        with _listener(emit, "sync") as listener:
-            syncers = [app.syncer(api, stream, listener=listener) for stream in app.streams()]
-            outcomes = sync_streams(syncers, scopes)
-        for outcome in outcomes:
-            if emit is not None:
-                emit(_scope_event(app, outcome))
-            elif outcome.result is not None:
-                click.echo(_summary(outcome.result, _named(app, outcome.stream)))
-        if publish_snapshot and any(o.outcome == "ok" for o in outcomes) and not app.stop.is_set():
-            _publish(app, emit)
+    on_wait = (
+        (lambda pid, waited: emit(WriterWait(event="writer_wait", pid=pid, waited_s=waited)))
+        if emit
+        else None
+    )
+    scopes = [Scope(team)] if team is not None else app.scopes()
+    try:
+        with app.session(
+            on_response,
+            command="sync",
+            scopes=[s.key for s in scopes],
+            wait=not no_wait,
+            on_wait=on_wait,
+            first_contact_fails_fast=not events,  # the daemon's passes keep retrying
+            verify=not events,
+        ) as api:
+            with _listener(emit, "sync") as listener:
+                syncers = [app.syncer(api, stream, listener=listener) for stream in app.streams()]
+                outcomes = sync_streams(syncers, scopes)
+            for outcome in outcomes:
+                if emit is not None:
+                    emit(_scope_event(app, outcome))
+                elif outcome.result is not None:
+                    click.echo(_summary(outcome.result, _named(app, outcome.stream)))
+            if (
+                publish_snapshot
+                and any(o.outcome == "ok" for o in outcomes)
+                and not app.stop.is_set()
+            ):
+                _publish(app, emit)
+    except Exception as exc:
+        # No `scope` event tells the daemon about this one: say how the pass ended.
+        if emit is not None and not isinstance(exc, Stopped):
+            code = exc.exit_code if isinstance(exc, RcsSyncError) else EXIT_FAILURE
+            emit(
+                PassFailed(
+                    event="failed",
+                    kind=error_kind(exc),
+                    error=redact(str(exc) or type(exc).__name__),
+                    exit_code=code,
+                )
+            )
+        raise
     failed = next((o.error for o in outcomes if o.error is not None), None)
     if failed is not None:
+        failed.logged = True  # as `pass_failed` or `token_rejected`, by `sync_all`
         raise failed
 
 
@@ -180,6 +237,7 @@ def _scope_event(app: App, outcome: ScopeOutcome) -> ScopeFinished:
         summary=outcome.result.summary() if outcome.result else None,
         checkpoint=format_instant(checkpoint) if checkpoint else None,
         error=redact(str(outcome.error)) if outcome.error else None,
+        kind=error_kind(outcome.error) if outcome.error else None,
     )
 
 
@@ -206,9 +264,20 @@ def _publish(app: App, emit: Emit | None) -> None:
 @click.option("--end", type=Instant(), required=True, help="Read up to (excluding) this time.")
 @click.option("--team", type=int, help="Only this team (default: the teams in the config).")
 @click.option("--force", is_flag=True, help="Re-read windows that were already completed.")
+@click.option(
+    "--no-wait",
+    is_flag=True,
+    help="Exit at once (exit 5) if another rcs-sync is writing the warehouse.",
+)
 @click.pass_context
 def backfill(
-    ctx: click.Context, start: datetime, end: datetime, team: int | None, force: bool
+    ctx: click.Context,
+    *,
+    start: datetime,
+    end: datetime,
+    team: int | None,
+    force: bool,
+    no_wait: bool,
 ) -> None:
     """Read [START, END) in windows; a rerun resumes, skipping completed windows."""
     from rcs_sync.engine.sync import Scope
@@ -216,23 +285,33 @@ def backfill(
     if end <= start:
         raise click.BadParameter("--end must be after --start", param_hint="--end")
     app = _app(ctx)
-    with app.session() as api:
-        scopes = [Scope(team)] if team is not None else app.scopes()
-        with _listener(None, "backfill") as listener:
-            results = []
-            for stream in app.streams():
-                syncer = app.syncer(api, stream, listener=listener)
-                results += [
-                    (stream, syncer.backfill(scope, Window(start, end), force=force))
-                    for scope in scopes
-                ]
+    scopes = [Scope(team)] if team is not None else app.scopes()
+    keys = [s.key for s in scopes]
+    with (
+        app.session(
+            command="backfill", scopes=keys, wait=not no_wait, first_contact_fails_fast=True
+        ) as api,
+        _listener(None, "backfill") as listener,
+    ):
+        results = []
+        for stream in app.streams():
+            syncer = app.syncer(api, stream, listener=listener)
+            results += [
+                (stream, syncer.backfill(scope, Window(start, end), force=force))
+                for scope in scopes
+            ]
     for stream, result in results:
         click.echo(_summary(result, _named(app, stream)))
 
 
 @cli.command()
+@click.option(
+    "--no-wait",
+    is_flag=True,
+    help="Exit at once (exit 5) if another `rcs-sync run` serves this warehouse.",
+)
 @click.pass_context
-def run(ctx: click.Context) -> None:
+def run(ctx: click.Context, no_wait: bool) -> None:
     """Run as a daemon: a pass every [sync] interval until SIGTERM or SIGINT.
 
     Each pass runs as a `rcs-sync sync` child process, so the daemon itself stays
@@ -252,7 +331,8 @@ def run(ctx: click.Context) -> None:
         ctx.obj["log_format"],
         *(["-v"] * ctx.obj["verbose"]),
     ]
-    ctx.exit(Service(settings, command, pass_entry()).run())
+    service = Service(settings, command, pass_entry(), wait=not no_wait)
+    ctx.exit(service.run())
 
 
 @cli.command()
@@ -260,7 +340,8 @@ def run(ctx: click.Context) -> None:
 def migrate(ctx: click.Context) -> None:
     """Create the warehouse or apply pending schema migrations, then exit."""
     app = _app(ctx)
-    applied = app.warehouse.migrate()
+    with app.writer():
+        applied = app.warehouse.migrate()
     click.echo(f"migrations applied: {applied}" if applied else "schema up to date")
 
 
@@ -358,8 +439,7 @@ def report(
         try:
             require()
         except MatplotlibMissing as exc:
-            click.echo(f"rcs-sync: {exc}", err=True)
-            ctx.exit(exc.exit_code)
+            _fail(str(exc), exc.exit_code, kind="usage", prefix="")
     selection = reports.Selection(
         by=by,
         since=since.date() if since else None,
@@ -418,10 +498,13 @@ def _pass_main(argv: list[str]) -> None:
 
 def main(args: list[str] | None = None) -> None:
     """Entry point: run the CLI on `args` (default: the command line), turning every
-    failure into one line and an exit code."""
+    failure into one line and an exit code: plain text on a terminal, otherwise one
+    JSON log line like every other (`command_failed`), unless the failure was already
+    logged as an event of its own (`pass_failed`, `token_rejected`)."""
     # Record data never becomes world-readable: DuckDB creates its WAL and spill files
     # with the process umask (0644 under the usual 022); the database is 0640 anyway.
     os.umask(os.umask(0) | 0o027)
+    configure_logging()  # until the options are read: a usage error is logged too
     ctx: click.Context | None = None
     try:
         ctx = cli.make_context("rcs-sync", sys.argv[1:] if args is None else args)
@@ -430,23 +513,40 @@ def main(args: list[str] | None = None) -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt):
-        click.echo("rcs-sync: interrupted", err=True)
-        sys.exit(130)
+        _fail("interrupted", EXIT_STOPPED, kind="stopped", prefix="")
     except click.ClickException as exc:
-        exc.show()
-        sys.exit(EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code)
+        code = EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code
+        if not json_lines():
+            exc.show()
+            sys.exit(code)
+        _fail(exc.format_message(), code, kind="usage")
     except ConfigError as exc:
-        click.echo(f"rcs-sync: {redact(str(exc))}", err=True)
-        sys.exit(exc.exit_code)
+        _fail(redact(str(exc)), exc.exit_code, kind="config", prefix="")
     except RcsSyncError as exc:
-        click.echo(f"rcs-sync: error: {redact(str(exc))}", err=True)
-        sys.exit(exc.exit_code)
+        _fail(redact(str(exc)), exc.exit_code, kind=exc.kind, logged=exc.logged)
     except Exception as exc:
         if ctx is not None and ctx.obj and ctx.obj["verbose"] >= 2:
             raise
-        click.echo(
-            f"rcs-sync: unexpected error: {type(exc).__name__}: {redact(str(exc))} "
-            "(run with -vv for a traceback)",
-            err=True,
+        _fail(
+            f"{type(exc).__name__}: {redact(str(exc))} (run with -vv for a traceback)",
+            EXIT_FAILURE,
+            kind="internal",
+            prefix="unexpected error: ",
         )
-        sys.exit(EXIT_FAILURE)
+
+
+def _fail(
+    message: str, code: int, *, kind: str, prefix: str = "error: ", logged: bool = False
+) -> NoReturn:
+    """End the command with `code` and one line saying why (see `main`)."""
+    if not json_lines():
+        click.echo(f"rcs-sync: {prefix}{message}", err=True)
+    elif not logged:
+        log.log(
+            logging.WARNING if code == EXIT_STOPPED else logging.ERROR,
+            "command_failed",
+            error=message,
+            kind=kind,
+            exit_code=code,
+        )
+    sys.exit(code)

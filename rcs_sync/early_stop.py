@@ -18,6 +18,10 @@ from types import FrameType
 from rcs_sync.model.errors import EXIT_STOPPED
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+_INTERRUPTED_TTY = b"rcs-sync: interrupted\n"
+_INTERRUPTED_JSON = b'<4>{"level": "warning", "event": "interrupted", "exit_code": 130}\n'
+"""Preformatted: the handler may not take the logger's lock. Off a terminal, stderr
+carries JSON lines only (`logs.py`)."""
 
 
 def _stop_before_start(_signum: int, _frame: FrameType | None) -> None:
@@ -25,7 +29,7 @@ def _stop_before_start(_signum: int, _frame: FrameType | None) -> None:
     caught, or only printed (in a `__del__` or an atexit hook), by the code the signal
     interrupts. Before `sync` has its own handler there is nothing to flush or undo."""
     try:
-        os.write(2, b"rcs-sync: interrupted\n")
+        os.write(2, _INTERRUPTED_TTY if os.isatty(2) else _INTERRUPTED_JSON)
     finally:
         os._exit(EXIT_STOPPED)
 

@@ -33,6 +33,8 @@ _LEVELS = {
 _SYSLOG_PRIORITY = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
 _LEADING_KEYS = ("timestamp", "level", "event")
 _HANDLER_NAME = "rcs_sync"
+_JSON_LINES: list[bool] = []
+"""Whether the last `configure_logging` chose JSON lines (empty until it ran)."""
 
 # "Authorization: Bearer abc", "'Authorization': 'Token abc'", "authorization=abc&x=1".
 _AUTHORIZATION = re.compile(
@@ -166,6 +168,7 @@ def configure_logging(
         exception_with_traceback if threshold <= logging.DEBUG else exception_to_error,
     ]
     as_json = not tty if json is None else json
+    _JSON_LINES[:] = [as_json]
     renderer: Processor = render_json_line if as_json else structlog.dev.ConsoleRenderer(colors=tty)
     structlog.configure(
         processors=[structlog.contextvars.merge_contextvars, *shared, redact_event, renderer],
@@ -174,6 +177,12 @@ def configure_logging(
         cache_logger_on_first_use=False,
     )
     _route_stdlib_logging(out, threshold, shared, renderer)
+
+
+def json_lines() -> bool:
+    """Whether log lines are JSON (configured so, or, before any configuration, because
+    stderr is not a terminal): then every line `rcs-sync` writes on stderr must be one."""
+    return _JSON_LINES[0] if _JSON_LINES else not sys.stderr.isatty()
 
 
 def _route_stdlib_logging(
@@ -200,4 +209,5 @@ def _route_stdlib_logging(
     for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
         root.removeHandler(old)
     root.addHandler(handler)
+    logging.captureWarnings(True)  # Python warnings become log lines too
     root.setLevel(threshold if threshold <= logging.DEBUG else max(threshold, logging.WARNING))

@@ -9,19 +9,22 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from types import FrameType
 
 from rcs_sync.config import Settings, read_number_key, read_token
 from rcs_sync.engine.sync import Listener, Options, Scope, Syncer
+from rcs_sync.model.errors import Stopped, WarehouseBusy
 from rcs_sync.model.streams import Stream, named
 from rcs_sync.model.throttle import Throttle
 from rcs_sync.model.windows import SyncPolicy
 from rcs_sync.source.client import ApiClient, RetryPolicy
-from rcs_sync.warehouse.duckdb_file import Warehouse
+from rcs_sync.warehouse.duckdb_file import Warehouse, failed_run
 from rcs_sync.warehouse.privacy import PLAIN, Privacy
+from rcs_sync.writer_lock import WriterLock
 
 
 @dataclass
@@ -39,25 +42,65 @@ class App:
             threads=wh.threads,
             stop=self.stop,
             streams=self.streams(),
+            snapshot=wh.snapshot_file,
         )
 
     @contextmanager
     def session(
-        self, on_response: Callable[[int | None], None] | None = None
+        self,
+        on_response: Callable[[int | None], None] | None = None,
+        *,
+        command: str = "sync",
+        scopes: Sequence[str] | None = None,
+        wait: bool = True,
+        on_wait: Callable[[int | None, float], None] | None = None,
+        first_contact_fails_fast: bool = False,
+        verify: bool = True,
     ) -> Iterator[ApiClient]:
         """What every pass runs inside (`sync`, `backfill`, the daemon's passes): stop
         signals that finish or roll back the window in hand, the token read once up
-        front, the warehouse held and migrated, and an API client, closed after."""
+        front, the one-writer lock (`writer_lock.py`; waiting for another writer unless
+        not `wait`), the warehouse held and migrated, and an API client, closed after.
+
+        A failure before the pass could start (the token unreadable, the file locked,
+        unwritable or damaged) is kept as a failed run of each of its (stream, scope)
+        pairs (`scopes`: keys, default the configured ones), written into `sync_runs` by
+        the next pass that can write (`Warehouse.defer_run`).
+
+        `first_contact_fails_fast` (one-shot commands, never the daemon's passes): a first
+        request that cannot connect at all fails at once (`ApiUnreachable`), unretried.
+        `verify`: check every data block before writing (`Warehouse.verify`); the daemon's
+        passes skip it (the daemon checked at start-up, and a damaged block any pass
+        reads fails it just as well)."""
         self._stop_on_signals(interrupt=False)
-        self.token()
-        with self.warehouse.held():
-            self.warehouse.migrate()
-            self._stop_on_signals(interrupt=True)
-            api = self.api(on_response)
-            try:
-                yield api
-            finally:
-                api.close()
+        started = datetime.now(UTC)
+        ready = False
+        try:
+            self.token()
+            with self.writer(wait=wait, on_wait=on_wait), self.warehouse.held():
+                self.warehouse.migrate(verify=verify)
+                ready = True
+                self._stop_on_signals(interrupt=True)
+                api = self.api(on_response, first_contact_fails_fast=first_contact_fails_fast)
+                try:
+                    yield api
+                finally:
+                    api.close()
+        except Exception as exc:
+            if not ready and not isinstance(exc, Stopped | WarehouseBusy):
+                keys = [s.key for s in self.scopes()] if scopes is None else scopes
+                for stream in self.streams():
+                    for key in keys:
+                        self.warehouse.defer_run(
+                            failed_run(stream.name, key, command, exc, started)
+                        )
+            raise
+
+    def writer(
+        self, *, wait: bool = True, on_wait: Callable[[int | None, float], None] | None = None
+    ) -> WriterLock:
+        """The one-writer lock of the warehouse (`writer_lock.py`)."""
+        return WriterLock(self.warehouse.path, wait=wait, stop=self.stop, on_wait=on_wait)
 
     def _stop_on_signals(self, *, interrupt: bool) -> None:
         """SIGTERM/SIGINT finish or roll back the window in hand, then exit: this is how
@@ -81,7 +124,12 @@ class App:
         """Read afresh for every request, so a rotated token file is used at once."""
         return read_token(self.settings.api, self.env)
 
-    def api(self, on_response: Callable[[int | None], None] | None = None) -> ApiClient:
+    def api(
+        self,
+        on_response: Callable[[int | None], None] | None = None,
+        *,
+        first_contact_fails_fast: bool = False,
+    ) -> ApiClient:
         api = self.settings.api
         return ApiClient(
             api.base_url,
@@ -94,6 +142,7 @@ class App:
             stop=self.stop,
             on_response=on_response,
             throttle=Throttle(api.concurrency),
+            first_contact_fails_fast=first_contact_fails_fast,
         )
 
     def options(self) -> Options:

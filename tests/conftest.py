@@ -6,6 +6,7 @@ codes) against a simulator served over HTTP from the test process.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -34,6 +35,31 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.02)
+
+
+def log_lines(stderr: str) -> list[dict[str, Any]]:
+    """The JSON log lines of a command's stderr (each `<N>{...}`); fails on any other."""
+    events = []
+    for line in stderr.splitlines():
+        assert line[:1] == "<" and line[1:2].isdigit(), f"not a JSON log line: {line!r}"
+        events.append(json.loads(line[line.index(">") + 1 :]))
+    return events
+
+
+def last_error(stderr: str) -> str:
+    """The error a failed command ended with: its last log line's `error` (off a
+    terminal every line is JSON, `command_failed` or the failure's own event)."""
+    return str(log_lines(stderr)[-1]["error"])
+
+
+def terminal_line(stderr: str) -> str:
+    """The failure a command ended with (its last JSON log line), as the one line it
+    prints on a terminal: `rcs-sync: config: …`, `rcs-sync: error: …`."""
+    event = log_lines(stderr)[-1]
+    kind = str(event.get("kind"))
+    bare = {"config": "", "usage": "", "stopped": "", "internal": "unexpected error: "}
+    prefix = bare.get(kind, "error: ")
+    return f"rcs-sync: {prefix}{event['error']}"
 
 
 @pytest.fixture

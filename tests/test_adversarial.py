@@ -56,7 +56,7 @@ from tests.adversarial_helpers import (
     wait_until,
     windows_done,
 )
-from tests.conftest import TOKEN, Site, wait_for
+from tests.conftest import TOKEN, Site, terminal_line, wait_for
 
 SiteFactory = Callable[..., Site]
 
@@ -66,7 +66,7 @@ def summary(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def last_line(result: subprocess.CompletedProcess[str]) -> str:
-    return result.stderr.strip().splitlines()[-1]
+    return terminal_line(result.stderr)
 
 
 def log_events(stderr: str) -> list[dict[str, Any]]:
@@ -170,7 +170,7 @@ def test_a_pass_that_cannot_complete_fails_cleanly_and_keeps_what_it_committed(
     s.sim.sim.update_config(fault_rate=1.0, faults=("500", "503", "drop", "html", "null", "text"))
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 4, stderr[-2000:]
-    line = stderr.strip().splitlines()[-1]
+    line = terminal_line(stderr)
     assert line.startswith(f"rcs-sync: error: API at 127.0.0.1:{s.sim.port} still failing after")
     kept = windows_done(s)
     assert kept >= 3, "the windows read before the outage were committed and stay"
@@ -198,7 +198,8 @@ def test_a_pass_that_cannot_complete_fails_cleanly_and_keeps_what_it_committed(
     s.write_config(api={"base_url": f"http://127.0.0.1:{closed_port()}"})
     refused = s.run("sync")
     assert refused.returncode == 4, refused.stderr[-2000:]
-    assert "connection failed" in last_line(refused), last_line(refused)
+    assert "[api] base_url" in last_line(refused), last_line(refused)
+    assert "connection refused" in last_line(refused), last_line(refused)
     assert checkpoint(s) == committed
     assert s.query("SELECT * FROM sync_windows ORDER BY window_start") == windows
     assert s.query("SELECT status FROM sync_runs ORDER BY run_id DESC LIMIT 2") == [

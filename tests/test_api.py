@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -11,7 +12,13 @@ from pathlib import Path
 import pytest
 
 from rcs_sim.server import RunningSimulator
-from rcs_sync.model.errors import ApiUnavailable, AuthRejected, BadBody, BadRequest
+from rcs_sync.model.errors import (
+    ApiUnavailable,
+    ApiUnreachable,
+    AuthRejected,
+    BadBody,
+    BadRequest,
+)
 from rcs_sync.model.responses import Response
 from rcs_sync.source.client import ApiClient, RetryPolicy, parse_retry_after
 from tests.conftest import TOKEN
@@ -161,3 +168,65 @@ def test_slow_responses_time_out_and_are_marked_splittable(
         client(sim, tmp_path, budget=1).fetch("/j/rcs_records", params(sim), read_body)
     assert raised.value.splittable
     assert "timed out" in str(raised.value)
+
+
+def _unreached(base_url: str, tmp_path: Path, *, fail_fast: bool, budget: float) -> ApiClient:
+    return ApiClient(
+        base_url,
+        lambda: TOKEN,
+        connect_timeout=2,
+        read_timeout=2,
+        retry=RetryPolicy(
+            timedelta(seconds=budget), timedelta(milliseconds=20), timedelta(milliseconds=200)
+        ),
+        spool_dir=tmp_path / "spool",
+        first_contact_fails_fast=fail_fast,
+    )
+
+
+def _closed_port() -> int:
+    """A port on 127.0.0.1 with nothing listening (connection refused)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("base_url", "cause"),
+    [
+        (None, "connection refused"),
+        ("https://rcs-sync-test.invalid", "unknown host"),
+    ],
+)
+def test_a_first_request_that_cannot_connect_fails_at_once_naming_base_url(
+    tmp_path: Path, base_url: str | None, cause: str
+) -> None:
+    url = base_url or f"http://127.0.0.1:{_closed_port()}"
+    api = _unreached(url, tmp_path, fail_fast=True, budget=60)
+    began = time.monotonic()
+    with pytest.raises(ApiUnreachable) as failure:
+        api.fetch("/j/rcs_records", {"start": "a", "end": "b"}, read_body)
+    assert time.monotonic() - began < 5
+    assert str(failure.value).startswith(f"cannot connect to [api] base_url {url}: ")
+    assert cause in str(failure.value)
+
+
+def test_without_fail_fast_or_after_a_success_the_retry_budget_applies(
+    make_sim: SimFactory, tmp_path: Path
+) -> None:
+    daemon = _unreached(f"http://127.0.0.1:{_closed_port()}", tmp_path, fail_fast=False, budget=1)
+    began = time.monotonic()
+    with pytest.raises(ApiUnavailable) as failure:
+        daemon.fetch("/j/rcs_records", {"start": "a", "end": "b"}, read_body)
+    assert not isinstance(failure.value, ApiUnreachable)
+    assert time.monotonic() - began >= 0.9
+
+    sim = make_sim(records=10)
+    api = _unreached(sim.base_url, tmp_path, fail_fast=True, budget=1)
+    api.fetch("/j/rcs_records", params(sim), read_body)
+    sim.stop()  # the server goes away after a first success: an outage, retried
+    began = time.monotonic()
+    with pytest.raises(ApiUnavailable) as failure:
+        api.fetch("/j/rcs_records", params(sim), read_body)
+    assert not isinstance(failure.value, ApiUnreachable)
+    assert time.monotonic() - began >= 0.9

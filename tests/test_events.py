@@ -20,7 +20,10 @@ def test_every_kind_round_trips_through_one_json_line() -> None:
             summary=None,
             checkpoint=None,
             error="api unavailable",
+            kind="api",
         ),
+        events.PassFailed(event="failed", kind="warehouse", error="locked", exit_code=5),
+        events.WriterWait(event="writer_wait", pid=1234, waited_s=5.0),
     ]
     for event in written:
         line = events.encode(event)

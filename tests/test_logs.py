@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
+import os
+import pty
+import subprocess
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -23,6 +27,7 @@ from rcs_sync.logs import (
     register_secret,
     render_json_line,
 )
+from tests.conftest import RCS_SYNC
 
 
 @pytest.fixture(autouse=True)
@@ -322,3 +327,42 @@ def test_stdlib_records_share_the_pipeline(secret: str) -> None:
     assert body["logger"] == "apscheduler.executors.default"
     assert body["error"] == "ConnectionError: ***"
     assert secret not in stream.getvalue()
+
+
+def _failing_command(tmp_path: Path, stderr: int) -> subprocess.Popen[bytes]:
+    config = tmp_path / "rcs-sync.toml"
+    config.write_text('[sync]\nwindow = "soon"\n', encoding="utf-8")
+    return subprocess.Popen(
+        [RCS_SYNC, "--config", str(config), "sync"],
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        env={k: v for k, v in os.environ.items() if not k.startswith("RCS_SYNC")},
+    )
+
+
+def test_a_failed_command_ends_with_one_json_line_off_a_terminal(tmp_path: Path) -> None:
+    proc = _failing_command(tmp_path, subprocess.PIPE)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    [line] = err.decode().splitlines()
+    assert line.startswith("<3>{")
+    event = json.loads(line[3:])
+    assert event["event"] == "command_failed" and event["kind"] == "config"
+    assert event["error"].startswith("config: [api] base_url: required")
+    assert event["exit_code"] == 2
+
+
+def test_on_a_terminal_a_failed_command_still_prints_its_plain_line(tmp_path: Path) -> None:
+    controller, terminal = pty.openpty()
+    try:
+        proc = _failing_command(tmp_path, terminal)
+        os.close(terminal)
+        output = b""
+        with contextlib.suppress(OSError):  # EIO once the process has closed the pty
+            while chunk := os.read(controller, 4096):
+                output += chunk
+        assert proc.wait(timeout=60) == 2
+    finally:
+        os.close(controller)
+    [line] = output.decode().splitlines()
+    assert line.startswith("rcs-sync: config: [api] base_url: required")

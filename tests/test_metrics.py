@@ -10,7 +10,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from rcs_sync.config import parse_listen
-from rcs_sync.daemon.metrics import Metrics
+from rcs_sync.daemon.metrics import REASONS, Metrics
 
 HOST = "127.0.0.1"
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -43,6 +43,7 @@ def finish(
     *,
     scope: str = "all",
     outcome: str = "ok",
+    reason: str | None = None,
     duration_s: float = 1.0,
     received: int = 0,
     inserted: int = 0,
@@ -57,6 +58,7 @@ def finish(
         stream="rcs",
         scope=scope,
         outcome=outcome,
+        reason=reason,
         duration_s=duration_s,
         received=received,
         inserted=inserted,
@@ -78,7 +80,9 @@ def test_scrape_reports_exact_samples(served: tuple[Metrics, int]) -> None:
         quarantined=1,
         checkpoint=NOW - timedelta(seconds=90),
     )
-    finish(metrics, scope="7", outcome="failed", duration_s=12.0, received=5, inserted=5)
+    finish(
+        metrics, scope="7", outcome="failed", reason="api", duration_s=12.0, received=5, inserted=5
+    )
     finish(metrics, scope="7", outcome="auth_failed", duration_s=0.05)
     for status in (200, 200, 503, None):
         metrics.api_request(status)
@@ -89,13 +93,18 @@ def test_scrape_reports_exact_samples(served: tuple[Metrics, int]) -> None:
     def key(**labels: str) -> tuple[tuple[str, str], ...]:
         return tuple(sorted(labels.items()))
 
+    # Every (outcome, reason) series exists from the first pass, at 0 until it happens.
+    zeros = {
+        key(stream="rcs", scope=scope, outcome=outcome, reason=reason): 0
+        for scope in ("all", "7")
+        for outcome, reasons in REASONS.items()
+        for reason in reasons
+    }
     assert samples["rcs_sync_passes_total"] == {
-        key(stream="rcs", scope="all", outcome="ok"): 1,
-        key(stream="rcs", scope="all", outcome="failed"): 0,
-        key(stream="rcs", scope="all", outcome="auth_failed"): 0,
-        key(stream="rcs", scope="7", outcome="ok"): 0,
-        key(stream="rcs", scope="7", outcome="failed"): 1,
-        key(stream="rcs", scope="7", outcome="auth_failed"): 1,
+        **zeros,
+        key(stream="rcs", scope="all", outcome="ok", reason=""): 1,
+        key(stream="rcs", scope="7", outcome="failed", reason="api"): 1,
+        key(stream="rcs", scope="7", outcome="auth_failed", reason="auth"): 1,
     }
     assert samples["rcs_sync_records_total"] == {
         key(stream="rcs", operation="received"): 15,

@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from rcs_sync.cli import cli
-from tests.conftest import RCS_SYNC
+from tests.conftest import RCS_SYNC, terminal_line
 from tests.fixtures import DAY1, DAY2, DAY3, at, build_warehouse
 
 
@@ -325,8 +325,9 @@ def test_errors_are_one_line_with_the_usual_exit_codes(tmp_path: Path) -> None:
         check=False,
     )
     assert missing.returncode == 5
-    assert missing.stderr == (
-        f"rcs-sync: error: warehouse {tmp_path / 'rcs.duckdb'} does not exist yet: run a sync\n"
+    assert len(missing.stderr.splitlines()) == 1
+    assert terminal_line(missing.stderr) == (
+        f"rcs-sync: error: warehouse {tmp_path / 'rcs.duckdb'} does not exist yet: run a sync"
     )
     duckdb.connect(str(tmp_path / "rcs.duckdb")).close()  # a file without the views
     result = report(config)
@@ -390,6 +391,9 @@ def test_chart_without_matplotlib(
     chart = tmp_path / "rates.png"
     result = report(shared, "--chart", str(chart))
     assert result.exit_code == 2
-    assert result.stderr == "rcs-sync: --chart needs matplotlib: pip install 'rcs-sync[charts]'\n"
+    assert len(result.stderr.splitlines()) == 1
+    assert terminal_line(result.stderr) == (
+        "rcs-sync: --chart needs matplotlib: pip install 'rcs-sync[charts]'"
+    )
     assert result.stdout == ""
     assert not chart.exists()

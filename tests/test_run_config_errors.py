@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from rcs_sync.model.errors import EXIT_USAGE
-from tests.conftest import Site
+from tests.conftest import Site, terminal_line
 
 SiteFactory = Callable[..., Site]
 
@@ -51,7 +51,7 @@ def run_fails_with(s: Site, expected: str, env: dict[str, str] | None = None) ->
     result = s.run("run", env=env, timeout=60)
 
     assert result.returncode == EXIT_USAGE, result.stderr[-2000:]
-    assert result.stderr.splitlines()[-1] == expected
+    assert terminal_line(result.stderr) == expected
     assert "unexpected error" not in result.stderr
     assert not s.db.exists(), "the daemon opened the warehouse before checking its config"
 

@@ -6,6 +6,7 @@ import json
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import TOKEN, Site, wait_for
+from tests.conftest import TOKEN, Site, log_lines, wait_for
 
 SiteFactory = Callable[..., Site]
 
@@ -263,7 +264,7 @@ def test_metrics_are_served_on_loopback(site: SiteFactory) -> None:
         ok = samples[
             (
                 "rcs_sync_passes_total",
-                (("outcome", "ok"), ("scope", "all"), ("stream", "rcs_records")),
+                (("outcome", "ok"), ("reason", ""), ("scope", "all"), ("stream", "rcs_records")),
             )
         ]
         assert ok >= 2
@@ -273,3 +274,80 @@ def test_metrics_are_served_on_loopback(site: SiteFactory) -> None:
         ]
         assert received >= len(s.sim.sim.truth())
         assert d.stop()[0] == 0
+
+
+HOLD_READ_ONLY = (
+    "import duckdb, sys\n"
+    "con = duckdb.connect(sys.argv[1], read_only=True)\n"
+    "print('held', flush=True)\n"
+    "sys.stdin.read()\n"
+)
+"""An analyst's read-only connection to the live file, held until stdin closes."""
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_a_pass_that_never_gets_the_file_is_counted_logged_recorded_and_shown(
+    site: SiteFactory,
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # Three intervals (15 s) outlast a failed pass: degraded, not yet unhealthy.
+    s = site(records=1_000, sync={"interval": "5s"})
+    s.write_config(metrics={"listen": f"127.0.0.1:{port}"}, warehouse={"lock_timeout": "4s"})
+    failed = (
+        "rcs_sync_passes_total",
+        (
+            ("outcome", "failed"),
+            ("reason", "warehouse"),
+            ("scope", "all"),
+            ("stream", "rcs_records"),
+        ),
+    )
+    with daemon(s) as d:
+        d.wait_message("READY")
+        wait_for(lambda: passes_ok(d) >= 1, 30, "a first successful pass")
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLD_READ_ONLY, str(s.db)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert holder.stdout is not None and holder.stdin is not None
+        try:
+            assert holder.stdout.readline().strip() == "held"
+            wait_for(lambda: scrape(port).get(failed, 0) >= 1, 30, "a failed pass counted")
+            # While the file stays locked, status (a reader too) already shows the failure.
+            status = s.run("status", "--json")
+            report = json.loads(status.stdout)
+            assert status.returncode == 0, report["problems"]
+            assert report["health"] == "degraded" and report["healthy"]
+            assert any("the last pass failed" in p for p in report["problems"])
+            [scope] = report["scopes"]
+            latest = scope["last_runs"][0]
+            assert latest["status"] == "failed" and latest["error_kind"] == "warehouse"
+            assert f"PID {holder.pid}" in latest["error"]
+        finally:
+            holder.stdin.close()
+            holder.wait(timeout=10)
+        before = passes_ok(d)
+        wait_for(lambda: passes_ok(d) > before, 30, "a pass after the reader left")
+        assert d.stop()[0] == 0
+    events = log_lines(d.logs())  # every line JSON, with its priority
+    waits = [e for e in events if e["event"] == "warehouse_lock_wait"]
+    assert waits and waits[0]["level"] == "warning" and waits[0]["holder_pid"] == holder.pid
+    errors = [e for e in events if e["event"] == "command_failed"]
+    assert errors and all(e["kind"] == "warehouse" and e["level"] == "error" for e in errors)
+    assert all("<3>" + "{" in line for line in d.logs().splitlines() if "command_failed" in line)
+    runs = json.loads(s.ok("status", "--json").stdout)["scopes"][0]["last_runs"]
+    written = [r for r in runs if r["status"] == "failed"]
+    assert written and all(r["run_id"] is not None for r in written), runs
+    assert written[0]["error_kind"] == "warehouse"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -13,7 +15,7 @@ import pytest
 
 from rcs_sync.model.durations import format_instant
 from tests.adversarial_helpers import compare
-from tests.conftest import TOKEN, Site, wait_for
+from tests.conftest import TOKEN, Site, log_lines, terminal_line, wait_for
 
 SiteFactory = Callable[..., Site]
 
@@ -121,9 +123,15 @@ def test_token_rejected_exits_3_with_one_line(site: SiteFactory) -> None:
     s = site(records=100)
     result = s.run("sync", env=s.env(RCS_SYNC_TOKEN="wrong-token-123"))
     assert result.returncode == 3
-    assert result.stderr.strip().splitlines()[-1] == (
+    assert terminal_line(result.stderr) == (
         f"rcs-sync: error: token rejected by 127.0.0.1:{s.sim.port} (HTTP 403)"
     )
+    # Logged once, as `token_rejected`, with its priority: not again as plain text.
+    lines = log_lines(result.stderr)
+    assert [e["event"] for e in lines if "token rejected" in str(e.get("error"))] == [
+        "token_rejected"
+    ]
+    assert result.stderr.splitlines()[-1].startswith("<3>")
     assert "Traceback" not in result.stderr
     assert "wrong-token-123" not in result.stderr + result.stdout
 
@@ -137,7 +145,7 @@ def test_bad_request_exits_4_and_keeps_the_checkpoint(site: SiteFactory) -> None
     s.sim.sim.advance(3600)
     result = s.run("sync")
     assert result.returncode == 4, result.stderr
-    assert "refused the request (HTTP 400)" in result.stderr.splitlines()[-1]
+    assert "refused the request (HTTP 400)" in terminal_line(result.stderr)
     assert s.query("SELECT checkpoint FROM sync_checkpoints") == [(near_limit,)]
     [(status, error)] = s.query("SELECT status, error FROM sync_runs ORDER BY run_id DESC LIMIT 1")
     assert status == "failed" and "HTTP 400" in error
@@ -155,7 +163,7 @@ def test_api_failing_past_the_retry_budget_exits_4_and_keeps_committed_work(
     s.sim.sim.update_config(fault_rate=1.0, faults=("500", "503"))
     result = s.run("sync")
     assert result.returncode == 4
-    assert "still failing after retries" in result.stderr.splitlines()[-1]
+    assert "still failing after retries" in terminal_line(result.stderr)
     assert s.query("SELECT checkpoint FROM sync_checkpoints") == [(checkpoint,)]
     s.sim.sim.update_config(fault_rate=0.0)
     s.ok("sync")
@@ -207,10 +215,7 @@ def test_truncating_server_makes_windows_split_until_nothing_is_lost(site: SiteF
     result = s.ok("sync")
     s.assert_converged()
     assert any(r.records >= 300 for r in s.sim.sim.requests)
-    log_lines = [
-        json.loads(line[3:]) for line in result.stderr.splitlines() if line.startswith("<")
-    ]
-    assert any(e["event"] == "window_split" for e in log_lines)
+    assert any(e["event"] == "window_split" for e in log_lines(result.stderr))
 
 
 def test_a_reader_holding_the_file_delays_a_pass_or_fails_it_with_exit_5(
@@ -236,13 +241,20 @@ def test_a_reader_holding_the_file_delays_a_pass_or_fails_it_with_exit_5(
     s.write_config(warehouse={"lock_timeout": "1s"})
     result = s.run("sync")
     assert result.returncode == 5, result.stderr
-    assert "locked by another process" in result.stderr.splitlines()[-1]
+    assert "locked by another process" in terminal_line(result.stderr)
     assert f"PID {holder.pid}" in result.stderr
     s.write_config(warehouse={"lock_timeout": "30s"})
     s.sim.sim.mutate(10)
     s.ok("sync")  # waits for the reader to let go
     holder.wait(timeout=10)
     s.assert_converged()
+    # The pass that never got the file is a run too, written by the next one that did.
+    [(status, kind, error)] = s.query(
+        "SELECT status, error_kind, error FROM sync_runs WHERE status <> 'ok'"
+    )
+    assert (status, kind) == ("failed", "warehouse")
+    assert "locked by another process" in error
+    assert not list(s.dir.glob(".rcs.duckdb.runs/*.json"))
 
 
 def test_teams_are_synced_as_separate_scopes(site: SiteFactory) -> None:
@@ -295,7 +307,7 @@ def test_config_errors_exit_2_naming_the_key(site: SiteFactory) -> None:
     s.write_config(sync={"window": "soon"})
     result = s.run("sync")
     assert result.returncode == 2
-    assert result.stderr.strip().startswith("rcs-sync: config: [sync] window:")
+    assert terminal_line(result.stderr).startswith("rcs-sync: config: [sync] window:")
     assert len(result.stderr.strip().splitlines()) == 1
     bad_cli = s.run("backfill", "--start", "yesterday", "--end", "2026-01-01")
     assert bad_cli.returncode == 2
@@ -307,7 +319,8 @@ def test_an_unknown_stream_is_a_config_error_naming_the_key(site: SiteFactory) -
     s.write_config(sync={"streams": ["teams"]})
     result = s.run("sync")
     assert result.returncode == 2
-    assert result.stderr.strip() == (
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert terminal_line(result.stderr) == (
         "rcs-sync: config: [sync] streams: unknown stream 'teams'; known: rcs_records"
     )
     assert not s.db.exists()
@@ -329,3 +342,23 @@ def test_every_body_layout_and_encoding_loads_exactly_the_records_served(
         "SELECT count(*) FROM rcs_records WHERE content_message IS NOT NULL"
     )
     assert (with_content > 0) == content
+
+
+def test_a_wrong_base_url_fails_within_15s_with_one_line_naming_it(site: SiteFactory) -> None:
+    s = site(records=10)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    s.write_config(api={"base_url": f"http://127.0.0.1:{port}", "retry_budget": "120s"})
+    for command in (("sync",), ("backfill", "--start", "2026-01-01", "--end", "2026-01-03")):
+        began = time.monotonic()
+        result = s.run(*command)
+        assert result.returncode == 4, result.stderr[-2000:]
+        assert time.monotonic() - began < 15
+        naming = [e for e in log_lines(result.stderr) if "[api] base_url" in str(e.get("error"))]
+        assert len(naming) == 1, result.stderr
+        assert terminal_line(result.stderr) == (
+            f"rcs-sync: error: cannot connect to [api] base_url http://127.0.0.1:{port}: "
+            "connection failed (ConnectionError: connection refused)"
+        )
+        assert "api_retry" not in result.stderr

@@ -187,6 +187,8 @@ def _open(
         lock_timeout=settings.lock_timeout.total_seconds(),
         memory_limit=settings.memory_limit,
         threads=settings.threads,
+        role="snapshot" if snapshot else "warehouse",
+        snapshot=None if snapshot else settings.snapshot_file,
     )
     freshness, params = (
         ("SELECT max(as_of) FROM snapshot_info", [])
@@ -197,6 +199,7 @@ def _open(
         )
     )
     with warehouse.connect(read_only=True) as con:
+        warehouse.verify(con)  # a damaged file is named, whichever blocks the query reads
         try:
             found = con.execute(freshness, params).fetchone()
         except duckdb.CatalogException:

@@ -18,6 +18,13 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
 OUTCOMES = ("ok", "failed", "auth_failed")
+REASONS: dict[str, tuple[str, ...]] = {
+    "ok": ("",),
+    "failed": ("api", "warehouse", "internal", "crash"),
+    "auth_failed": ("auth", "config"),
+}
+"""The `reason` label each outcome takes: the failure's kind (`sync_runs.error_kind`),
+or `crash` for a pass that died without saying why; empty for `ok`."""
 OPERATIONS = ("received", "inserted", "updated", "quarantined")
 
 PASS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
@@ -53,8 +60,8 @@ class Metrics:
         self._thread: threading.Thread | None = None
         self._passes = Counter(
             "rcs_sync_passes_total",
-            "Sync passes finished, by outcome.",
-            ["stream", "scope", "outcome"],
+            "Sync passes finished, by outcome and the reason of a failure.",
+            ["stream", "scope", "outcome", "reason"],
             registry=self.registry,
         )
         self._records = Counter(
@@ -135,6 +142,7 @@ class Metrics:
         stream: str,
         scope: str,
         outcome: str,
+        reason: str | None = None,
         duration_s: float,
         received: int,
         inserted: int,
@@ -149,9 +157,12 @@ class Metrics:
             raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}, got {outcome!r}")
         # Create every outcome's series at 0, so increase(...{outcome="failed"}) sees the
         # first failure rather than a series appearing from nowhere.
-        for name in OUTCOMES:
-            self._passes.labels(stream, scope, name)
-        self._passes.labels(stream, scope, outcome).inc()
+        for name, reasons in REASONS.items():
+            for known in reasons:
+                self._passes.labels(stream, scope, name, known)
+        if reason is None:
+            reason = REASONS[outcome][0]
+        self._passes.labels(stream, scope, outcome, reason).inc()
         counts = (received, inserted, updated, quarantined)
         for operation, count in zip(OPERATIONS, counts, strict=True):
             self._records.labels(stream, operation).inc(count)

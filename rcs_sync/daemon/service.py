@@ -38,8 +38,9 @@ from rcs_sync.daemon.notify import Notifier
 from rcs_sync.daemon.passes import PassEntry, PassProcess
 from rcs_sync.model import events
 from rcs_sync.model.durations import format_instant, parse_instant
-from rcs_sync.model.errors import WarehouseUnavailable
-from rcs_sync.model.events import ScopeFinished
+from rcs_sync.model.errors import EXIT_STOPPED, WarehouseUnavailable
+from rcs_sync.model.events import PassFailed, ScopeFinished
+from rcs_sync.writer_lock import WriterLock
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +55,14 @@ class PassReport:
 
     scopes: list[ScopeFinished] = field(default_factory=list)
     exit_code: int | None = None
+    failure: PassFailed | None = None
+    """The failure no scope event reports (the warehouse, the token), if the pass said."""
+
+    @property
+    def reason(self) -> str:
+        """Why the pass failed, as the `reason` label: its error kind, else `crash` (it
+        died without saying: killed, or a crash before it could)."""
+        return self.failure["kind"] if self.failure else "crash"
 
     @property
     def auth_failed(self) -> bool:
@@ -65,7 +74,9 @@ class PassReport:
             return f"{when}: token rejected by the API; retrying every interval"
         failures = [f"{s['scope']}: {s['error']}" for s in self.scopes if s["outcome"] != "ok"]
         if not self.scopes and self.exit_code:
-            failures = [f"pass process exited {self.exit_code}"]
+            failures = [
+                self.failure["error"] if self.failure else f"pass process exited {self.exit_code}"
+            ]
         summaries = [s["summary"] for s in self.scopes if s["summary"]]
         received = sum(s["received"] for s in summaries)
         changed = sum(s["inserted"] + s["updated"] for s in summaries)
@@ -80,14 +91,19 @@ class Service:
         command: list[str],
         entry: PassEntry,
         notifier: Notifier | None = None,
+        *,
+        wait: bool = True,
     ) -> None:
         self.settings = settings
+        self.wait = wait
+        """Wait for another daemon serving the same warehouse to exit (else exit 5)."""
         self.command = command
         """`rcs-sync`'s global options; passes run `rcs-sync *command *PASS`."""
         self.entry = entry
         self.notifier = notifier or Notifier()
         self.stop = threading.Event()
         self.metrics: Metrics | None = None
+        self._lock: WriterLock | None = None
         self._process: PassProcess | None = None
         self._stop_signal: str | None = None
         self._progress_at = time.monotonic()
@@ -104,6 +120,12 @@ class Service:
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
         }
         try:
+            # One daemon per warehouse: a second one waits here for the first to exit
+            # (it would also find the metrics port taken).
+            self._lock = WriterLock(
+                self.settings.warehouse.path, role="daemon", wait=self.wait, stop=self.stop
+            )
+            self._lock.acquire()
             # A listen address that cannot be bound is a configuration error: report it
             # before waiting on the warehouse lock and migrations.
             self._start_metrics()
@@ -123,6 +145,8 @@ class Service:
                 signal.signal(sig, handler)
             if self.metrics is not None:
                 self.metrics.close()
+            if self._lock is not None:
+                self._lock.release()
         log.info("daemon_stopped")
         return 0
 
@@ -224,8 +248,44 @@ class Service:
         if self.stop.is_set():
             return
         self.notifier.status(report.status_line(datetime.now(UTC)))
+        if report.exit_code and report.exit_code != EXIT_STOPPED:
+            self._count_unreported(report)
         if report.exit_code and not report.scopes:
-            log.error("pass_process_failed", exit_code=report.exit_code)
+            log.error(
+                "pass_process_failed",
+                exit_code=report.exit_code,
+                kind=report.reason,
+                error=report.failure["error"] if report.failure else None,
+            )
+
+    def _count_unreported(self, report: PassReport) -> None:
+        """A pass that failed before (or without) reporting a scope, say on a locked
+        file, still counts: as failed, for each configured (stream, scope) it did not
+        report, with the kind of failure as `reason`."""
+        if self.metrics is None:
+            return
+        teams = self.settings.api.teams
+        keys = [str(t) for t in teams] if teams else ["all"]
+        reported = {(s["stream"], s["scope"]) for s in report.scopes}
+        reason = report.reason
+        outcome = "auth_failed" if reason in ("auth", "config") else "failed"
+        for stream in self.settings.sync.streams:
+            for key in keys:
+                if (stream, key) in reported:
+                    continue
+                self.metrics.pass_finished(
+                    stream=stream,
+                    scope=key,
+                    outcome=outcome,
+                    reason=reason,
+                    duration_s=0.0,
+                    received=0,
+                    inserted=0,
+                    updated=0,
+                    quarantined=0,
+                    checkpoint=None,
+                    now=datetime.now(UTC),
+                )
 
     def _run_pass(self) -> PassReport:
         report = PassReport()
@@ -246,6 +306,8 @@ class Service:
     def _handle(self, event: events.PassEvent, report: PassReport, elapsed: float) -> None:
         if event["event"] == "scope":
             report.scopes.append(event)
+        elif event["event"] == "failed":
+            report.failure = event
         if self.metrics is None:
             return
         if event["event"] == "api_response":
@@ -259,6 +321,7 @@ class Service:
                 stream=event["stream"],
                 scope=event["scope"],
                 outcome=event["outcome"],
+                reason=(event.get("kind") or "internal") if event["outcome"] != "ok" else "",
                 duration_s=summary["duration_s"] if summary else elapsed,
                 received=summary["received"] if summary else 0,
                 inserted=summary["inserted"] if summary else 0,

@@ -23,7 +23,13 @@ from rcs_sync.engine.source import Source
 from rcs_sync.engine.store import Store
 from rcs_sync.model.commits import Commit, LoadResult
 from rcs_sync.model.durations import format_instant
-from rcs_sync.model.errors import ApiUnavailable, RcsSyncError, Stopped, SuspectedTruncation
+from rcs_sync.model.errors import (
+    ApiUnavailable,
+    ApiUnreachable,
+    RcsSyncError,
+    Stopped,
+    SuspectedTruncation,
+)
 from rcs_sync.model.events import Outcome, Planned, Progress, Summary, WindowLoaded
 from rcs_sync.model.responses import Deadline, Response
 from rcs_sync.model.streams import Stream
@@ -565,6 +571,8 @@ def sync_all(syncer: Syncer, scopes: list[Scope]) -> list[ScopeOutcome]:
                 break
             log.error("pass_failed", scope=scope.key, kind=exc.kind, error=str(exc))
             outcomes.append(ScopeOutcome(syncer.stream, scope, "failed", error=exc))
+            if isinstance(exc, ApiUnreachable):
+                break  # a wrong base_url: every other scope would fail the same way
             continue
         outcomes.append(ScopeOutcome(syncer.stream, scope, "ok", result=result))
     return outcomes
@@ -575,6 +583,9 @@ def sync_streams(syncers: list[Syncer], scopes: list[Scope]) -> list[ScopeOutcom
     outcomes: list[ScopeOutcome] = []
     for syncer in syncers:
         outcomes += sync_all(syncer, scopes)
-        if outcomes and outcomes[-1].outcome in ("auth_failed", "stopped"):
+        if outcomes and (
+            outcomes[-1].outcome in ("auth_failed", "stopped")
+            or isinstance(outcomes[-1].error, ApiUnreachable)
+        ):
             break
     return outcomes

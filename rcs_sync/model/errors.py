@@ -18,6 +18,9 @@ class RcsSyncError(Exception):
     exit_code = EXIT_FAILURE
     kind = "internal"
     """Recorded in `sync_runs.error_kind`; `health.py` reads it."""
+    logged = False
+    """Set once the failure has been logged as an event (`pass_failed`, `token_rejected`),
+    so the command's final error line does not repeat it."""
 
 
 class AuthRejected(RcsSyncError):
@@ -46,6 +49,11 @@ class ApiUnavailable(RcsSyncError):
         """True when the failures are of a kind a smaller window may avoid (timeouts, 502/504)."""
 
 
+class ApiUnreachable(ApiUnavailable):
+    """The first request of a one-shot command could not connect at all (refused, unknown
+    host, TLS failure): most likely a wrong `[api] base_url`, so it is not retried."""
+
+
 class TransientApiError(RcsSyncError):
     """One failed attempt worth retrying: connection trouble, 429, 5xx, a bad body."""
 
@@ -53,11 +61,18 @@ class TransientApiError(RcsSyncError):
     kind = "api"
 
     def __init__(
-        self, message: str, *, retry_after: float | None = None, splittable: bool = False
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        splittable: bool = False,
+        unreachable: bool = False,
     ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.splittable = splittable
+        self.unreachable = unreachable
+        """No connection at all (refused, unknown host, TLS): no response came."""
 
 
 class BadBody(TransientApiError):
@@ -83,6 +98,14 @@ class WarehouseUnavailable(RcsSyncError):
 
     exit_code = EXIT_WAREHOUSE
     kind = "warehouse"
+
+
+class WarehouseDamaged(WarehouseUnavailable):
+    """The DuckDB file (warehouse or snapshot) is corrupt or truncated: never written into."""
+
+
+class WarehouseBusy(WarehouseLocked):
+    """Another rcs-sync is writing this warehouse and `--no-wait` was given."""
 
 
 class Stopped(RcsSyncError):

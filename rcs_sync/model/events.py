@@ -9,7 +9,7 @@ the documented `--events` output stays exactly what it was.
 from __future__ import annotations
 
 import json
-from typing import Literal, TypedDict, TypeGuard
+from typing import Literal, NotRequired, TypedDict, TypeGuard
 
 Outcome = Literal["ok", "failed", "auth_failed", "stopped"]
 
@@ -69,6 +69,27 @@ class ScopeFinished(TypedDict):
     summary: Summary | None
     checkpoint: str | None
     error: str | None
+    kind: NotRequired[str | None]
+    """The failure's `error_kind` (`api`, `auth`, `warehouse`, …); None when ok."""
+
+
+class PassFailed(TypedDict):
+    """The pass ended in a failure that no `scope` event reports (the warehouse could
+    not be opened, the token not read, …): written just before the process exits."""
+
+    event: Literal["failed"]
+    kind: str
+    error: str
+    exit_code: int
+
+
+class WriterWait(TypedDict):
+    """The pass is waiting for another rcs-sync writing the warehouse (`pid`), repeated
+    while it waits so the daemon knows it is alive."""
+
+    event: Literal["writer_wait"]
+    pid: int | None
+    waited_s: float
 
 
 class SnapshotPublished(TypedDict):
@@ -82,9 +103,19 @@ class SnapshotPublished(TypedDict):
 Progress = Planned | WindowLoaded
 """What the engine tells a listener while a pass runs."""
 
-PassEvent = Planned | WindowLoaded | ApiResponse | ScopeFinished | SnapshotPublished
+PassEvent = (
+    Planned
+    | WindowLoaded
+    | ApiResponse
+    | ScopeFinished
+    | SnapshotPublished
+    | PassFailed
+    | WriterWait
+)
 
-KINDS = frozenset({"planned", "window", "api_response", "scope", "snapshot"})
+KINDS = frozenset(
+    {"planned", "window", "api_response", "scope", "snapshot", "failed", "writer_wait"}
+)
 
 
 def encode(event: PassEvent) -> str:

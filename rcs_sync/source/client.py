@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -24,10 +26,11 @@ from urllib.parse import urlsplit
 import requests
 import structlog
 from requests.adapters import BaseAdapter
-from tenacity import RetryCallState, Retrying, retry_if_exception_type
+from tenacity import RetryCallState, Retrying, retry_if_exception
 
 from rcs_sync.model.errors import (
     ApiUnavailable,
+    ApiUnreachable,
     AuthRejected,
     BadBody,
     BadRequest,
@@ -102,6 +105,7 @@ class ApiClient:
         on_response: Callable[[int | None], None] | None = None,
         transport: BaseAdapter | None = None,
         throttle: Throttle | None = None,
+        first_contact_fails_fast: bool = False,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._token = token
@@ -121,6 +125,11 @@ class ApiClient:
         self._host = describe_endpoint(base_url)
         self._on_response = on_response or (lambda _status: None)
         """Told each response's status, None for no response (metrics)."""
+        self._fail_fast = first_contact_fails_fast
+        """One-shot commands: until a first response, no connection at all (refused,
+        unknown host, TLS failure) is a wrong `[api] base_url`, not an outage."""
+        self._contacted = False
+        """Whether any response (whatever its status) has come back in this process."""
 
     @property
     def _session(self) -> requests.Session:
@@ -163,7 +172,9 @@ class ApiClient:
         (by default the retry budget from now)."""
         limit = deadline or Deadline(time.monotonic() + self._retry.budget.total_seconds())
         retrying = Retrying(
-            retry=retry_if_exception_type(TransientApiError),
+            retry=retry_if_exception(
+                lambda exc: isinstance(exc, TransientApiError) and not self._hopeless(exc)
+            ),
             stop=lambda state: time.monotonic() >= limit.after(_failure(state)),
             wait=partial(self._wait, limit),
             sleep=self._sleep,
@@ -175,11 +186,24 @@ class ApiClient:
                 with attempt:
                     return self._fetch_once(path, params, consume)
         except TransientApiError as exc:
+            if self._hopeless(exc):
+                raise ApiUnreachable(
+                    f"cannot connect to [api] base_url {self.base_url}: {exc}"
+                ) from None
             raise ApiUnavailable(
                 f"API at {self._host} still failing after retries: {exc}",
                 splittable=exc.splittable,
             ) from None
         raise AssertionError("unreachable: tenacity either returns or raises")
+
+    def _hopeless(self, exc: BaseException) -> bool:
+        """A first request that could not connect at all, in a one-shot command."""
+        return (
+            self._fail_fast
+            and not self._contacted
+            and isinstance(exc, TransientApiError)
+            and exc.unreachable
+        )
 
     def _fetch_once(
         self, path: str, params: Mapping[str, str], consume: Callable[[Response], T]
@@ -212,6 +236,7 @@ class ApiClient:
                 verify=self._verify,
             ) as resp:
                 elapsed = time.monotonic() - started
+                self._contacted = True
                 self._on_response(resp.status_code)
                 self._check_status(resp)
                 _spool(resp, out, self._stop)
@@ -219,6 +244,13 @@ class ApiClient:
         except requests.Timeout as exc:
             self._on_response(None)
             raise TransientApiError(f"timed out ({type(exc).__name__})", splittable=True) from None
+        except requests.ConnectionError as exc:
+            self._on_response(None)
+            cause = _unreachable(exc)
+            raise TransientApiError(
+                f"connection failed ({type(exc).__name__}{': ' + cause if cause else ''})",
+                unreachable=cause is not None,
+            ) from None
         except requests.RequestException as exc:
             self._on_response(None)
             raise TransientApiError(f"connection failed ({type(exc).__name__})") from None
@@ -289,6 +321,34 @@ class ApiClient:
             error=str(exc),
             wait=round(state.upcoming_sleep, 2),
         )
+
+
+def _unreachable(exc: requests.ConnectionError) -> str | None:
+    """Why no connection could be made at all, if that is what happened: refused,
+    unknown host, TLS failure. None for a connection lost or reset midway."""
+    text = str(exc)
+    if isinstance(exc, requests.exceptions.SSLError):
+        reason = re.search(
+            r"certificate verify failed[^)'\"]*|wrong version number|SSL[^)'\"]*", text
+        )
+        return f"TLS failure, {reason.group(0).strip() if reason else 'handshake failed'}"
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(chain) < 10:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    if any(isinstance(e, ConnectionRefusedError) for e in chain) or "Connection refused" in text:
+        return "connection refused"
+    if (
+        any(isinstance(e, socket.gaierror) for e in chain)
+        or "NameResolutionError" in text
+        or "Failed to resolve" in text
+        or "Name or service not known" in text
+    ):
+        return "unknown host (DNS lookup failed)"
+    if "No route to host" in text or "Network is unreachable" in text:
+        return "no route to host"
+    return None
 
 
 def _failure(state: RetryCallState) -> BaseException | None:

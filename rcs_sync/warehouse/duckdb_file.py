@@ -7,10 +7,13 @@ we delay it, only for the length of one commit.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import secrets
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +22,7 @@ from typing import Any
 import duckdb
 import structlog
 from tenacity import (
+    RetryCallState,
     Retrying,
     retry_if_exception,
     stop_after_delay,
@@ -27,7 +31,13 @@ from tenacity import (
 
 from rcs_sync.logs import redact
 from rcs_sync.model.commits import Commit, LoadResult
-from rcs_sync.model.errors import Stopped, WarehouseLocked, WarehouseUnavailable, error_kind
+from rcs_sync.model.errors import (
+    Stopped,
+    WarehouseDamaged,
+    WarehouseLocked,
+    WarehouseUnavailable,
+    error_kind,
+)
 from rcs_sync.model.responses import Spool
 from rcs_sync.model.streams import Stream, registered
 from rcs_sync.model.windows import Fetch, Split, Window
@@ -40,10 +50,47 @@ log = structlog.get_logger(__name__)
 
 FILE_MODE = 0o640
 LOCK_PID = re.compile(r"\(PID (\d+)\)")
+LOCK_WAIT_WARNING = 3.0
+"""Seconds of waiting for DuckDB's file lock after which the wait is logged (a warning
+naming the holder, once per wait), like PostgreSQL's `log_lock_waits`."""
+RUN_FIELDS = (
+    "stream",
+    "scope",
+    "command",
+    "mode",
+    "pid",
+    "started_at",
+    "finished_at",
+    "status",
+    "error",
+    "error_kind",
+)
+"""What a deferred run record holds (`defer_run`), besides an optional `run_id`."""
+
+
+NEXT_RUN_ID = (
+    "SELECT greatest(nextval('sync_runs_id'), coalesce(max(run_id), 0) + 1) FROM sync_runs"
+)
+"""The next `run_id`: the sequence's, unless rows were copied in without it (a snapshot
+used as the warehouse holds the rows but a sequence as of its first copy)."""
+
+
+HEADER_BYTES = 3 * 4096
+"""DuckDB's file header and its two database headers, before the first block."""
+DAMAGE = re.compile(
+    r"Corrupt database file|does not match stored checksum|Could not read enough bytes|"
+    r"not a valid DuckDB database file|database file is truncated",
+    re.IGNORECASE,
+)
+"""What DuckDB says of a corrupt block, a short read, or a file that is no database."""
 
 
 class _LockConflict(Exception):
     """One failed attempt to take the file lock; retried until the budget runs out."""
+
+    def __init__(self, pid: int | None) -> None:
+        super().__init__(pid)
+        self.pid = pid
 
 
 def _is_lock_conflict(exc: BaseException) -> bool:
@@ -60,8 +107,14 @@ class Warehouse:
         threads: int = 2,
         stop: threading.Event | None = None,
         streams: Sequence[Stream] | None = None,
+        role: str = "warehouse",
+        snapshot: Path | None = None,
     ) -> None:
         self.path = path
+        self.role = role
+        """What the file is to an operator, for messages: "warehouse" or "snapshot"."""
+        self.snapshot = snapshot
+        """The analysts' snapshot of this warehouse, named as a way to recover it."""
         self.streams = tuple(registered() if streams is None else streams)
         """The streams whose tables `migrate` provides (default: every registered one)."""
         self._lock_timeout = lock_timeout
@@ -113,8 +166,17 @@ class Warehouse:
         except (duckdb.IOException, duckdb.OutOfMemoryException) as exc:
             # A full disk, a vanished directory, memory_limit too small: nothing committed.
             self._discard(con)
+            damage = self._damage(exc)
+            if damage is not None:
+                raise damage from None
             first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise WarehouseUnavailable(f"writing {self.path} failed: {first_line}") from None
+        except duckdb.Error as exc:
+            self._discard(con)
+            damage = self._damage(exc)
+            if damage is not None:
+                raise damage from None
+            raise
         except BaseException:
             self._discard(con)
             raise
@@ -129,20 +191,59 @@ class Warehouse:
             self._held = None
 
     def _open_retrying(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        began = time.monotonic()
+        warned = False
+        holder: int | None = None
+
+        def note(state: RetryCallState) -> None:
+            nonlocal holder
+            exc = state.outcome.exception() if state.outcome else None
+            holder = exc.pid if isinstance(exc, _LockConflict) else None
+
+        def sleep(seconds: float) -> None:
+            """Sleep, logging the wait once it has lasted LOCK_WAIT_WARNING seconds."""
+            nonlocal warned
+            end = time.monotonic() + seconds
+            while True:
+                now = time.monotonic()
+                if not warned and now - began >= LOCK_WAIT_WARNING:
+                    warned = True
+                    log.warning(
+                        "warehouse_lock_wait",
+                        path=str(self.path),
+                        holder_pid=holder,
+                        waited_s=round(now - began, 1),
+                        timeout_s=self._lock_timeout,
+                    )
+                if now >= end:
+                    return
+                step = end - now
+                if not warned:
+                    step = min(step, began + LOCK_WAIT_WARNING - now + 0.01)
+                self._sleep(step)
+
         retrying = Retrying(
             retry=retry_if_exception(_is_lock_conflict),
             stop=stop_after_delay(self._lock_timeout),
             wait=wait_random_exponential(multiplier=0.05, max=2.0),
-            sleep=self._sleep,
+            sleep=sleep,
+            before_sleep=note,
             reraise=True,
         )
         try:
             con: duckdb.DuckDBPyConnection = retrying(self._open, read_only)
         except _LockConflict as exc:
+            by = f" (PID {exc.pid})" if exc.pid else ""
             raise WarehouseLocked(
-                f"warehouse {self.path} is locked by another process{exc}; "
+                f"warehouse {self.path} is locked by another process{by}; "
                 f"gave up after {self._lock_timeout:g}s"
             ) from None
+        if warned:
+            log.info(
+                "warehouse_lock_acquired",
+                path=str(self.path),
+                waited_s=round(time.monotonic() - began, 1),
+            )
         return con
 
     def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
@@ -153,25 +254,105 @@ class Warehouse:
             con = duckdb.connect(str(self.path), read_only=read_only, config=dict(self._config))
         except duckdb.IOException as exc:
             message = str(exc)
+            damage = self._damage(exc)
+            if damage is not None:
+                raise damage from None
             if "lock" in message.lower():
                 pid = LOCK_PID.search(message)
-                raise _LockConflict(f" (PID {pid.group(1)})" if pid else "") from None
+                raise _LockConflict(int(pid.group(1)) if pid else None) from None
             raise WarehouseUnavailable(f"cannot open warehouse {self.path}: {message}") from None
         except duckdb.Error as exc:
+            damage = self._damage(exc)
+            if damage is not None:
+                raise damage from None
             raise WarehouseUnavailable(f"cannot open warehouse {self.path}: {exc}") from None
         if created:
             os.chmod(self.path, FILE_MODE)
+        try:
+            self._check_length(con)
+        except BaseException:
+            con.close()
+            raise
         return con
+
+    def _check_length(self, con: duckdb.DuckDBPyConnection) -> None:
+        """A file shorter than the blocks its header counts in use was truncated (a copy cut
+        short, a full disk): say so before any block is read, or written. Skipped while
+        a WAL is pending, whose replay may count blocks not yet on disk."""
+        if self.path.with_name(self.path.name + ".wal").exists():
+            return
+        rows = con.execute("PRAGMA database_size").fetchall()
+        current = con.execute("SELECT current_database()").fetchone()
+        for name, _size, block_size, _total, used_blocks, *_rest in rows:
+            if current is None or name != current[0]:
+                continue
+            # Free blocks at the end may have been cut off by DuckDB itself; used ones not.
+            expected = HEADER_BYTES + int(block_size) * int(used_blocks)
+            actual = self.path.stat().st_size
+            if actual < expected:
+                raise self._damaged(f"truncated: {actual} bytes of the {expected} it should hold")
+
+    def verify(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Read every column of every table, so DuckDB checks each data block's checksum:
+        garbage anywhere in the data raises `WarehouseDamaged` here, before a pass
+        writes into the file (~0.1 s per million records)."""
+        tables = con.execute(
+            "SELECT table_name FROM duckdb_tables() "
+            "WHERE database_name = current_database() ORDER BY ALL"
+        ).fetchall()
+        for (table,) in tables:
+            try:
+                con.execute(f'SELECT min(COLUMNS(*)) FROM "{str(table).replace(chr(34), "")}"')
+            except (duckdb.BinderException, duckdb.NotImplementedException):
+                continue  # a column type without min(): not ours, not checked
+            except duckdb.Error as exc:
+                damage = self._damage(exc)
+                if damage is not None:
+                    raise damage from None
+                raise
+
+    def _damage(self, exc: BaseException) -> WarehouseDamaged | None:
+        """The error as `WarehouseDamaged` if it says the file is corrupt or truncated."""
+        text = str(exc)
+        if not DAMAGE.search(text):
+            return None
+        first = text.splitlines()[0] if text else type(exc).__name__
+        first = re.sub(r"^(IO )?Error: ", "", first)
+        if "not a valid DuckDB database file" in first:
+            first = "its header is not a DuckDB header"
+        return self._damaged(first)
+
+    def _damaged(self, what: str) -> WarehouseDamaged:
+        if self.role == "snapshot":
+            recovery = (
+                "delete it: the daemon's next pass publishes a new one "
+                "(or `rcs-sync sync --publish-snapshot`); query the warehouse meanwhile"
+            )
+        else:
+            snapshot = f"`cp {self.snapshot} {self.path}`" if self.snapshot else "copy it"
+            recovery = (
+                f"stop the daemon, then publish from the analysts' snapshot ({snapshot}), "
+                f"or move {self.path.name} away and run `rcs-sync backfill --force` "
+                "over the whole range into a fresh file"
+            )
+        return WarehouseDamaged(
+            f"{self.role} {self.path} is damaged ({what}); nothing is written into it. "
+            f"To recover, {recovery}"
+        )
 
     def _sleep(self, seconds: float) -> None:
         if self._stop.wait(seconds):
             raise Stopped("stop requested")
 
-    def migrate(self) -> list[int]:
+    def migrate(self, *, verify: bool = True) -> list[int]:
         """Apply pending migrations, each in its own transaction, then provide the tables
-        of streams not yet recorded (`tables.ensure`); return the migrations applied."""
+        of streams not yet recorded (`tables.ensure`); return the migrations applied.
+        First, with `verify`, every data block is checked (`verify`): a damaged file is
+        never written into."""
         applied: list[int] = []
         with self.connect() as con:
+            if verify:
+                self.verify(con)
             con.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
                 "version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, "
@@ -195,6 +376,7 @@ class Warehouse:
                 applied.append(version)
                 log.info("migration_applied", version=version, name=name)
             self._ensure_streams(con)
+            self._write_deferred(con)
         return applied
 
     def _ensure_streams(self, con: duckdb.DuckDBPyConnection) -> None:
@@ -212,30 +394,150 @@ class Warehouse:
                 ) from None
 
     def start_run(self, stream: Stream, scope: str, command: str, mode: str) -> int:
-        with self.connect() as con:
-            row = con.execute(
-                "INSERT INTO sync_runs (stream, scope, command, mode, pid, started_at, status) "
-                "VALUES (?, ?, ?, ?, ?, ?, 'running') RETURNING run_id",
-                [stream.name, scope, command, mode, os.getpid(), datetime.now(UTC)],
-            ).fetchone()
+        """A `running` row in `sync_runs`. If the file cannot be written, the failed run
+        is kept beside it (`defer_run`) before the error is raised."""
+        started = datetime.now(UTC)
+        try:
+            with self.connect() as con:
+                row = con.execute(
+                    "INSERT INTO sync_runs "
+                    "(run_id, stream, scope, command, mode, pid, started_at, status) "
+                    f"VALUES (({NEXT_RUN_ID}), ?, ?, ?, ?, ?, ?, 'running') RETURNING run_id",
+                    [stream.name, scope, command, mode, os.getpid(), started],
+                ).fetchone()
+        except (WarehouseLocked, WarehouseUnavailable) as exc:
+            self.defer_run(failed_run(stream.name, scope, command, exc, started, mode=mode))
+            raise
         assert row is not None
         return int(row[0])
 
     def finish_run(self, run_id: int, error: BaseException | None) -> None:
+        """Close the run's row; if the file cannot be written now, its outcome is kept
+        beside it and written by the next opening (`defer_run`) rather than raised over
+        the error that ended the run."""
         status = "ok" if error is None else "stopped" if isinstance(error, Stopped) else "failed"
         message = None if error is None else redact(str(error) or type(error).__name__)
-        with self.connect() as con:
-            con.execute(
-                "UPDATE sync_runs SET finished_at = ?, status = ?, error = ?, error_kind = ? "
-                "WHERE run_id = ?",
-                [
-                    datetime.now(UTC),
-                    status,
-                    message,
-                    None if error is None else error_kind(error),
-                    run_id,
-                ],
+        kind = None if error is None else error_kind(error)
+        finished = datetime.now(UTC)
+        try:
+            with self.connect() as con:
+                con.execute(
+                    "UPDATE sync_runs SET finished_at = ?, status = ?, error = ?, error_kind = ? "
+                    "WHERE run_id = ?",
+                    [finished, status, message, kind, run_id],
+                )
+        except (WarehouseLocked, WarehouseUnavailable) as exc:
+            if isinstance(exc, WarehouseDamaged):
+                raise
+            log.warning("run_record_deferred", run_id=run_id, error=str(exc))
+            self.defer_run(
+                {
+                    "run_id": run_id,
+                    "finished_at": finished.isoformat(),
+                    "status": status,
+                    "error": message,
+                    "error_kind": kind,
+                }
             )
+
+    @property
+    def deferred_dir(self) -> Path:
+        """Where run records wait that could not be written when they were made."""
+        return self.path.parent / f".{self.path.name}.runs"
+
+    def defer_run(self, record: Mapping[str, Any]) -> None:
+        """Keep a run record (a new failed run, or the outcome of run `run_id`) that could
+        not be written because the file was locked or unwritable: a small JSON file in
+        `deferred_dir`, moved into `sync_runs` by the next opening that can write
+        (`migrate`, which every pass starts with). Written under a temporary name, fsynced,
+        then renamed: a crash leaves it whole or absent, and writing it twice is harmless
+        (`_write_deferred` skips a row it already holds)."""
+        directory = self.deferred_dir
+        if not directory.parent.is_dir():
+            return  # no place for a warehouse at all: nothing will ever read it
+        name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}.json"
+        try:
+            directory.mkdir(mode=0o750, exist_ok=True)
+            temporary = directory / f".{name}.tmp"
+            with open(temporary, "w", encoding="utf-8") as out:
+                json.dump(dict(record), out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(temporary, FILE_MODE)
+            os.replace(temporary, directory / name)
+        except OSError as exc:
+            log.warning("run_record_lost", directory=str(directory), error=str(exc))
+
+    def deferred_runs(self) -> list[dict[str, Any]]:
+        """The run records waiting in `deferred_dir`, oldest first."""
+        return [record for _path, record in self._deferred()]
+
+    def _deferred(self) -> list[tuple[Path, dict[str, Any]]]:
+        try:
+            paths = sorted(self.deferred_dir.glob("*.json"))
+        except OSError:
+            return []
+        found = []
+        for path in paths:
+            try:
+                record = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(record, dict):
+                found.append((path, record))
+        return found
+
+    def _write_deferred(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Move the deferred run records into `sync_runs` (one transaction), then delete
+        their files. A crash between the two writes nothing twice: a new run is skipped
+        if a row of the same stream, scope, process and start exists, an outcome applies
+        only to a row still `running`."""
+        deferred = self._deferred()
+        if not deferred:
+            return
+        with _transaction(con, self.path):
+            for _path, r in deferred:
+                finished = _instant(r.get("finished_at"))
+                if r.get("run_id") is not None:
+                    con.execute(
+                        "UPDATE sync_runs SET finished_at = ?, status = ?, error = ?, "
+                        "error_kind = ? WHERE run_id = ? AND status = 'running'",
+                        [
+                            finished,
+                            r.get("status"),
+                            r.get("error"),
+                            r.get("error_kind"),
+                            r["run_id"],
+                        ],
+                    )
+                    continue
+                started = _instant(r.get("started_at")) or finished or datetime.now(UTC)
+                con.execute(
+                    "INSERT INTO sync_runs (run_id, stream, scope, command, mode, pid, "
+                    "started_at, finished_at, status, error, error_kind) "
+                    f"SELECT ({NEXT_RUN_ID}), ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS ("
+                    "SELECT 1 FROM sync_runs WHERE stream = ? AND scope = ? "
+                    "AND pid IS NOT DISTINCT FROM ? AND started_at = ?)",
+                    [
+                        r.get("stream"),
+                        r.get("scope"),
+                        r.get("command") or "sync",
+                        r.get("mode"),
+                        r.get("pid"),
+                        started,
+                        finished,
+                        r.get("status") or "failed",
+                        r.get("error"),
+                        r.get("error_kind"),
+                        r.get("stream"),
+                        r.get("scope"),
+                        r.get("pid"),
+                        started,
+                    ],
+                )
+        for path, _record in deferred:
+            path.unlink(missing_ok=True)
+        log.info("deferred_runs_recorded", count=len(deferred))
 
     def checkpoint(self, stream: Stream, scope: str) -> datetime | None:
         with self.connect() as con:
@@ -381,6 +683,34 @@ def _transaction(con: duckdb.DuckDBPyConnection, path: Path) -> Iterator[None]:
         con.execute("COMMIT")
     except duckdb.Error as exc:
         raise WarehouseUnavailable(f"commit to {path} failed: {exc}") from None
+
+
+def failed_run(
+    stream: str,
+    scope: str,
+    command: str,
+    error: BaseException,
+    started: datetime,
+    *,
+    mode: str | None = None,
+) -> dict[str, Any]:
+    """A deferred record (`Warehouse.defer_run`) of a run that failed before it had a row."""
+    return {
+        "stream": stream,
+        "scope": scope,
+        "command": command,
+        "mode": mode,
+        "pid": os.getpid(),
+        "started_at": started.isoformat(),
+        "finished_at": datetime.now(UTC).isoformat(),
+        "status": "stopped" if isinstance(error, Stopped) else "failed",
+        "error": redact(str(error) or type(error).__name__),
+        "error_kind": error_kind(error),
+    }
+
+
+def _instant(value: object) -> datetime | None:
+    return datetime.fromisoformat(value) if isinstance(value, str) else None
 
 
 def _utc(value: datetime) -> datetime:

@@ -1,0 +1,131 @@
+"""One writer per warehouse: a second `sync`, `backfill` or `run` waits for the first
+(or, with `--no-wait`, exits 5 at once), across processes and past a kill -9."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from tests.conftest import Site, log_lines, terminal_line, wait_for
+
+SiteFactory = Callable[..., Site]
+
+
+def full_windows(s: Site) -> Counter[tuple[str, str]]:
+    """How often each window was requested in full (without modified_since)."""
+    return Counter(
+        (r.params["start"], r.params["end"])
+        for r in s.sim.sim.requests
+        if "modified_since" not in r.params
+    )
+
+
+def holding(s: Site) -> bool:
+    """Whether some rcs-sync has written its PID into the writer lock file."""
+    path = s.dir / ".rcs.duckdb.writer.lock"
+    return path.exists() and path.read_text().strip().isdigit()
+
+
+def test_two_syncs_at_once_read_each_window_once(site: SiteFactory) -> None:
+    s = site(records=3_000, days=6, latency=0.3)
+    first = subprocess.Popen(
+        s.command("sync"), env=s.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    wait_for(lambda: len(s.sim.sim.requests) >= 1, 30, "the first sync's first request")
+    second = s.run("sync")
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err[-2000:]
+    assert second.returncode == 0, second.stderr[-2000:]
+    windows = full_windows(s)
+    assert windows and max(windows.values()) == 1, "a window was read twice"
+    served = sum(r.records for r in s.sim.sim.requests)
+    assert served <= len(s.sim.sim.truth()) * 1.1
+    assert "backfill" in out and "incremental" in second.stdout
+    waits = [e for e in log_lines(second.stderr) if e["event"] == "writer_lock_wait"]
+    assert len(waits) == 1 and waits[0]["holder_pid"] == first.pid
+    assert waits[0]["level"] == "warning"
+    s.assert_converged()
+
+
+def test_no_wait_exits_5_at_once_with_one_line(site: SiteFactory) -> None:
+    s = site(records=2_000, days=6, latency=0.3)
+    first = subprocess.Popen(
+        s.command("sync"), env=s.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_for(lambda: holding(s), 30, "the first sync to hold the warehouse")
+        for args in (
+            ("sync", "--no-wait"),
+            ("backfill", "--start", "2026-01-01", "--end", "2026-01-02", "--no-wait"),
+        ):
+            began = time.monotonic()
+            refused = s.run(*args)
+            assert refused.returncode == 5, refused.stderr
+            assert time.monotonic() - began < 10
+            assert len(refused.stderr.splitlines()) == 1, refused.stderr
+            assert terminal_line(refused.stderr) == (
+                f"rcs-sync: error: warehouse {s.db} is in use by another rcs-sync "
+                f"(PID {first.pid}); not waiting (--no-wait)"
+            )
+        # Readers never wait for the writer lock.
+        assert s.run("status").returncode != 5
+    finally:
+        first.communicate(timeout=120)
+    assert first.returncode == 0
+    # A refused command is no failed pass: status stays clean.
+    assert s.ok("status")
+
+
+def test_a_holder_killed_with_sigkill_leaves_no_stale_lock(site: SiteFactory) -> None:
+    s = site(records=2_000, days=6, latency=0.5)
+    first = subprocess.Popen(
+        s.command("sync"), env=s.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    wait_for(lambda: holding(s) and len(s.sim.sim.requests) >= 1, 30, "the first sync running")
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=10)
+    result = s.run("sync", "--no-wait")
+    assert result.returncode == 0, result.stderr[-2000:]
+    s.assert_converged()
+
+
+def test_a_second_daemon_on_the_same_warehouse_waits_or_exits_5(site: SiteFactory) -> None:
+    s = site(records=500, sync={"interval": "1s"})
+    log = s.dir / "daemon.log"
+    with log.open("wb") as out:
+        first = subprocess.Popen(s.command("run"), env=s.env(), stdout=out, stderr=out)
+    try:
+        wait_for(lambda: "pass_complete" in log.read_text(), 30, "the first daemon's pass")
+        refused = s.run("run", "--no-wait", timeout=30)
+        assert refused.returncode == 5, refused.stderr
+        assert len(refused.stderr.splitlines()) == 1, refused.stderr
+        assert terminal_line(refused.stderr) == (
+            f"rcs-sync: error: warehouse {s.db} is in use by another daemon "
+            f"(PID {first.pid}); not waiting (--no-wait)"
+        )
+        second = subprocess.Popen(
+            s.command("run"), env=s.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            time.sleep(1.5)
+            assert second.poll() is None, "the second daemon should wait, not exit"
+            first.send_signal(signal.SIGTERM)
+            assert first.wait(timeout=20) == 0
+            wait_for(
+                lambda: (s.dir / ".rcs.duckdb.daemon.lock").read_text().strip() == str(second.pid),
+                30,
+                "the second daemon to take over",
+            )
+        finally:
+            second.send_signal(signal.SIGTERM)
+            _, err = second.communicate(timeout=20)
+        assert second.returncode == 0, err[-2000:]
+        waits = [e for e in log_lines(err) if e["event"] == "daemon_lock_wait"]
+        assert len(waits) == 1 and waits[0]["holder_pid"] == first.pid
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
