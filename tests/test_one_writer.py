@@ -30,7 +30,7 @@ def holding(s: Site) -> bool:
 
 
 def test_two_syncs_at_once_read_each_window_once(site: SiteFactory) -> None:
-    s = site(records=3_000, days=6, latency=0.3)
+    s = site(records=3_000, days=6, latency=0.5)
     first = subprocess.Popen(
         s.command("sync"), env=s.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -51,7 +51,7 @@ def test_two_syncs_at_once_read_each_window_once(site: SiteFactory) -> None:
 
 
 def test_no_wait_exits_5_at_once_with_one_line(site: SiteFactory) -> None:
-    s = site(records=2_000, days=6, latency=0.3)
+    s = site(records=2_000, days=6, latency=1.0)  # ~7 s: outlasts the refused commands
     first = subprocess.Popen(
         s.command("sync"), env=s.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

@@ -277,8 +277,13 @@ def test_metrics_are_served_on_loopback(site: SiteFactory) -> None:
 
 
 HOLD_READ_ONLY = (
-    "import duckdb, sys\n"
-    "con = duckdb.connect(sys.argv[1], read_only=True)\n"
+    "import duckdb, sys, time\n"
+    "while True:\n"
+    "    try:\n"
+    "        con = duckdb.connect(sys.argv[1], read_only=True)\n"
+    "        break\n"
+    "    except duckdb.IOException:\n"
+    "        time.sleep(0.05)  # a pass is writing this instant\n"
     "print('held', flush=True)\n"
     "sys.stdin.read()\n"
 )
