@@ -324,10 +324,12 @@ class Syncer:
         return pieces[0]
 
     def _concurrently(self, ctx: _Pass, todo: list[Window]) -> None:
-        """Fetch up to `concurrency` windows at once (fewer while the server pushes
-        back), each on a thread of its own that downloads to a spool file; this thread
+        """Download up to `concurrency` windows at once (fewer while the server pushes
+        back), each on a thread of its own that streams to a spool file; this thread
         is the single writer and commits each window in its own transaction as its
-        body arrives, in whatever order they come.
+        body arrives, in whatever order they come. A window waiting for its load frees
+        its download slot, so downloads overlap loads; at most `concurrency` bodies
+        wait on disk.
 
         The first failure stops new windows from starting; the windows in flight still
         finish (their loads are good data), then the failure is raised. A stop request
@@ -337,13 +339,19 @@ class Syncer:
         running: dict[Future[None], Window] = {}
         failure: BaseException | None = None
         throttle = self.api.throttle
-        with ThreadPoolExecutor(self.options.concurrency, thread_name_prefix="fetch") as pool:
+        most = 2 * self.options.concurrency
+        with ThreadPoolExecutor(most, thread_name_prefix="fetch") as pool:
             try:
                 while running or (pending and failure is None):
                     if self.stop.is_set() and failure is None:
                         failure = Stopped("stop requested between windows")
                     limit = min(self.options.concurrency, throttle.limit)
-                    while pending and failure is None and len(running) < limit:
+                    while (
+                        pending
+                        and failure is None
+                        and len(running) - writer.waiting < limit
+                        and len(running) < most
+                    ):
                         window = self._next(ctx, pending)
                         running[pool.submit(self._read, ctx, window, writer.run, [])] = window
                     writer.serve(timeout=0.05)
@@ -495,38 +503,43 @@ class _Writer:
         self._release = release
         self._stop = stop
         self._closed = False
+        self._lock = threading.Lock()
+        self.waiting = 0
+        """Fetch threads whose body is downloaded and waits for (or is in) its load."""
 
     def run(self, work: Callable[[], LoadResult]) -> LoadResult:
         job = _Job(work)
-        self._jobs.put(job)
-        if self._closed:
-            self._drain()
-        job.done.wait()
+        with self._lock:
+            self.waiting += 1
+        try:
+            self._jobs.put(job)
+            if self._closed:
+                self._drain()
+            job.done.wait()
+        finally:
+            with self._lock:
+                self.waiting -= 1
         if job.error is not None:
             raise job.error
         assert job.result is not None
         return job.result
 
     def serve(self, *, timeout: float) -> None:
-        """Run the commits waiting now, or wait up to `timeout` for one."""
+        """Run one commit, waiting up to `timeout` for one; the caller starts new
+        downloads between two commits."""
         try:
             job = self._jobs.get(timeout=timeout)
         except queue.Empty:
             self._release()
             return
-        while True:
-            if self._stop.is_set():
-                job.error = Stopped("stop requested before this window was loaded")
-            else:
-                try:
-                    job.result = job.work()
-                except BaseException as exc:  # handed to the fetch thread, which raises it
-                    job.error = exc
-            job.done.set()
+        if self._stop.is_set():
+            job.error = Stopped("stop requested before this window was loaded")
+        else:
             try:
-                job = self._jobs.get_nowait()
-            except queue.Empty:
-                return
+                job.result = job.work()
+            except BaseException as exc:  # handed to the fetch thread, which raises it
+                job.error = exc
+        job.done.set()
 
     def close(self) -> None:
         """No more commits: any handed in from now on (or waiting) fail with Stopped."""
