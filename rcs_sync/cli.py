@@ -258,10 +258,25 @@ def run(ctx: click.Context) -> None:
 @cli.command()
 @click.pass_context
 def migrate(ctx: click.Context) -> None:
-    """Create the warehouse or apply pending schema migrations, then exit."""
+    """Create the warehouse or apply pending schema migrations, then exit.
+
+    A file written in another storage version than [warehouse] storage_version is
+    rewritten into it first, and the snapshot is republished in it."""
+    from rcs_sync.warehouse import storage
+    from rcs_sync.warehouse.snapshot import publish_from
+
     app = _app(ctx)
+    converted = storage.convert(app.warehouse)
+    if converted is not None:
+        click.echo(f"storage rewritten: {converted.before} -> {converted.after}")
     applied = app.warehouse.migrate()
     click.echo(f"migrations applied: {applied}" if applied else "schema up to date")
+    snapshot = app.settings.warehouse.snapshot_file
+    if snapshot.exists() and storage.file_version(snapshot) != storage.file_version(
+        app.warehouse.path
+    ):
+        publish_from(app.warehouse, snapshot)
+        click.echo(f"snapshot republished: {snapshot}")
 
 
 @cli.command()

@@ -38,6 +38,7 @@ class App:
             threads=wh.threads,
             stop=self.stop,
             streams=self.streams(),
+            storage_version=wh.storage_version,
         )
 
     @contextmanager

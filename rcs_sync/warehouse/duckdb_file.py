@@ -39,6 +39,11 @@ from rcs_sync.warehouse.tables import REGISTRY_DDL, ensure
 log = structlog.get_logger(__name__)
 
 FILE_MODE = 0o640
+STORAGE_VERSION = "v1.1.0"
+"""The DuckDB release new files are written for (`[warehouse] storage_version`): the
+oldest whose format holds what the schema uses, so every 1.1+ client reads them (README,
+"Querying the data"). An existing file keeps the version it was created with until
+`rcs-sync migrate` rewrites it (`warehouse/storage.py`)."""
 LOCK_PID = re.compile(r"\(PID (\d+)\)")
 
 
@@ -60,12 +65,21 @@ class Warehouse:
         threads: int = 2,
         stop: threading.Event | None = None,
         streams: Sequence[Stream] | None = None,
+        storage_version: str = STORAGE_VERSION,
     ) -> None:
         self.path = path
+        self.storage_version = storage_version
         self.streams = tuple(registered() if streams is None else streams)
         """The streams whose tables `migrate` provides (default: every registered one)."""
         self._lock_timeout = lock_timeout
-        self._config: dict[str, str | int] = {"memory_limit": memory_limit, "threads": threads}
+        # DuckDB applies storage_compatibility_version only when it creates a file (an
+        # existing one keeps its own); every open passes it, since a process's
+        # connections to one file must share one configuration.
+        self._config: dict[str, str | int] = {
+            "memory_limit": memory_limit,
+            "threads": threads,
+            "storage_compatibility_version": storage_version,
+        }
         self._stop = stop or threading.Event()
         self._active: duckdb.DuckDBPyConnection | None = None
         self._holding = False
