@@ -342,6 +342,14 @@ DAY = click.DateTime(formats=["%Y-%m-%d"])
     show_default=True,
 )
 @click.option(
+    "--source",
+    type=click.Choice(["auto", "snapshot", "live"]),
+    default="auto",
+    show_default=True,
+    help="The file to read: auto is the snapshot, or the live file when it has a newer "
+    "successful pass and no process is writing to it.",
+)
+@click.option(
     "--chart",
     type=click.Path(dir_okay=False, path_type=Path),
     metavar="FILE.png",
@@ -357,13 +365,14 @@ def report(
     team: int | None,
     time_zone: str,
     output: str,
+    source: str,
     chart: Path | None,
 ) -> None:
     """Delivery and read rates per day, campaign or team.
 
     Messages, delivered, read, failed, pending, delivery_rate = delivered / (delivered +
-    failed), read_rate = read / delivered; read from the analysts' snapshot, else the
-    warehouse (read-only). --since is included, --until excluded."""
+    failed), read_rate = read / delivered; read-only, from the freshest of the analysts'
+    snapshot and the warehouse (--source). --since is included, --until excluded."""
     from rcs_sync.analytics import report as reports
     from rcs_sync.analytics.chart import MatplotlibMissing, require, write_daily
 
@@ -388,6 +397,7 @@ def report(
         selection,
         stream=reports.reported(settings.sync.streams),
         daily=chart is not None,
+        source=source,
     )
     if chart is not None:
         write_daily(result, chart)
