@@ -37,7 +37,7 @@ def test_a_backfill_measures_nothing_later_passes_measure_what_they_saw(
         "SELECT count(time_to_deliver), count(time_to_read), "
         "count(*) FILTER (WHERE time_to_deliver IS NOT NULL AND first_seen_state <> 0), "
         "count(*) FILTER (WHERE time_to_read IS NOT NULL AND first_seen_state NOT IN (0, 1)), "
-        "count(*) FILTER (WHERE time_to_deliver < INTERVAL '0 seconds' OR time_to_read < INTERVAL '0 seconds') "
+        "count(*) FILTER (WHERE epoch(time_to_deliver) < 0 OR epoch(time_to_read) < 0) "
         "FROM rcs_message_timings"
     )
     [(delivers, reads, from_backfill_deliver, from_backfill_read, negative)] = measured
