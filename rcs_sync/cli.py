@@ -351,9 +351,10 @@ DAY = click.DateTime(formats=["%Y-%m-%d"])
 )
 @click.option(
     "--chart",
-    type=click.Path(dir_okay=False, path_type=Path),
-    metavar="FILE.png",
-    help="Also draw daily delivery and read rates over message volume (needs the charts extra).",
+    type=click.Path(path_type=Path),
+    metavar="FILE.png|svg|pdf",
+    help="Also draw the rates: per day over message volume, or per campaign or team (the "
+    "format follows the extension; needs the charts extra).",
 )
 @click.pass_context
 def report(
@@ -373,15 +374,16 @@ def report(
     Messages, delivered, read, failed, pending, delivery_rate = delivered / (delivered +
     failed), read_rate = read / delivered; read-only, from the freshest of the analysts'
     snapshot and the warehouse (--source). --since is included, --until excluded."""
+    from rcs_sync.analytics import chart as charts
     from rcs_sync.analytics import report as reports
-    from rcs_sync.analytics.chart import MatplotlibMissing, require, write_daily
 
     if since and until and until <= since:
         raise click.UsageError("--until must be after --since")
     if chart is not None:
         try:
-            require()
-        except MatplotlibMissing as exc:
+            charts.require()
+            charts.check_path(chart)
+        except (charts.MatplotlibMissing, charts.BadChartPath) as exc:
             click.echo(f"rcs-sync: {exc}", err=True)
             ctx.exit(exc.exit_code)
     selection = reports.Selection(
@@ -396,11 +398,10 @@ def report(
         settings.warehouse,
         selection,
         stream=reports.reported(settings.sync.streams),
-        daily=chart is not None,
         source=source,
     )
     if chart is not None:
-        write_daily(result, chart)
+        charts.write(result, chart)
     if output == "json":
         click.echo(reports.to_json(result))
     elif output == "csv":
