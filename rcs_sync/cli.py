@@ -356,6 +356,12 @@ DAY = click.DateTime(formats=["%Y-%m-%d"])
     help="Also draw the rates: per day over message volume, or per campaign or team (the "
     "format follows the extension; needs the charts extra).",
 )
+@click.option(
+    "--html",
+    type=click.Path(path_type=Path),
+    metavar="FILE.html",
+    help="Also write the report as one self-contained HTML page: the table and the charts.",
+)
 @click.pass_context
 def report(
     ctx: click.Context,
@@ -368,6 +374,7 @@ def report(
     output: str,
     source: str,
     chart: Path | None,
+    html: Path | None,
 ) -> None:
     """Delivery and read rates per day, campaign or team.
 
@@ -386,6 +393,12 @@ def report(
         except (charts.MatplotlibMissing, charts.BadChartPath) as exc:
             click.echo(f"rcs-sync: {exc}", err=True)
             ctx.exit(exc.exit_code)
+    if html is not None:
+        try:
+            charts.check_directory(html, "--html")
+        except charts.BadChartPath as exc:
+            click.echo(f"rcs-sync: {exc}", err=True)
+            ctx.exit(exc.exit_code)
     selection = reports.Selection(
         by=by,
         since=since.date() if since else None,
@@ -399,15 +412,24 @@ def report(
         selection,
         stream=reports.reported(settings.sync.streams),
         source=source,
+        daily=html is not None,
     )
     if chart is not None:
         charts.write(result, chart)
+    if html is not None:
+        from rcs_sync.analytics import html as pages
+
+        try:
+            pages.write(result, html)
+        except OSError as exc:
+            click.echo(f"rcs-sync: --html {html}: {exc.strerror or exc}", err=True)
+            ctx.exit(EXIT_USAGE)
     if output == "json":
         click.echo(reports.to_json(result))
     elif output == "csv":
         click.echo(reports.to_csv(result), nl=False)
     else:
-        reports.print_table(result, chart=chart)
+        reports.print_table(result, chart=chart, html=html)
 
 
 def _named(app: App, stream: Stream) -> Stream | None:

@@ -45,6 +45,8 @@ DAY_TICKS_UP_TO = 7
 MAX_DATE_LABELS = 10
 MARKERS_UP_TO = 62
 """Up to this many days, a dot marks each day's rates; beyond, dots would blur the lines."""
+HTML_WIDTH_IN = 7.5
+"""Charts of the HTML page are narrower, so their text stays legible on a phone."""
 TOP = 12
 """Campaigns or teams drawn one by one; the rest are summed into "other"."""
 
@@ -79,11 +81,12 @@ def check_path(path: Path, option: str = "--chart") -> str:
             f"{option} {path}: unknown extension {path.suffix or '(none)'!r}: "
             f"expected one of {', '.join(FORMATS)}"
         )
-    _check_directory(path, option)
+    check_directory(path, option)
     return fmt
 
 
-def _check_directory(path: Path, option: str) -> None:
+def check_directory(path: Path, option: str) -> None:
+    """BadChartPath unless `path` can be written: its directory exists and is writable."""
     directory = path.parent
     if not directory.is_dir():
         raise BadChartPath(f"{option} {path}: directory {directory} does not exist")
@@ -103,14 +106,15 @@ def write(report: Report, path: Path) -> None:
         raise BadChartPath(f"--chart {path}: {exc.strerror or exc}") from None
 
 
-def svg(figure: Figure) -> str:
-    """A figure as an SVG document (for the HTML report)."""
+def svg(figure: Figure, *, salt: str = "rcs-sync") -> str:
+    """A figure as an SVG document (for the HTML report: give each figure of a page its
+    own `salt`, so their element ids differ)."""
     out = io.StringIO()
-    _save(figure, out, "svg")
+    _save(figure, out, "svg", salt)
     return out.getvalue()
 
 
-def _save(figure: Figure, target: Path | io.StringIO, fmt: str) -> None:
+def _save(figure: Figure, target: Path | io.StringIO, fmt: str, salt: str = "rcs-sync") -> None:
     from matplotlib import rc_context  # noqa: PLC0415
 
     # No creation date, so the same report gives the same bytes; SVG text stays text
@@ -118,7 +122,7 @@ def _save(figure: Figure, target: Path | io.StringIO, fmt: str) -> None:
     metadata: dict[str, str | None] = (
         {"Date": None} if fmt == "svg" else {"CreationDate": None} if fmt == "pdf" else {}
     )
-    with rc_context({"svg.fonttype": "none", "svg.hashsalt": "rcs-sync"}):
+    with rc_context({"svg.fonttype": "none", "svg.hashsalt": salt}):
         figure.savefig(target, format=fmt, metadata=metadata)
 
 
@@ -130,11 +134,11 @@ def draw(report: Report) -> Figure:
     return breakdown(report)
 
 
-def _figure(height: float = HEIGHT_IN) -> Figure:
+def _figure(width: float, height: float) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
     from matplotlib.figure import Figure  # noqa: PLC0415
 
-    figure = Figure(figsize=(WIDTH_IN, height), dpi=DPI, layout="constrained")
+    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)
     return figure
 
@@ -148,13 +152,13 @@ def _title(report: Report, what: str) -> str:
     )
 
 
-def daily(report: Report) -> Figure:
-    """Rates as lines over volume as bars, one point per day."""
+def daily(report: Report, width: float = WIDTH_IN) -> Figure:
+    """Rates as lines over volume as bars, one point per day (`width` in inches)."""
     import numpy  # noqa: PLC0415 - a dependency of matplotlib
 
     rows = report.daily if report.daily is not None else report.rows
     days = numpy.array([row.key for row in rows], dtype="datetime64[D]")
-    figure = _figure()
+    figure = _figure(width, HEIGHT_IN * min(1.0, width / WIDTH_IN * 1.25))
     rates = figure.add_subplot()
     volume = rates.twinx()
     # The rate axes are drawn over the volume axes, so the lines stay above the bars.
@@ -271,13 +275,13 @@ def _sum(rows: list[Row]) -> Row:
     )
 
 
-def breakdown(report: Report) -> Figure:
+def breakdown(report: Report, width: float = WIDTH_IN) -> Figure:
     """Per campaign or team: volume bars on the left, rate bars on the right."""
     from matplotlib.ticker import FuncFormatter, PercentFormatter  # noqa: PLC0415
 
     shown = top_rows(report)
     height = max(3.5, 1.6 + 0.42 * max(len(shown), 1))
-    figure = _figure(height)
+    figure = _figure(width, height)
     volume, rates = figure.subplots(1, 2, sharey=True, width_ratios=(1, 1.3))
     labels = [label for label, _ in shown]
     positions = list(range(len(shown)))

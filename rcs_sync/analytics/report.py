@@ -205,7 +205,7 @@ def _record(by: str, row: Row) -> dict[str, object]:
     return {by: key.isoformat() if isinstance(key, date) else key, **fields}
 
 
-def print_table(report: Report, *, chart: Path | None = None) -> None:
+def print_table(report: Report, *, chart: Path | None = None, html: Path | None = None) -> None:
     """The terminal view: one line per key, a total line, then where the data came from."""
     console = Console()
     if not console.is_terminal:
@@ -230,6 +230,8 @@ def print_table(report: Report, *, chart: Path | None = None) -> None:
     console.print(f"source: {report.source.describe()}", highlight=False)
     if chart is not None:
         console.print(f"chart: {chart}", highlight=False)
+    if html is not None:
+        console.print(f"html: {html}", highlight=False)
 
 
 def _key(key: date | int | None) -> str:
