@@ -272,8 +272,8 @@ def migrate(ctx: click.Context) -> None:
     applied = app.warehouse.migrate()
     click.echo(f"migrations applied: {applied}" if applied else "schema up to date")
     snapshot = app.settings.warehouse.snapshot_file
-    if snapshot.exists() and storage.file_version(snapshot) != storage.file_version(
-        app.warehouse.path
+    if snapshot.exists() and storage.file_version(snapshot) != storage.warehouse_version(
+        app.warehouse
     ):
         publish_from(app.warehouse, snapshot)
         click.echo(f"snapshot republished: {snapshot}")

@@ -5,8 +5,10 @@ even while older connections of the same process stay open."""
 from __future__ import annotations
 
 import inspect
+import re
 import subprocess
 import sys
+import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -185,3 +187,19 @@ def test_errors(tmp_path: Path) -> None:
         rcs_sync.connect(tmp_path / "missing.toml")
     with pytest.raises(ValueError, match="source must be one of"):
         rcs_sync.connect(config, source="newest")  # type: ignore[arg-type]
+
+
+def test_the_readme_notebook_example_runs(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    [example] = [
+        block
+        for block in re.findall(r"```python\n(.*?)```", readme, re.DOTALL)
+        if "connect(" in block
+    ]
+    example = textwrap.dedent(example)
+    assert "rcs_sync.connect(" in example
+    publish(config)
+    code = re.sub(r'rcs_sync\.connect\("[^"]*"\)', f'rcs_sync.connect("{config}")', example)
+    exec(compile(code, "README.md", "exec"), {})
+    shown = capsys.readouterr().out
+    assert "snapshot" in shown and "delivery_rate" in shown

@@ -55,6 +55,12 @@ def storage_version(con: duckdb.DuckDBPyConnection, database: str) -> str:
     return str(row[0]) if row and row[0] is not None else "unknown"
 
 
+def warehouse_version(warehouse: Warehouse) -> str:
+    """The storage version of the warehouse file (read-only, waiting out a writer)."""
+    with warehouse.connect(read_only=True) as con:
+        return storage_version(con, str(_one(con, "SELECT current_database()")))
+
+
 def file_version(path: Path) -> str:
     """The storage version of the DuckDB file at `path`, opened read-only on its own."""
     with duckdb.connect() as con:
