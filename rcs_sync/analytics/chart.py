@@ -171,7 +171,11 @@ def daily(report: Report, width: float = WIDTH_IN) -> Figure:
     lines, labels = rates.get_legend_handles_labels()
     bars, bar_labels = volume.get_legend_handles_labels()
     figure.legend(
-        lines + bars, labels + bar_labels, loc="outside lower center", ncols=4, frameon=False
+        lines + bars,
+        labels + bar_labels,
+        loc="outside lower center",
+        ncols=4 if width >= WIDTH_IN else 2,
+        frameon=False,
     )
     rates.set_title(_title(report, "delivery and read rates per day"), loc="left")
     return figure
@@ -334,7 +338,13 @@ def breakdown(report: Report, width: float = WIDTH_IN) -> Figure:
         h, n = axes.get_legend_handles_labels()
         handles += h
         names += n
-    figure.legend(handles, names, loc="outside lower center", ncols=4, frameon=False)
+    figure.legend(
+        handles,
+        names,
+        loc="outside lower center",
+        ncols=4 if width >= WIDTH_IN else 2,
+        frameon=False,
+    )
     by = report.selection.by
     volume.set_title(_title(report, f"delivery and read rates per {by}"), loc="left")
     return figure
