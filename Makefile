@@ -4,8 +4,11 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# The newest DuckDB 1.x CLI, in a venv of its own (its `duckdb` binary must not meet the
+# Python duckdb 2.x module): tests/test_duckdb_cli.py reads our files with it.
+CLI    := .venv-cli/bin/duckdb
 
-.PHONY: install lint test demo bench bench-peer soak clean
+.PHONY: install lint test demo bench bench-peer soak clean .venv-cli
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
@@ -16,13 +19,20 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+$(CLI):
+	test -x .venv-cli/bin/python || $(PYTHON) -m venv .venv-cli
+	.venv-cli/bin/python -m pip install --quiet 'duckdb-cli>=1.5,<2'
+	test -x $(CLI)
+
+.venv-cli: $(CLI)
+
 lint: $(STAMP)
 	$(BIN)/ruff check rcs_sync rcs_sim tests bench scripts
 	$(BIN)/ruff format --check rcs_sync rcs_sim tests bench scripts
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint
+test: lint $(CLI)
 	$(BIN)/pytest
 
 demo: $(STAMP)
@@ -48,4 +58,4 @@ soak: $(STAMP)
 	$(BIN)/python bench/soak.py
 
 clean:
-	rm -rf $(VENV) $(PEER) demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PEER) .venv-cli demo .pytest_cache .mypy_cache .ruff_cache

@@ -338,11 +338,26 @@ def run(ctx: click.Context, no_wait: bool) -> None:
 @cli.command()
 @click.pass_context
 def migrate(ctx: click.Context) -> None:
-    """Create the warehouse or apply pending schema migrations, then exit."""
+    """Create the warehouse or apply pending schema migrations, then exit.
+
+    A file written in another storage version than [warehouse] storage_version is
+    rewritten into it first, and the snapshot is republished in it."""
+    from rcs_sync.warehouse import storage
+    from rcs_sync.warehouse.snapshot import publish_from
+
     app = _app(ctx)
     with app.writer():
+        converted = storage.convert(app.warehouse)
+        if converted is not None:
+            click.echo(f"storage rewritten: {converted.before} -> {converted.after}")
         applied = app.warehouse.migrate()
-    click.echo(f"migrations applied: {applied}" if applied else "schema up to date")
+        click.echo(f"migrations applied: {applied}" if applied else "schema up to date")
+        snapshot = app.settings.warehouse.snapshot_file
+        if snapshot.exists() and storage.file_version(snapshot) != storage.warehouse_version(
+            app.warehouse
+        ):
+            publish_from(app.warehouse, snapshot)
+            click.echo(f"snapshot republished: {snapshot}")
 
 
 @cli.command()
@@ -408,10 +423,25 @@ DAY = click.DateTime(formats=["%Y-%m-%d"])
     show_default=True,
 )
 @click.option(
+    "--source",
+    type=click.Choice(["auto", "snapshot", "live"]),
+    default="auto",
+    show_default=True,
+    help="The file to read: auto is the snapshot, or the live file when it has a newer "
+    "successful pass and no process is writing to it.",
+)
+@click.option(
     "--chart",
-    type=click.Path(dir_okay=False, path_type=Path),
-    metavar="FILE.png",
-    help="Also draw daily delivery and read rates over message volume (needs the charts extra).",
+    type=click.Path(path_type=Path),
+    metavar="FILE.png|svg|pdf",
+    help="Also draw the rates: per day over message volume, or per campaign or team (the "
+    "format follows the extension; needs the charts extra).",
+)
+@click.option(
+    "--html",
+    type=click.Path(path_type=Path),
+    metavar="FILE.html",
+    help="Also write the report as one self-contained HTML page: the table and the charts.",
 )
 @click.pass_context
 def report(
@@ -423,22 +453,30 @@ def report(
     team: int | None,
     time_zone: str,
     output: str,
+    source: str,
     chart: Path | None,
+    html: Path | None,
 ) -> None:
     """Delivery and read rates per day, campaign or team.
 
     Messages, delivered, read, failed, pending, delivery_rate = delivered / (delivered +
-    failed), read_rate = read / delivered; read from the analysts' snapshot, else the
-    warehouse (read-only). --since is included, --until excluded."""
+    failed), read_rate = read / delivered; read-only, from the freshest of the analysts'
+    snapshot and the warehouse (--source). --since is included, --until excluded."""
+    from rcs_sync.analytics import chart as charts
     from rcs_sync.analytics import report as reports
-    from rcs_sync.analytics.chart import MatplotlibMissing, require, write_daily
 
     if since and until and until <= since:
         raise click.UsageError("--until must be after --since")
     if chart is not None:
         try:
-            require()
-        except MatplotlibMissing as exc:
+            charts.require()
+            charts.check_path(chart)
+        except (charts.MatplotlibMissing, charts.BadChartPath) as exc:
+            _fail(str(exc), exc.exit_code, kind="usage", prefix="")
+    if html is not None:
+        try:
+            charts.check_directory(html, "--html")
+        except charts.BadChartPath as exc:
             _fail(str(exc), exc.exit_code, kind="usage", prefix="")
     selection = reports.Selection(
         by=by,
@@ -452,16 +490,25 @@ def report(
         settings.warehouse,
         selection,
         stream=reports.reported(settings.sync.streams),
-        daily=chart is not None,
+        source=source,
+        daily=html is not None,
     )
     if chart is not None:
-        write_daily(result, chart)
+        charts.write(result, chart)
+    if html is not None:
+        from rcs_sync.analytics import html as pages
+
+        try:
+            pages.write(result, html)
+        except OSError as exc:
+            click.echo(f"rcs-sync: --html {html}: {exc.strerror or exc}", err=True)
+            ctx.exit(EXIT_USAGE)
     if output == "json":
         click.echo(reports.to_json(result))
     elif output == "csv":
         click.echo(reports.to_csv(result), nl=False)
     else:
-        reports.print_table(result, chart=chart)
+        reports.print_table(result, chart=chart, html=html)
 
 
 def _named(app: App, stream: Stream) -> Stream | None:

@@ -112,6 +112,7 @@ class WarehouseSettings:
     snapshot_path: Path | None = None  # None: see snapshot_file
     number: str = "plain"  # how phone numbers are stored: plain, hash (HMAC-SHA256) or mask
     number_key_file: Path | None = None  # the secret for number = "hash"
+    storage_version: str = "v1.1.0"  # the DuckDB release files are written for (README)
 
     @property
     def spool_path(self) -> Path:
@@ -522,7 +523,22 @@ def _warehouse(table: _Table) -> WarehouseSettings:
         snapshot_path=table.path("snapshot_path"),
         number=_number(table),
         number_key_file=table.path("number_key_file"),
+        storage_version=_storage_version(table),
     )
+
+
+_STORAGE_VERSION = re.compile(r"v\d+\.\d+\.\d+|latest")
+
+
+def _storage_version(table: _Table) -> str:
+    """A DuckDB release name ("v1.1.0") or "latest"; DuckDB itself knows which exist."""
+    version = table.string("storage_version", WarehouseSettings.storage_version)
+    if not _STORAGE_VERSION.fullmatch(version):
+        raise table.error(
+            "storage_version",
+            f"expected a DuckDB version like 'v1.1.0', or 'latest', got {version!r}",
+        )
+    return version
 
 
 def _number(table: _Table) -> str:

@@ -43,6 +43,7 @@ class App:
             stop=self.stop,
             streams=self.streams(),
             snapshot=wh.snapshot_file,
+            storage_version=wh.storage_version,
         )
 
     @contextmanager

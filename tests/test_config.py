@@ -410,6 +410,7 @@ def test_section_that_is_not_a_table(tmp_path: Path) -> None:
         ("warehouse", "spool_dir", "1", "expected a path"),
         ("warehouse", "lock_timeout", '"forever"', "expected a duration like"),
         ("warehouse", "memory_limit", '"lots"', "expected a size like"),
+        ("warehouse", "storage_version", '"1.5"', "expected a DuckDB version like"),
         ("warehouse", "memory_limit", "1", "expected a non-empty string"),
         ("warehouse", "threads", "0", "must be at least 1"),
         ("warehouse", "threads", "false", "expected an integer"),

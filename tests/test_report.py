@@ -138,19 +138,20 @@ def test_message_timings_view(shared: Path) -> None:
     rows = query(
         shared,
         "SELECT id, sent_at, delivered_observed_at, read_observed_at, time_to_deliver, "
-        "time_to_read FROM rcs_message_timings ORDER BY id",
+        "time_to_read, first_seen_state FROM rcs_message_timings ORDER BY id",
     )
     assert rows == [
-        (1, at(DAY1, 9), at(DAY1, 9, 5), at(DAY1, 9, 35), minutes(5), minutes(35)),
-        (2, at(DAY1, 9, 5), at(DAY1, 9, 10), None, minutes(5), None),
-        (3, at(DAY1, 9, 10), None, None, None, None),  # failed: never delivered
-        # Already read when first seen: delivered and read at that first pass.
-        (4, at(DAY1, 10), at(DAY1, 10, 5), at(DAY1, 10, 5), minutes(5), minutes(5)),
-        (5, at(DAY1, 10, 5), None, None, None, None),  # still pending
-        (6, at(DAY1, 11), at(DAY1, 11, 10), None, minutes(10), None),
+        (1, at(DAY1, 9), at(DAY1, 9, 5), at(DAY1, 9, 35), minutes(5), minutes(35), 0),
+        (2, at(DAY1, 9, 5), at(DAY1, 9, 10), None, minutes(5), None, 0),
+        (3, at(DAY1, 9, 10), None, None, None, None, 0),  # failed: never delivered
+        # Already read when first seen: when it was delivered or read is unknown.
+        (4, at(DAY1, 10), at(DAY1, 10, 5), at(DAY1, 10, 5), None, None, 4),
+        (5, at(DAY1, 10, 5), None, None, None, None, 0),  # still pending
+        (6, at(DAY1, 11), at(DAY1, 11, 10), None, minutes(10), None, 0),
         # Delivered and read between two passes, across midnight.
-        (8, at(DAY1, 23, 30), at(DAY2, 0, 10), at(DAY2, 0, 10), minutes(40), minutes(40)),
-        (9, at(DAY2, 8), at(DAY2, 8, 5), at(DAY2, 10), minutes(5), minutes(120)),
+        (8, at(DAY1, 23, 30), at(DAY2, 0, 10), at(DAY2, 0, 10), minutes(40), minutes(40), 0),
+        # First seen delivered: no time to deliver; the read was seen happen.
+        (9, at(DAY2, 8), at(DAY2, 8, 5), at(DAY2, 10), None, minutes(120), 1),
     ]
 
 

@@ -7,10 +7,10 @@ definition of the counts (README, "Analytics"). The report covers the first stre
 campaign or team, the view's daily counts are summed and the rates computed from the
 sums: averaging daily rates would weigh a 10-message day like a 10,000-message one.
 
-The report opens the analysts' snapshot when there is one: a reader on the live file
-would make a running daemon's next commit wait for it. Without a snapshot (no daemon,
-one-shot syncs) it opens the live file read-only, waiting its turn like any rcs-sync
-connection.
+The report reads the freshest file (`sources.open_source`): the analysts' snapshot, so
+it never delays a running daemon, unless the live file has a newer successful pass and
+no writer holds it (a one-shot `sync` after the daemon stopped); `--source` insists on
+one. Its footer names the file and how fresh it is.
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 
 import duckdb
@@ -29,11 +28,10 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from rcs_sync.analytics.sources import Source, open_source
 from rcs_sync.config import ConfigError, WarehouseSettings
-from rcs_sync.model.durations import format_instant
 from rcs_sync.model.errors import WarehouseUnavailable
 from rcs_sync.model.streams import Stream, named
-from rcs_sync.warehouse.duckdb_file import Warehouse
 from rcs_sync.warehouse.validation import quote
 
 GROUPINGS = ("day", "campaign", "team")
@@ -106,22 +104,6 @@ class Row:
 
 
 @dataclass(frozen=True)
-class Source:
-    """The file a report was read from, and how fresh its data is."""
-
-    path: Path
-    snapshot: bool
-    as_of: datetime | None
-    """The snapshot's `snapshot_info.as_of`; for the live file, the last successful pass."""
-
-    def describe(self) -> str:
-        when = format_instant(self.as_of) if self.as_of else None
-        if self.snapshot:
-            return f"{self.path} (snapshot as of {when or 'unknown'})"
-        return f"{self.path} (live file, last successful pass {when or 'never'})"
-
-
-@dataclass(frozen=True)
 class Report:
     selection: Selection
     source: Source
@@ -158,11 +140,17 @@ def reported(names: Sequence[str]) -> Stream:
 
 
 def build(
-    settings: WarehouseSettings, selection: Selection, *, stream: Stream, daily: bool = False
+    settings: WarehouseSettings,
+    selection: Selection,
+    *,
+    stream: Stream,
+    daily: bool = False,
+    source: str = "auto",
 ) -> Report:
-    """Run the report's query over `stream`'s rates against the snapshot, or the live
-    file when there is none; with `daily`, also the per-day rows a chart needs."""
-    with _open(settings, stream) as (con, source):
+    """Run the report's query over `stream`'s rates against the freshest file (`source`,
+    see `sources.open_source`); with `daily`, also the per-day rows a chart needs."""
+    con, chosen = open_source(settings, source, stream=stream.name)
+    with con:
         # SET takes no parameters; only a name listed by pg_timezone_names() gets here.
         con.execute(f"SET TimeZone = '{_time_zone(con, selection.time_zone)}'")
         try:
@@ -172,39 +160,9 @@ def build(
                 days = rows if selection.by == "day" else _rows(con, stream, selection, "day")[:-1]
         except duckdb.CatalogException:
             raise WarehouseUnavailable(
-                f"{source.path} has no analytics views yet: run `rcs-sync migrate`"
+                f"{chosen.path} has no analytics views yet: run `rcs-sync migrate`"
             ) from None
-    return Report(selection, source, rows, total, days)
-
-
-@contextmanager
-def _open(
-    settings: WarehouseSettings, stream: Stream
-) -> Iterator[tuple[duckdb.DuckDBPyConnection, Source]]:
-    snapshot = settings.snapshot_file.exists()
-    warehouse = Warehouse(
-        settings.snapshot_file if snapshot else settings.path,
-        lock_timeout=settings.lock_timeout.total_seconds(),
-        memory_limit=settings.memory_limit,
-        threads=settings.threads,
-        role="snapshot" if snapshot else "warehouse",
-        snapshot=None if snapshot else settings.snapshot_file,
-    )
-    freshness, params = (
-        ("SELECT max(as_of) FROM snapshot_info", [])
-        if snapshot
-        else (
-            "SELECT max(finished_at) FROM sync_runs WHERE status = 'ok' AND stream = ?",
-            [stream.name],
-        )
-    )
-    with warehouse.connect(read_only=True) as con:
-        warehouse.verify(con)  # a damaged file is named, whichever blocks the query reads
-        try:
-            found = con.execute(freshness, params).fetchone()
-        except duckdb.CatalogException:
-            found = None
-        yield con, Source(warehouse.path, snapshot, found[0] if found else None)
+    return Report(selection, chosen, rows, total, days)
 
 
 def _rows(
@@ -247,7 +205,7 @@ def _record(by: str, row: Row) -> dict[str, object]:
     return {by: key.isoformat() if isinstance(key, date) else key, **fields}
 
 
-def print_table(report: Report, *, chart: Path | None = None) -> None:
+def print_table(report: Report, *, chart: Path | None = None, html: Path | None = None) -> None:
     """The terminal view: one line per key, a total line, then where the data came from."""
     console = Console()
     if not console.is_terminal:
@@ -272,6 +230,8 @@ def print_table(report: Report, *, chart: Path | None = None) -> None:
     console.print(f"source: {report.source.describe()}", highlight=False)
     if chart is not None:
         console.print(f"chart: {chart}", highlight=False)
+    if html is not None:
+        console.print(f"html: {html}", highlight=False)
 
 
 def _key(key: date | int | None) -> str:

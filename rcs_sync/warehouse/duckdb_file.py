@@ -49,6 +49,11 @@ from rcs_sync.warehouse.tables import REGISTRY_DDL, ensure
 log = structlog.get_logger(__name__)
 
 FILE_MODE = 0o640
+STORAGE_VERSION = "v1.1.0"
+"""The DuckDB release new files are written for (`[warehouse] storage_version`): the
+oldest whose format holds what the schema uses, so every 1.1+ client reads them (README,
+"Querying the data"). An existing file keeps the version it was created with until
+`rcs-sync migrate` rewrites it (`warehouse/storage.py`)."""
 LOCK_PID = re.compile(r"\(PID (\d+)\)")
 LOCK_WAIT_WARNING = 3.0
 """Seconds of waiting for DuckDB's file lock after which the wait is logged (a warning
@@ -109,16 +114,25 @@ class Warehouse:
         streams: Sequence[Stream] | None = None,
         role: str = "warehouse",
         snapshot: Path | None = None,
+        storage_version: str = STORAGE_VERSION,
     ) -> None:
         self.path = path
         self.role = role
         """What the file is to an operator, for messages: "warehouse" or "snapshot"."""
         self.snapshot = snapshot
         """The analysts' snapshot of this warehouse, named as a way to recover it."""
+        self.storage_version = storage_version
         self.streams = tuple(registered() if streams is None else streams)
         """The streams whose tables `migrate` provides (default: every registered one)."""
         self._lock_timeout = lock_timeout
-        self._config: dict[str, str | int] = {"memory_limit": memory_limit, "threads": threads}
+        # DuckDB applies storage_compatibility_version only when it creates a file (an
+        # existing one keeps its own); every open passes it, since a process's
+        # connections to one file must share one configuration.
+        self._config: dict[str, str | int] = {
+            "memory_limit": memory_limit,
+            "threads": threads,
+            "storage_compatibility_version": storage_version,
+        }
         self._stop = stop or threading.Event()
         self._active: duckdb.DuckDBPyConnection | None = None
         self._holding = False
@@ -166,14 +180,14 @@ class Warehouse:
         except (duckdb.IOException, duckdb.OutOfMemoryException) as exc:
             # A full disk, a vanished directory, memory_limit too small: nothing committed.
             self._discard(con)
-            damage = self._damage(exc)
+            damage = self.damage(exc)
             if damage is not None:
                 raise damage from None
             first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise WarehouseUnavailable(f"writing {self.path} failed: {first_line}") from None
         except duckdb.Error as exc:
             self._discard(con)
-            damage = self._damage(exc)
+            damage = self.damage(exc)
             if damage is not None:
                 raise damage from None
             raise
@@ -254,7 +268,7 @@ class Warehouse:
             con = duckdb.connect(str(self.path), read_only=read_only, config=dict(self._config))
         except duckdb.IOException as exc:
             message = str(exc)
-            damage = self._damage(exc)
+            damage = self.damage(exc)
             if damage is not None:
                 raise damage from None
             if "lock" in message.lower():
@@ -262,7 +276,7 @@ class Warehouse:
                 raise _LockConflict(int(pid.group(1)) if pid else None) from None
             raise WarehouseUnavailable(f"cannot open warehouse {self.path}: {message}") from None
         except duckdb.Error as exc:
-            damage = self._damage(exc)
+            damage = self.damage(exc)
             if damage is not None:
                 raise damage from None
             raise WarehouseUnavailable(f"cannot open warehouse {self.path}: {exc}") from None
@@ -292,6 +306,12 @@ class Warehouse:
             if actual < expected:
                 raise self._damaged(f"truncated: {actual} bytes of the {expected} it should hold")
 
+    def check(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Both checks, on a connection whose current database is this file (one that
+        attached it and `USE`d it, as analysts' connections do)."""
+        self._check_length(con)
+        self.verify(con)
+
     def verify(self, con: duckdb.DuckDBPyConnection) -> None:
         """Read every column of every table, so DuckDB checks each data block's checksum:
         garbage anywhere in the data raises `WarehouseDamaged` here, before a pass
@@ -306,12 +326,12 @@ class Warehouse:
             except (duckdb.BinderException, duckdb.NotImplementedException):
                 continue  # a column type without min(): not ours, not checked
             except duckdb.Error as exc:
-                damage = self._damage(exc)
+                damage = self.damage(exc)
                 if damage is not None:
                     raise damage from None
                 raise
 
-    def _damage(self, exc: BaseException) -> WarehouseDamaged | None:
+    def damage(self, exc: BaseException) -> WarehouseDamaged | None:
         """The error as `WarehouseDamaged` if it says the file is corrupt or truncated."""
         text = str(exc)
         if not DAMAGE.search(text):

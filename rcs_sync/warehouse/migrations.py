@@ -178,4 +178,35 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         );
         """,
     ),
+    (
+        6,
+        "rcs_message_timings: measure only what was seen happen (not records first seen late)",
+        """
+        -- A record first seen already delivered (a backfill, a catch-up) was delivered at
+        -- some unknown time before the pass that saw it: counting from that pass made
+        -- a backfill's month-old records "30 days to deliver". Time to deliver now
+        -- needs the record seen as sent first; time to read, seen as sent or delivered
+        -- first (the read observed as a change, never as a first sighting).
+        CREATE OR REPLACE VIEW rcs_message_timings AS
+        WITH observed AS (
+            SELECT id,
+                   min(observed_at) FILTER (WHERE to_state IN (1, 4)) AS delivered_observed_at,
+                   min(observed_at) FILTER (WHERE to_state = 4) AS read_observed_at,
+                   any_value(to_state) FILTER (WHERE from_state IS NULL) AS first_seen_state,
+                   bool_or(from_state IS NULL AND to_state = 0) AS seen_sent,
+                   bool_or(to_state = 4 AND from_state IN (0, 1)) AS seen_read
+            FROM rcs_state_changes
+            GROUP BY id
+        )
+        SELECT r.id, r.team, r.campaign, r."timestamp" AS sent_at,
+               o.delivered_observed_at,
+               o.read_observed_at,
+               CASE WHEN o.seen_sent THEN o.delivered_observed_at - r."timestamp" END
+                   AS time_to_deliver,
+               CASE WHEN o.seen_read THEN o.read_observed_at - r."timestamp" END
+                   AS time_to_read,
+               o.first_seen_state
+        FROM rcs_records AS r JOIN observed AS o USING (id);
+        """,
+    ),
 )
