@@ -303,8 +303,10 @@ def tmpfs_site_dir(path: Path, size: str) -> Iterator[None]:
         unmount(path)
 
 
-def _disk_full_setup(site: SiteFactory) -> tuple[Site, dict[int, int], list[Any]]:
-    s = site(records=60_000, days=6)
+def _disk_full_setup(
+    site: SiteFactory, api: dict[str, Any] | None = None
+) -> tuple[Site, dict[int, int], list[Any]]:
+    s = site(records=60_000, days=6, api=api)
     now = s.sim.sim.now()
     s.ok(
         "backfill",
@@ -334,7 +336,9 @@ def test_disk_full_while_committing_fails_cleanly_and_a_rerun_recovers(
     site: SiteFactory, tmp_path: Path
 ) -> None:
     with tmpfs_site_dir(tmp_path, "96m"):
-        s, table, windows = _disk_full_setup(site)
+        # One request at a time: with four bodies (~1.6 MB each) spooled at once, the
+        # spool would meet the full disk before the commit does (the next test's case).
+        s, table, windows = _disk_full_setup(site, api={"concurrency": 1})
         filler = fill(tmp_path, leave_bytes=4_000_000)
         result = s.run("sync")
         assert result.returncode == 5, result.stderr[-2000:]
