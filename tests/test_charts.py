@@ -13,7 +13,7 @@ import pytest
 from rcs_sync.analytics.chart import TOP, draw, top_rows
 from rcs_sync.analytics.report import Report, Row, Selection
 from rcs_sync.analytics.sources import Source
-from tests.conftest import RCS_SYNC
+from tests.conftest import RCS_SYNC, terminal_line
 from tests.fixtures import build_warehouse
 from tests.test_report import env_without_token, report, write_config
 
@@ -144,5 +144,6 @@ def test_a_bad_chart_path_is_one_line_and_exit_2(
         check=False,
     )
     assert result.returncode == 2
-    assert result.stderr == f"rcs-sync: {message.format(tmp=tmp_path)}\n"
+    assert result.stderr.count("\n") == 1, result.stderr  # one JSON line off a terminal
+    assert terminal_line(result.stderr) == f"rcs-sync: {message.format(tmp=tmp_path)}"
     assert result.stdout == ""

@@ -30,11 +30,14 @@ def holding(s: Site) -> bool:
 
 
 def test_two_syncs_at_once_read_each_window_once(site: SiteFactory) -> None:
-    s = site(records=3_000, days=6, latency=0.5)
+    # ~21 windows at 1 s each, [api] concurrency at a time: the first sync outlasts the
+    # start of the second by seconds.
+    s = site(records=3_000, days=20, latency=1.0)
     first = subprocess.Popen(
         s.command("sync"), env=s.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     wait_for(lambda: len(s.sim.sim.requests) >= 1, 30, "the first sync's first request")
+    assert holding(s)
     second = s.run("sync")
     out, err = first.communicate(timeout=120)
     assert first.returncode == 0, err[-2000:]

@@ -340,6 +340,9 @@ class Warehouse:
         first = re.sub(r"^(IO )?Error: ", "", first)
         if "not a valid DuckDB database file" in first:
             first = "its header is not a DuckDB header"
+        elif "Could not read enough bytes" in first:
+            # A block past the end of the file: only a truncated file has none there.
+            first = f"truncated: {self.path.stat().st_size} bytes, a block lies beyond its end"
         return self._damaged(first)
 
     def _damaged(self, what: str) -> WarehouseDamaged:
