@@ -17,6 +17,7 @@ from rcs_sync.model.health import Health, ScopeRuns, evaluate
 from rcs_sync.model.streams import Stream
 from rcs_sync.model.windows import Window, merge
 from rcs_sync.warehouse.duckdb_file import Warehouse
+from rcs_sync.warehouse.tables import table_names
 from rcs_sync.warehouse.validation import quote
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -79,13 +80,7 @@ def _collect(
     with warehouse.connect(read_only=True) as con:
         warehouse.verify(con)
         version = con.execute("SELECT max(version) FROM schema_migrations").fetchone()
-        present = {
-            str(r[0])
-            for r in con.execute(
-                "SELECT table_name FROM duckdb_tables() "
-                "WHERE database_name = current_database() AND schema_name = 'main'"
-            ).fetchall()
-        }
+        present = table_names(con)
         streams = [_stream_counts(con, stream, present) for stream in warehouse.streams]
         scopes = {
             (str(a), str(b))

@@ -105,16 +105,21 @@ def stream_tables(stream: Stream) -> tuple[Table, ...]:
     return (records_table(stream), quarantine_table(stream), *([history] if history else []))
 
 
-def ensure(con: duckdb.DuckDBPyConnection, stream: Stream, now: datetime) -> list[str]:
-    """Create the stream's missing tables and check the others, then record the stream;
-    return the tables created. The caller runs it in a transaction, once per stream."""
-    existing = {
+def table_names(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """The tables of the connection's current database (its `main` schema)."""
+    return {
         str(r[0])
         for r in con.execute(
             "SELECT table_name FROM duckdb_tables() "
             "WHERE database_name = current_database() AND schema_name = 'main'"
         ).fetchall()
     }
+
+
+def ensure(con: duckdb.DuckDBPyConnection, stream: Stream, now: datetime) -> list[str]:
+    """Create the stream's missing tables and check the others, then record the stream;
+    return the tables created. The caller runs it in a transaction, once per stream."""
+    existing = table_names(con)
     created = []
     for table in stream_tables(stream):
         if table.name in existing:
