@@ -48,7 +48,7 @@ from rcs_sim.server import FORMATS, SimConfig, serve_forever
     "--server-time",
     type=click.FloatRange(0),
     default=0.0,
-    help="Seconds of server work per 100k records served.",
+    help="Seconds of server work per 100k records served (its own work included).",
 )
 @click.option("--gzip", "gzipped", is_flag=True, help="Gzip bodies for clients that accept it.")
 @click.option("--truncate-at", type=click.IntRange(1), help="Silently cut responses at N records.")

@@ -139,7 +139,8 @@ class SimConfig:
     endpoints: tuple[Endpoint, ...] = ()  # further record endpoints served beside RCS
     format: str = "lines"  # body layout, one of FORMATS
     bandwidth: float = 0.0  # bytes/s each connection may send (0: unlimited)
-    server_time: float = 0.0  # seconds of server work per 100k records served
+    server_time: float = 0.0  # seconds of server work per 100k records served (its own
+    # work included: it only waits for what the query and the layout did not take)
     gzip: bool = False  # gzip bodies for clients that send Accept-Encoding: gzip
 
 
@@ -610,14 +611,15 @@ class _Handler(BaseHTTPRequestHandler):
         if kind == "slow" and self.server.stopping.wait(sim.config.slow_seconds):
             return None, 0, kind, self._hang_up
         path = self.server.spool / f"{uuid.uuid4().hex}.jsonl"
+        working = time.monotonic()
         records = sim.write_records(flt, clock_us, path, endpoint)
-        if sim.config.server_time and self.server.stopping.wait(
-            sim.config.server_time * records / 100_000
-        ):
-            path.unlink(missing_ok=True)
-            return None, 0, kind, self._hang_up
         path = _body_file(path, sim.config.format)
         self.body_bytes = path.stat().st_size
+        # `server_time` is the whole of it: the simulator's own work counts towards it.
+        owed = sim.config.server_time * records / 100_000 - (time.monotonic() - working)
+        if owed > 0 and self.server.stopping.wait(owed):
+            path.unlink(missing_ok=True)
+            return None, 0, kind, self._hang_up
         body_fault = fault if kind in ("truncate", "reset") else None
         gzipped = sim.config.gzip and "gzip" in (self.headers.get("Accept-Encoding") or "")
         return 200, records, kind, partial(self._send_array, path, body_fault, gzipped)
