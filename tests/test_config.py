@@ -404,7 +404,7 @@ def test_section_that_is_not_a_table(tmp_path: Path) -> None:
         ("sync", "streams", "[]", "expected a list of stream names"),
         ("sync", "streams", "[1]", "expected a list of stream names"),
         ("sync", "streams", '["rcs_record"]', "unknown stream 'rcs_record'; did you mean"),
-        ("sync", "streams", '["teams"]', "unknown stream 'teams'; known: rcs_records"),
+        ("sync", "streams", '["emails"]', "unknown stream 'emails'; known: rcs_records, text_"),
         ("sync", "streams", '["rcs_records", "rcs_records"]', "more than once"),
         ("warehouse", "path", "[]", "expected a path"),
         ("warehouse", "spool_dir", "1", "expected a path"),

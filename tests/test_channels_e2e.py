@@ -1,0 +1,188 @@
+"""The provider's sibling streams (SMS, voicemail drops, calls, teams), synced by the real
+CLI over real HTTP from the simulator's descriptions of them.
+
+None of the record endpoints takes `modified_since`: their incremental passes are tiered
+re-reads of the update horizon (`rcs_sync/model/reread.py`), tested here with a moved
+clock (the ledger's fetch times moved back, as the catch-up tests do).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import requests
+
+from rcs_sim.endpoints import sibling
+from tests.adversarial_helpers import signal_pass
+from tests.conftest import TOKEN, Site
+
+SiteFactory = Callable[..., Site]
+SMS = "/j/text_records"
+
+
+def channel_site(site: SiteFactory, streams: list[str], records: int = 1_500, **kw: Any) -> Site:
+    endpoints = tuple(
+        sibling(name, records=records, days=3)
+        for name in streams
+        if name not in ("teams",)
+        if name != "rcs_records"
+    )
+    return site(
+        sync={"streams": streams},
+        endpoints=endpoints,
+        serve_teams="teams" in streams,
+        records=300,
+        days=3,
+        **kw,
+    )
+
+
+def stored(s: Site, table: str, state: str = "state") -> dict[int, int]:
+    rows = s.query(f"SELECT id, {state} FROM {table}")
+    assert len(rows) == len(dict(rows)), "a record is stored twice"
+    return dict(rows)
+
+
+def requests_to(s: Site, path: str, since: int = 0) -> list[Any]:
+    return [r for r in s.sim.sim.requests[since:] if r.path == path]
+
+
+def age_ledger(s: Site, stream: str, hours: float) -> None:
+    """As if every window of `stream` had been read `hours` earlier than it was."""
+    s.execute(
+        "UPDATE sync_windows SET fetched_at = fetched_at - to_seconds(?) WHERE stream = ?",
+        [hours * 3600, stream],
+    )
+
+
+def test_every_sibling_stream_backfills_and_teams_are_a_dimension(site: SiteFactory) -> None:
+    streams = ["text_records", "voicemail_drop_records", "call_records", "teams"]
+    s = channel_site(site, streams, records=800)
+
+    result = s.ok("sync")
+
+    assert [line.split(",")[0] for line in result.stdout.strip().splitlines()] == [
+        "text_records/all: backfill",
+        "voicemail_drop_records/all: backfill",
+        "call_records/all: backfill",
+        "teams/all: replace",
+    ], result.stdout
+    sim = s.sim.sim
+    assert stored(s, "text_records") == sim.endpoint_truth(SMS)
+    assert stored(s, "voicemail_drop_records") == sim.endpoint_truth("/j/voicemail_drop_records")
+    assert stored(s, "call_records", "error") == sim.endpoint_truth("/j/call_records")
+    assert all("modified_since" not in r.params for r in sim.requests)
+    for table in ("text_quarantine", "voicemail_drop_quarantine", "call_quarantine"):
+        assert s.query(f"SELECT count(*) FROM {table}") == [(0,)], table
+    [(directions,)] = s.query(
+        "SELECT list(DISTINCT direction ORDER BY direction) FROM call_records"
+    )
+    assert directions == ["incoming", "outgoing"]
+    assert s.query("SELECT min(talk_duration) >= 0, max(error) <= 10 FROM call_records") == [
+        (True, True)
+    ]
+    assert s.query("SELECT id, name FROM teams ORDER BY id") == [
+        (1, "Team 1"),
+        (2, "Team 2"),
+        (3, "Team 3"),
+    ]
+
+    # teams: replaced whole on every pass, in one transaction.
+    sim.team_names[2] = "Renamed"
+    del sim.team_names[3]
+    sim.team_names[9] = "New"
+    second = s.ok("sync")
+    assert "text_records/all: incremental" in second.stdout
+    assert s.query("SELECT id, name FROM teams ORDER BY id") == [
+        (1, "Team 1"),
+        (2, "Renamed"),
+        (9, "New"),
+    ]
+    [teams_request] = requests_to(s, "/j/teams", len(sim.requests) - 4)
+    assert set(teams_request.params) == {"start", "end"}
+
+    report = json.loads(s.ok("status", "--json").stdout)
+    by_stream = {e["stream"]: e for e in report["streams"]}
+    assert by_stream["text_records"]["records"] == len(sim.endpoint_truth(SMS))
+    assert by_stream["teams"]["records"] == 3
+
+
+def test_sms_changes_are_seen_within_the_tier_bound_never_with_modified_since(
+    site: SiteFactory,
+) -> None:
+    s = channel_site(site, ["text_records", "rcs_records"])
+    sim = s.sim.sim
+    s.ok("sync")
+    assert stored(s, "text_records") == sim.endpoint_truth(SMS)
+    total = len(sim.endpoint_truth(SMS))
+
+    # A pass a few minutes later re-reads the recent cells only, and sees a change to
+    # a record of the last half hour at once (tier "1h": every pass).
+    sim.advance(300)
+    recent = sim.endpoint_mutate(SMS, 5, newer_than=1800)
+    old = sim.endpoint_mutate(SMS, 200)
+    before = len(sim.requests)
+    result = s.ok("sync")
+    assert "text_records/all: incremental" in result.stdout, result.stdout
+    reads = requests_to(s, SMS, before)
+    assert reads and all("modified_since" not in r.params for r in reads)
+    assert sum(r.records for r in reads) <= 0.35 * total
+    table = stored(s, "text_records")
+    truth = sim.endpoint_truth(SMS)
+    assert all(table[k] == truth[k] for k in recent)
+    assert any(table[k] != truth[k] for k in old), "old cells should not all be re-read yet"
+
+    # A day on (the ledger moved back by the last tier's `every`): every change is in.
+    age_ledger(s, "text_records", 24.1)
+    s.ok("sync")
+    assert stored(s, "text_records") == sim.endpoint_truth(SMS)
+    s.assert_converged()
+    [(checkpoint,)] = s.query(
+        "SELECT checkpoint FROM sync_checkpoints WHERE stream = 'text_records'"
+    )
+    assert checkpoint is not None
+
+
+def test_the_simulator_refuses_modified_since_where_it_is_not_supported(
+    site: SiteFactory,
+) -> None:
+    s = channel_site(site, ["text_records", "call_records"], records=10)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    span = {"start": "2026-01-01T00:00:00Z", "end": "2027-01-01T00:00:00Z"}
+    base = s.sim.base_url
+    for path in (SMS, "/j/call_records"):
+        ok = requests.get(base + path, params=span, headers=headers, timeout=10)
+        assert ok.status_code == 200 and len(ok.json()) == 10
+        since = {**span, "modified_since": "2026-01-01T00:00:00Z"}
+        refused = requests.get(base + path, params=since, headers=headers, timeout=10)
+        assert refused.status_code == 400, path
+    body = requests.get(base + SMS, params={**span, "include": "body"}, headers=headers, timeout=10)
+    assert all("body" in r for r in body.json())
+    plain = requests.get(base + SMS, params=span, headers=headers, timeout=10)
+    assert all("body" not in r for r in plain.json())
+
+
+def test_a_killed_sms_reread_resumes_to_exactly_the_providers_records(
+    site: SiteFactory,
+) -> None:
+    s = channel_site(site, ["text_records"], records=600, latency=0.1)
+    sim = s.sim.sim
+    s.ok("sync")
+    age_ledger(s, "text_records", 24.1)  # every cell of the horizon is due
+    sim.advance(60)
+    sim.endpoint_mutate(SMS, 100)
+
+    code = signal_pass(s, ("sync",), after_requests=8, delay=0.05)
+
+    assert code == -signal.SIGKILL
+    time.sleep(0.5)  # the killed pass's requests in flight reach the log after their latency
+    rerun = s.ok("sync")
+    assert rerun.stdout.startswith("all: incremental"), rerun.stdout
+    assert stored(s, "text_records") == sim.endpoint_truth(SMS)
+    once = "SELECT count(*) = count(DISTINCT id) FROM text_records"
+    assert s.query(once) == [(True,)]
+    assert all("modified_since" not in r.params for r in sim.requests)
