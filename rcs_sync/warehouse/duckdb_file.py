@@ -41,6 +41,7 @@ from rcs_sync.model.errors import (
 from rcs_sync.model.responses import Spool
 from rcs_sync.model.streams import RCS_RECORDS, Stream
 from rcs_sync.model.windows import Fetch, Split, Window
+from rcs_sync.warehouse.channels import views_sql
 from rcs_sync.warehouse.loader import apply, stage
 from rcs_sync.warehouse.migrations import MIGRATIONS
 from rcs_sync.warehouse.privacy import PLAIN, Privacy
@@ -409,6 +410,16 @@ class Warehouse:
             try:
                 with _transaction(con, self.path):
                     ensure(con, stream, datetime.now(UTC))
+                    # The views across channels cover the record tables now present.
+                    tables = {
+                        str(r[0])
+                        for r in con.execute(
+                            "SELECT table_name FROM duckdb_tables() "
+                            "WHERE database_name = current_database() AND schema_name = 'main'"
+                        ).fetchall()
+                    }
+                    for sql in views_sql(tables):
+                        con.execute(sql)
             except duckdb.Error as exc:
                 raise WarehouseUnavailable(
                     f"creating the tables of stream {stream.name} failed: {exc}"
