@@ -146,6 +146,18 @@ def test_sms_changes_are_seen_within_the_tier_bound_never_with_modified_since(
     )
     assert checkpoint is not None
 
+    # report --channel: each channel's rows from message_rates_daily.
+    truth = sim.endpoint_truth(SMS)
+    sms = json.loads(s.ok("report", "--channel", "sms", "--by", "team", "--format", "json").stdout)
+    assert sum(r["messages"] for r in sms) == len(truth)
+    assert sum(r["delivered"] for r in sms) == sum(1 for v in truth.values() if v == 1)
+    assert all(r["read_rate"] is None and r["read"] == 0 for r in sms)
+    rcs = json.loads(s.ok("report", "--channel", "rcs", "--format", "json").stdout)
+    plain = json.loads(s.ok("report", "--format", "json").stdout)
+    assert rcs == plain  # the RCS channel is rcs_rates_daily's counts
+    refused = s.run("report", "--channel", "voicemail")
+    assert refused.returncode == 2 and "voicemail_drop_records" in refused.stderr
+
 
 def test_the_simulator_refuses_modified_since_where_it_is_not_supported(
     site: SiteFactory,

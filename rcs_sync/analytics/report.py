@@ -19,7 +19,7 @@ import csv
 import io
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import date
 from pathlib import Path
 
@@ -32,12 +32,19 @@ from rcs_sync.analytics.sources import Source, open_source
 from rcs_sync.config import ConfigError, WarehouseSettings
 from rcs_sync.model.errors import WarehouseUnavailable
 from rcs_sync.model.streams import Stream, named
-from rcs_sync.warehouse.validation import quote
+from rcs_sync.warehouse.validation import literal, quote
 
 GROUPINGS = ("day", "campaign", "team")
 """What a report row can stand for; each is a column of the rates view."""
 COUNTS = ("messages", "delivered", "read", "failed", "pending")
 RATES = ("delivery_rate", "read_rate")
+CHANNEL_STREAMS = {
+    "rcs": "rcs_records",
+    "sms": "text_records",
+    "voicemail": "voicemail_drop_records",
+}
+"""Each channel of `message_rates_daily` and the stream it comes from."""
+CHANNELS = tuple(CHANNEL_STREAMS)
 PIPED_WIDTH = 160
 """Rich assumes 80 columns off a terminal; a file or a pager gets whole lines instead."""
 
@@ -72,10 +79,15 @@ class Selection:
     until: date | None = None
     team: int | None = None
     time_zone: str = "UTC"
+    channel: str | None = None
+    """`rcs`, `sms` or `voicemail`: read from `message_rates_daily` instead of the
+    stream's own rates view."""
 
     def __post_init__(self) -> None:
         if self.by not in GROUPINGS:
             raise ValueError(f"cannot group by {self.by!r}: expected one of {GROUPINGS}")
+        if self.channel is not None and self.channel not in CHANNEL_STREAMS:
+            raise ValueError(f"unknown channel {self.channel!r}: expected one of {CHANNELS}")
 
     def describe(self) -> str:
         """The selection in words, for a footer or a chart title."""
@@ -87,7 +99,8 @@ class Selection:
             else "all days"
         )
         team = f", team {self.team}" if self.team is not None else ""
-        return f"{days} ({self.time_zone}){team}"
+        channel = f", channel {self.channel}" if self.channel is not None else ""
+        return f"{days} ({self.time_zone}){team}{channel}"
 
 
 @dataclass(frozen=True)
@@ -130,8 +143,14 @@ def _time_zone(con: duckdb.DuckDBPyConnection, name: str) -> str:
     return str(row[0])
 
 
-def reported(names: Sequence[str]) -> Stream:
-    """The stream the report covers: the first of `names` with a rates view."""
+def reported(names: Sequence[str], channel: str | None = None) -> Stream:
+    """The stream the report covers: the channel's, if one is asked for (it must be
+    configured), else the first of `names` with a rates view."""
+    if channel is not None:
+        name = CHANNEL_STREAMS[channel]
+        if name not in names:
+            raise ConfigError("[sync] streams", f"channel {channel} needs the stream {name}")
+        return named(name)
     for name in names:
         stream = named(name)
         if stream.rates_view is not None:
@@ -178,9 +197,16 @@ def _rows(
         if value is not None:
             where.append(clause)
             params.append(value)
-    assert stream.rates_view is not None
-    sql = _QUERY.format(key=by, view=quote(stream.rates_view), where=" AND ".join(where))
-    return [Row(key, *values) for key, _, *values in con.execute(sql, params).fetchall()]
+    if selection.channel is not None:
+        view = f"(SELECT * FROM message_rates_daily WHERE channel = {literal(selection.channel)})"
+    else:
+        assert stream.rates_view is not None
+        view = quote(stream.rates_view)
+    sql = _QUERY.format(key=by, view=view, where=" AND ".join(where))
+    rows = [Row(key, *values) for key, _, *values in con.execute(sql, params).fetchall()]
+    if selection.channel not in (None, "rcs"):  # SMS and voicemail have no read state
+        rows = [replace(row, read_rate=None) for row in rows]
+    return rows
 
 
 def to_json(report: Report) -> str:

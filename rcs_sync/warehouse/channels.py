@@ -65,6 +65,7 @@ def message_rates_sql(tables: set[str]) -> str:
         SELECT day, channel, team, team_name, campaign,
                count(*) AS messages,
                count(*) FILTER (WHERE is_delivered) AS delivered,
+               count(*) FILTER (WHERE is_read) AS "read",
                count(*) FILTER (WHERE state IN (2, 3)) AS failed,
                count(*) FILTER (WHERE state = 3) AS rejected,
                count(*) FILTER (WHERE state = 0) AS pending,
