@@ -105,6 +105,21 @@ def test_every_sibling_stream_backfills_and_teams_are_a_dimension(site: SiteFact
     [teams_request] = requests_to(s, "/j/teams", len(sim.requests) - 4)
     assert set(teams_request.params) == {"start", "end"}
 
+    by_team = s.ok("report", "--channel", "sms", "--by", "team", "--format", "json").stdout
+    names = {r["team"]: r["team_name"] for r in json.loads(by_team)}
+    assert names == {1: "Team 1", 2: "Renamed", 3: None}  # team 3 no longer listed
+    [(sms_names,)] = s.query(
+        "SELECT list(DISTINCT team_name ORDER BY team_name) FROM message_rates_daily "
+        "WHERE channel = 'sms'"
+    )
+    assert sms_names == ["Renamed", "Team 1", None]
+    [(voicemail,)] = s.query(
+        "SELECT sum(messages) FROM message_rates_daily WHERE channel = 'voicemail'"
+    )
+    assert voicemail == len(sim.endpoint_truth("/j/voicemail_drop_records"))
+    [(calls,)] = s.query("SELECT sum(calls) FROM call_outcomes_daily")
+    assert calls == len(sim.endpoint_truth("/j/call_records"))
+
     report = json.loads(s.ok("status", "--json").stdout)
     by_stream = {e["stream"]: e for e in report["streams"]}
     assert by_stream["text_records"]["records"] == len(sim.endpoint_truth(SMS))

@@ -19,7 +19,7 @@ import csv
 import io
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date
 from pathlib import Path
 
@@ -124,6 +124,8 @@ class Report:
     total: Row
     daily: list[Row] | None
     """Per-day rows of the same selection, for the chart; None unless asked for."""
+    team_names: dict[int, str] = field(default_factory=dict)
+    """Team names from the `teams` dimension, when it is synced (empty otherwise)."""
 
 
 def canonical_time_zone(name: str) -> str:
@@ -177,11 +179,23 @@ def build(
             days = None
             if daily:
                 days = rows if selection.by == "day" else _rows(con, stream, selection, "day")[:-1]
+            names = _team_names(con) if selection.by == "team" else {}
         except duckdb.CatalogException:
             raise WarehouseUnavailable(
                 f"{chosen.path} has no analytics views yet: run `rcs-sync migrate`"
             ) from None
-    return Report(selection, chosen, rows, total, days)
+    return Report(selection, chosen, rows, total, days, names)
+
+
+def _team_names(con: duckdb.DuckDBPyConnection) -> dict[int, str]:
+    """id -> name from `teams`, if that dimension is synced into the file."""
+    exists = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'teams' "
+        "AND schema_name = 'main' AND database_name = current_database()"
+    ).fetchone()
+    if not exists or not exists[0]:
+        return {}
+    return {int(i): str(n) for i, n in con.execute("SELECT id, name FROM teams").fetchall() if n}
 
 
 def _rows(
@@ -211,7 +225,7 @@ def _rows(
 
 def to_json(report: Report) -> str:
     """A list of objects with stable keys; days as ISO dates, rates as floats or null."""
-    return json.dumps([_record(report.selection.by, row) for row in report.rows], indent=2)
+    return json.dumps([_named_record(report, row) for row in report.rows], indent=2)
 
 
 def to_csv(report: Report) -> str:
@@ -223,6 +237,16 @@ def to_csv(report: Report) -> str:
         record = _record(report.selection.by, row)
         writer.writerow(["" if value is None else value for value in record.values()])
     return out.getvalue()
+
+
+def _named_record(report: Report, row: Row) -> dict[str, object]:
+    """The row's record; by team with teams synced, its `team_name` after the team."""
+    record = _record(report.selection.by, row)
+    if not report.team_names:
+        return record
+    key, *rest = record.items()
+    name = report.team_names.get(row.key) if isinstance(row.key, int) else None
+    return dict([key, ("team_name", name), *rest])
 
 
 def _record(by: str, row: Row) -> dict[str, object]:
@@ -247,7 +271,7 @@ def print_table(report: Report, *, chart: Path | None = None, html: Path | None 
         table.add_column(header, footer=percent(getattr(total, name)), justify="right")
     for row in report.rows:
         table.add_row(
-            _key(row.key),
+            _key(row.key, report.team_names),
             *(f"{getattr(row, name):,}" for name in COUNTS),
             *(percent(getattr(row, name)) for name in RATES),
         )
@@ -260,7 +284,9 @@ def print_table(report: Report, *, chart: Path | None = None, html: Path | None 
         console.print(f"html: {html}", highlight=False)
 
 
-def _key(key: date | int | None) -> str:
+def _key(key: date | int | None, names: dict[int, str] | None = None) -> str:
+    if isinstance(key, int) and names and key in names:
+        return f"{key} {names[key]}"
     return "(none)" if key is None else key.isoformat() if isinstance(key, date) else str(key)
 
 
