@@ -213,3 +213,28 @@ def test_a_killed_sms_reread_resumes_to_exactly_the_providers_records(
     once = "SELECT count(*) = count(DISTINCT id) FROM text_records"
     assert s.query(once) == [(True,)]
     assert all("modified_since" not in r.params for r in sim.requests)
+
+
+def test_sms_under_faults_and_every_bounds_semantics_converges(site: SiteFactory) -> None:
+    """Faults (429, 5xx, dropped connections, truncated and HTML bodies) and inclusive
+    bounds on a stream without modified_since: backfill and tiered re-reads still end
+    with exactly the provider's records."""
+    s = channel_site(
+        site,
+        ["text_records"],
+        records=1_200,
+        fault_rate=0.3,
+        faults=("429", "500", "503", "drop", "truncate", "html"),
+        bounds="[]",
+    )
+    sim = s.sim.sim
+    s.ok("sync")
+    assert stored(s, "text_records") == sim.endpoint_truth(SMS)
+    sim.advance(120)
+    sim.endpoint_mutate(SMS, 150)
+    age_ledger(s, "text_records", 24.1)
+    s.ok("sync")
+    assert stored(s, "text_records") == sim.endpoint_truth(SMS)
+    assert s.query("SELECT count(*) FROM text_quarantine") == [(0,)]
+    assert any(r.fault for r in sim.requests), "no fault was injected"
+    assert all("modified_since" not in r.params for r in sim.requests)
