@@ -320,7 +320,15 @@ class Syncer:
         of the horizon its tiers say are due (`model/reread.py`), as full windows. The
         checkpoint, committed with the window that completes the horizon, is the oldest
         fetch among its cells: every change made before it is in."""
-        fetches = self.warehouse.fetches(self.stream, scope.key)
+        # The ledger grows by the cells each pass reads: only the latest read of each
+        # window reaching into the horizon matters, to the plan and to the checkpoint.
+        latest: dict[Window, Fetch] = {}
+        for f in self.warehouse.fetches(self.stream, scope.key):
+            if f.window.end > plan.span.start and f.window.start < plan.span.end:
+                known = latest.get(f.window)
+                if known is None or f.fetched_at > known.fetched_at:
+                    latest[f.window] = f
+        fetches = list(latest.values())
         horizon = self.options.policy.update_horizon
         todo = plan_reread(
             datetime.now(UTC),
