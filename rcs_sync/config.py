@@ -172,9 +172,10 @@ def load_settings(path: Path) -> Settings:
         raise ConfigError(str(source), f"invalid TOML: {exc}") from None
 
     tables = _split_sections(document, source.parent)
+    api = _api(tables["api"])  # checked in this order: the first problem is the one named
     sync = _sync(tables["sync"])
     return Settings(
-        api=_api(tables["api"]),
+        api=api,
         sync=sync,
         warehouse=_warehouse(tables["warehouse"]),
         metrics=_metrics(tables["metrics"]),
