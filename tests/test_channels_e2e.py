@@ -8,10 +8,13 @@ clock (the ledger's fetch times moved back, as the catch-up tests do).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -238,3 +241,33 @@ def test_sms_under_faults_and_every_bounds_semantics_converges(site: SiteFactory
     assert s.query("SELECT count(*) FROM text_quarantine") == [(0,)]
     assert any(r.fault for r in sim.requests), "no fault was injected"
     assert all("modified_since" not in r.params for r in sim.requests)
+
+
+def test_every_personal_field_of_calls_and_sms_is_hashed(site: SiteFactory, tmp_path: Path) -> None:
+    s = channel_site(site, ["text_records", "call_records"], records=300)
+    key_file = tmp_path / "number_key"
+    key_file.write_text("a-long-random-secret\n")
+    key_file.chmod(0o600)
+    s.write_config(
+        warehouse={"number": "hash", "number_key_file": str(key_file)},
+        api={"include_content": True},
+    )
+    s.ok("sync")
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    span = {"start": "2000-01-01T00:00:00Z", "end": "2100-01-01T00:00:00Z"}
+    base = s.sim.base_url
+    calls = requests.get(base + "/j/call_records", params=span, headers=headers, timeout=10)
+    sms = requests.get(base + SMS, params={**span, "include": "body"}, headers=headers, timeout=10)
+    served = {
+        ("call_records", field, r["id"]): r[field]
+        for r in calls.json()
+        for field in ("number", "local_number")
+    } | {
+        ("text_records", field, r["id"]): r[field]
+        for r in sms.json()
+        for field in ("number", "body")
+    }
+    for (table, field, key), raw in list(served.items())[::37]:
+        [(value,)] = s.query(f"SELECT {field} FROM {table} WHERE id = ?", [key])
+        expected = hmac.new(b"a-long-random-secret", raw.encode(), hashlib.sha256).hexdigest()
+        assert value == expected, (table, field, key)
