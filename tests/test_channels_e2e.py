@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import requests
 
 from rcs_sim.endpoints import sibling
@@ -122,6 +123,20 @@ def test_every_sibling_stream_backfills_and_teams_are_a_dimension(site: SiteFact
     assert voicemail == len(sim.endpoint_truth("/j/voicemail_drop_records"))
     [(calls,)] = s.query("SELECT sum(calls) FROM call_outcomes_daily")
     assert calls == len(sim.endpoint_truth("/j/call_records"))
+
+    # The analysts' snapshot holds the new tables and the views across channels.
+    s.ok("sync", "--publish-snapshot")
+    snapshot = s.dir / "rcs.snapshot.duckdb"
+    with duckdb.connect(str(snapshot), read_only=True) as con:
+        channels = con.execute(
+            "SELECT channel, sum(messages) FROM message_rates_daily GROUP BY ALL ORDER BY 1"
+        ).fetchall()
+        [(snapshot_calls,)] = con.execute("SELECT sum(calls) FROM call_outcomes_daily").fetchall()
+    assert dict(channels) == {
+        "sms": len(sim.endpoint_truth(SMS)),
+        "voicemail": len(sim.endpoint_truth("/j/voicemail_drop_records")),
+    }
+    assert snapshot_calls == calls
 
     report = json.loads(s.ok("status", "--json").stdout)
     by_stream = {e["stream"]: e for e in report["streams"]}
