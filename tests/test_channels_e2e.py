@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ import duckdb
 import requests
 
 from rcs_sim.endpoints import sibling
+from rcs_sim.server import spawn
 from tests.adversarial_helpers import signal_pass
 from tests.conftest import TOKEN, Site
 
@@ -286,3 +288,33 @@ def test_every_personal_field_of_calls_and_sms_is_hashed(site: SiteFactory, tmp_
         [(value,)] = s.query(f"SELECT {field} FROM {table} WHERE id = ?", [key])
         expected = hmac.new(b"a-long-random-secret", raw.encode(), hashlib.sha256).hexdigest()
         assert value == expected, (table, field, key)
+
+
+def test_simulate_streams_serves_the_siblings_and_teams() -> None:
+    env = {**os.environ, "RCS_SIM_TOKEN": TOKEN}
+    process, base = spawn(
+        ["--records", "50", "--days", "1", "--streams", "text_records,teams"], env
+    )
+    try:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        span = {"start": "2000-01-01T00:00:00Z", "end": "2100-01-01T00:00:00Z"}
+        teams = requests.get(base + "/j/teams", params=span, headers=headers, timeout=10)
+        assert teams.json() == [{"id": n, "name": f"Team {n}"} for n in (1, 2, 3)]
+        sms = requests.get(base + SMS, params=span, headers=headers, timeout=10).json()
+        assert len(sms) == 50
+        assert set(sms[0]) == {
+            "id",
+            "campaign",
+            "job",
+            "number",
+            "reference",
+            "team",
+            "portal",
+            "state",
+            "timestamp",
+        }
+        calls = requests.get(base + "/j/call_records", params=span, headers=headers, timeout=10)
+        assert calls.status_code == 404  # not asked for
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
