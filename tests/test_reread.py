@@ -97,8 +97,9 @@ def test_a_change_is_seen_within_its_tiers_every_plus_one_interval(
     interval_min: int,
     changes: list[tuple[int, int]],
 ) -> None:
-    """A change at t to a record of age a (timestamp t - a, within the horizon) is
-    re-read by a pass no later than t + every(tier of a) + interval."""
+    """A change at t to a record of age a (timestamp t - a, with a + every + interval
+    within the horizon) is re-read by a pass no later than t + every(tier of a) +
+    interval."""
     tiers = (Tier(HOUR, first), Tier(DAY, second), Tier(HORIZON, third))
     interval = timedelta(minutes=interval_min)
     passes = int((30 * HOUR + DAY + 2 * interval) / interval) + 2
@@ -109,6 +110,8 @@ def test_a_change_is_seen_within_its_tiers_every_plus_one_interval(
         stamp = t - age
         every = every_at(tiers, age)
         assert every is not None
+        if age + every + interval >= HORIZON:
+            continue  # the record may leave the horizon first: the documented limit
         seen = next(
             now for now, due in log if now >= t and any(w.start <= stamp < w.end for w in due)
         )

@@ -22,8 +22,11 @@ of the first pass after `t + every(tier of a)`: the record's cell is no older th
 record, so at `f ≤ t` its tier's `every` was at most `every(tier of a)`, and the
 cell's grid has a point in `(t, t + every]`; the first pass after that point re-reads
 it. With passes every `interval`, the delay is at most `every(tier of a) + interval`
-(plus the pass's own duration). A change to a record older than the horizon is never
-seen (as for `modified_since` streams); `backfill --force` repairs it.
+(plus the pass's own duration), as long as the record is still within the horizon
+then (`a + every + interval < update_horizon`). A change to a record that leaves the
+horizon before its cell is due again may never be seen (for `modified_since` streams
+the limit is a change more than `update_horizon` after the record's time; here it is
+that much less the last tier's `every`); `backfill --force` repairs it.
 
 The checkpoint. The checkpoint of such a stream is the oldest fetch among the cells of
 the horizon (`checkpoint_after_full_pass` over the horizon): every change made before
