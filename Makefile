@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/snapshot_bench.py
 	$(BIN)/python bench/analytics_bench.py
 	$(BIN)/python bench/upsert_bench.py
+	$(BIN)/python bench/channels_bench.py
 
 # The peer (dlt) lives in a virtualenv of its own, so its dependencies never mix with ours.
 PEER := .venv-peer

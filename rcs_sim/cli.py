@@ -11,6 +11,7 @@ import sys
 
 import click
 
+from rcs_sim.endpoints import SIBLINGS, sibling
 from rcs_sim.population import BOUNDS, FAULT_KINDS
 from rcs_sim.server import FORMATS, SimConfig, serve_forever
 
@@ -55,6 +56,13 @@ from rcs_sim.server import FORMATS, SimConfig, serve_forever
 @click.option("--bounds", type=click.Choice(BOUNDS), default="[)", show_default=True)
 @click.option("--bad-fraction", type=click.FloatRange(0, 1), default=0.0, show_default=True)
 @click.option("--extra-fields", is_flag=True, help="Add an undocumented field to some records.")
+@click.option(
+    "--streams",
+    "siblings",
+    default="",
+    help="Also serve these sibling endpoints, comma-separated: "
+    f"{', '.join([*SIBLINGS, 'teams'])} (each with --records records over --days days).",
+)
 def simulate(
     *,
     port: int,
@@ -77,6 +85,7 @@ def simulate(
     bounds: str,
     bad_fraction: float,
     extra_fields: bool,
+    siblings: str,
 ) -> None:
     """Serve the built-in API simulator on 127.0.0.1 (token: $RCS_SIM_TOKEN or sim-token)."""
     kinds = tuple(k.strip() for k in faults.split(",") if k.strip())
@@ -85,6 +94,10 @@ def simulate(
         raise click.BadParameter(
             f"unknown fault kind(s): {', '.join(unknown)}", param_hint="--faults"
         )
+    names = [n.strip() for n in siblings.split(",") if n.strip()]
+    strange = [n for n in names if n not in (*SIBLINGS, "teams")]
+    if strange:
+        raise click.BadParameter(f"unknown stream(s): {', '.join(strange)}", param_hint="--streams")
     config = SimConfig(
         records=records,
         days=days,
@@ -106,6 +119,8 @@ def simulate(
         bounds=bounds,
         bad_fraction=bad_fraction,
         extra_fields=extra_fields,
+        endpoints=tuple(sibling(n, records=records, days=days) for n in names if n in SIBLINGS),
+        serve_teams="teams" in names,
     )
 
     def ready(bound: int) -> None:

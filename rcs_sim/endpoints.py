@@ -15,13 +15,16 @@ state and the time, in that order; times carry milliseconds.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
 from rcs_sim.population import RecordFilter, copy_to_sql, span_sql
 
-Kind = Literal["integer", "string"]
-KINDS: tuple[Kind, ...] = ("integer", "string")
+Kind = Literal["integer", "string", "team", "phone", "seconds"]
+KINDS: tuple[Kind, ...] = ("integer", "string", "team", "phone", "seconds")
+FieldKind = Kind | tuple[str, ...]
+"""A plain field's kind, or the strings it takes (an enum such as call direction)."""
 
 
 @dataclass(frozen=True)
@@ -33,13 +36,26 @@ class Endpoint:
     time: str
     state: str
     states: tuple[int, ...]
-    fields: tuple[tuple[str, Kind], ...] = ()
-    """Plain fields: integers below 1000, or strings `<name>-<n>`."""
+    fields: tuple[tuple[str, FieldKind], ...] = ()
+    """Plain fields: integers below 1000, strings `<name>-<n>`, teams 1-3, phone numbers
+    `+336…`, seconds below 600, or one of the strings given."""
     records: int = 1_000
     days: float = 10.0
+    modified_since: bool = True
+    """Whether `modified_since` is accepted; sent where it is not, it is a 400."""
+    optional: tuple[tuple[str, FieldKind], ...] = ()
+    """Fields served only with `include=<name>`."""
+    team: str | None = None
+    """The plain field the `team` parameter filters on; without one, `team` is a 400."""
 
     def names(self) -> list[str]:
-        return [self.key, *(name for name, _ in self.fields), self.state, self.time]
+        return [
+            self.key,
+            *(name for name, _ in self.fields),
+            *(name for name, _ in self.optional),
+            self.state,
+            self.time,
+        ]
 
 
 def check(endpoint: Endpoint) -> str | None:
@@ -50,11 +66,30 @@ def check(endpoint: Endpoint) -> str | None:
         return f"endpoint {endpoint.path}: field names must differ"
     if not endpoint.states or not all(isinstance(s, int) for s in endpoint.states):
         return f"endpoint {endpoint.path}: states must be a non-empty tuple of integers"
-    if any(kind not in KINDS for _, kind in endpoint.fields):
-        return f"endpoint {endpoint.path}: field kinds must be among {KINDS}"
+    for _, kind in (*endpoint.fields, *endpoint.optional):
+        if isinstance(kind, tuple):
+            if not kind or not all(isinstance(v, str) for v in kind):
+                return f"endpoint {endpoint.path}: choices must be a tuple of strings"
+        elif kind not in KINDS:
+            return f"endpoint {endpoint.path}: field kinds must be among {KINDS}"
+    if endpoint.team is not None and endpoint.team not in dict(endpoint.fields):
+        return f"endpoint {endpoint.path}: team must name a plain field"
     if endpoint.records < 0 or endpoint.days <= 0:
         return f"endpoint {endpoint.path}: records must be >= 0 and days > 0"
     return None
+
+
+def _column_sql(name: str, kind: FieldKind, h: str) -> str:
+    if isinstance(kind, tuple):
+        options = "[" + ", ".join(_literal(v) for v in kind) + "]"
+        return f"{options}[1 + ({h} % {len(kind)})::BIGINT]"
+    return {
+        "integer": f"({h} % 1000)::BIGINT",
+        "string": f"{_literal(name + '-')} || ({h} % 10000)",
+        "team": f"(1 + {h} % 3)::BIGINT",
+        "phone": f"'+336' || lpad(({h} % 100000000)::VARCHAR, 8, '0')",
+        "seconds": f"({h} % 600)::BIGINT",
+    }[kind]
 
 
 def _literal(text: str) -> str:
@@ -71,10 +106,8 @@ def population_sql(endpoint: Endpoint, table: str, *, seed: int, start_ms: int) 
     past_ms = round(endpoint.days * 86_400_000)
     slot = f"{past_ms} / {max(endpoint.records, 1)}"
     columns = [
-        f"(hash(i, {seed}, {n}) % 1000)::BIGINT AS f{n}"
-        if kind == "integer"
-        else f"{_literal(name + '-')} || (hash(i, {seed}, {n}) % 10000) AS f{n}"
-        for n, (name, kind) in enumerate(endpoint.fields)
+        f"{_column_sql(name, kind, f'hash(i, {seed}, {n})')} AS f{n}"
+        for n, (name, kind) in enumerate((*endpoint.fields, *endpoint.optional))
     ]
     states = _states(endpoint)
     return f"""
@@ -104,8 +137,15 @@ def records_copy_sql(
     where = f"t0 <= {clock_ms} AND {span_sql(flt, bounds)}"
     if flt.modified_since_us is not None:
         where += f" AND mt > {flt.modified_since_us // 1000}"
+    names = [name for name, _ in endpoint.fields]
+    if flt.team is not None and endpoint.team is not None:
+        where += f" AND f{names.index(endpoint.team)} = {int(flt.team)}"
     pairs = [f"{_literal(endpoint.key)}, k"]
-    pairs += [f"{_literal(name)}, f{n}" for n, (name, _) in enumerate(endpoint.fields)]
+    pairs += [f"{_literal(name)}, f{n}" for n, name in enumerate(names)]
+    if flt.content_message:  # include= named the optional fields
+        pairs += [
+            f"{_literal(name)}, f{len(names) + n}" for n, (name, _) in enumerate(endpoint.optional)
+        ]
     pairs += [
         f"{_literal(endpoint.state)}, st",
         f"{_literal(endpoint.time)}, strftime(epoch_ms(t0), '%Y-%m-%dT%H:%M:%S.%gZ')",
@@ -124,18 +164,91 @@ def truth_sql(table: str, clock_ms: int) -> str:
 
 
 def mutate_sql(
-    endpoint: Endpoint, table: str, *, clock_ms: int, seed: int, round_: int, count: int
+    endpoint: Endpoint,
+    table: str,
+    *,
+    clock_ms: int,
+    seed: int,
+    round_: int,
+    count: int,
+    newer_than_ms: int | None = None,
 ) -> str:
-    """Move ``count`` hash-chosen visible records to their next state now."""
+    """Move ``count`` hash-chosen visible records (created in the last ``newer_than_ms``,
+    if given) to their next state now."""
     states = _states(endpoint)
+    recent = "" if newer_than_ms is None else f" AND t0 >= {clock_ms - newer_than_ms}"
     return f"""
 UPDATE {table} AS p SET st = c.next, mt = {clock_ms}
 FROM (
     SELECT k, {states}[list_position({states}, st) % {len(endpoint.states)} + 1] AS next
-    FROM {table} WHERE t0 <= {clock_ms}
+    FROM {table} WHERE t0 <= {clock_ms}{recent}
     ORDER BY hash(k, {seed}, {round_}, 'mutate')
     LIMIT {count}
 ) AS c
 WHERE p.k = c.k
 RETURNING p.k
 """
+
+
+def sibling(name: str, *, records: int = 1_000, days: float = 10.0) -> Endpoint:
+    """The simulator's description of one of the provider's sibling endpoints, by the
+    name of its path (`text_records`, `voicemail_drop_records`, `call_records`)."""
+    return dataclasses.replace(SIBLINGS[name], records=records, days=days)
+
+
+_DELIVERY_FIELDS: tuple[tuple[str, FieldKind], ...] = (
+    ("campaign", "integer"),
+    ("job", "integer"),
+    ("number", "phone"),
+    ("reference", "string"),
+    ("team", "team"),
+)
+
+SIBLINGS: dict[str, Endpoint] = {
+    "text_records": Endpoint(
+        path="/j/text_records",
+        key="id",
+        time="timestamp",
+        state="state",
+        states=(0, 1, 2, 3),
+        fields=(*_DELIVERY_FIELDS, ("portal", "string")),
+        optional=(("body", "string"),),
+        modified_since=False,
+        team="team",
+    ),
+    "voicemail_drop_records": Endpoint(
+        path="/j/voicemail_drop_records",
+        key="id",
+        time="timestamp",
+        state="state",
+        states=(0, 1, 2, 3),
+        fields=_DELIVERY_FIELDS,
+        modified_since=False,
+        team="team",
+    ),
+    "call_records": Endpoint(
+        path="/j/call_records",
+        key="id",
+        time="timestamp",
+        state="error",
+        states=tuple(range(11)),
+        fields=(
+            ("agent", "integer"),
+            ("broadcast_duration", "seconds"),
+            ("campaign", "integer"),
+            ("direction", ("outgoing", "incoming")),
+            ("job", "integer"),
+            ("label", "string"),
+            ("local_number", "phone"),
+            ("number", "phone"),
+            ("reference", "string"),
+            ("talk_duration", "seconds"),
+            ("team", "team"),
+            ("wait_duration", "seconds"),
+        ),
+        modified_since=False,
+        team="team",
+    ),
+}
+"""Descriptions of `/j/text_records`, `/j/voicemail_drop_records` and `/j/call_records`
+as the provider documents them: none takes `modified_since`, states change later."""

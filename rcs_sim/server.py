@@ -61,6 +61,7 @@ from rcs_sim.population import (
 )
 
 RECORDS_PATH = "/j/rcs_records"
+TEAMS_PATH = "/j/teams"
 MODIFIED_SINCE_MAX_AGE = timedelta(hours=48)
 # Everything else shapes the generated population, which is fixed at start.
 RUNTIME_FIELDS = frozenset(
@@ -142,6 +143,7 @@ class SimConfig:
     server_time: float = 0.0  # seconds of server work per 100k records served (its own
     # work included: it only waits for what the query and the layout did not take)
     gzip: bool = False  # gzip bodies for clients that send Accept-Encoding: gzip
+    serve_teams: bool = False  # GET /j/teams: id and name of teams 1..teams
 
 
 @dataclass(frozen=True)
@@ -264,13 +266,46 @@ def parse_request(params: dict[str, str], now_us: int) -> RecordFilter:
     return RecordFilter(start, end, team, since, "content_message" in includes)
 
 
-def parse_endpoint_request(params: dict[str, str], now_us: int) -> RecordFilter:
-    """Validate the query of an :class:`Endpoint`: ``start``, ``end``, ``modified_since``."""
+def parse_endpoint_request(
+    params: dict[str, str], now_us: int, endpoint: Endpoint | None = None
+) -> RecordFilter:
+    """Validate the query of an :class:`Endpoint`: ``start``, ``end``, and, where it
+    takes them, ``modified_since``, ``team`` and ``include``."""
     start, end = _span(params)
-    unsupported = sorted(set(params) - {"start", "end", "modified_since"})
+    known = {"start", "end"}
+    if endpoint is None or endpoint.modified_since:
+        known.add("modified_since")
+    if endpoint is not None and endpoint.team is not None:
+        known.add("team")
+    if endpoint is not None and endpoint.optional:
+        known.add("include")
+    unsupported = sorted(set(params) - known)
     if unsupported:
         raise BadRequest(f"unsupported parameters {unsupported}")
-    return RecordFilter(start, end, None, _modified_since(params, now_us))
+    team = None
+    if "team" in params:
+        try:
+            team = int(params["team"])
+        except ValueError:
+            raise BadRequest(f"team: not an integer: {params['team']!r}") from None
+    includes = {part.strip() for part in params.get("include", "").split(",")} - {""}
+    optional = {name for name, _ in endpoint.optional} if endpoint else set()
+    if includes - optional:
+        raise BadRequest(f"include: unsupported {sorted(includes - optional)}")
+    return RecordFilter(start, end, team, _modified_since(params, now_us), bool(includes))
+
+
+def parse_teams_request(params: dict[str, str]) -> RecordFilter:
+    """``GET /j/teams``: ``start`` and ``end`` (required, as on every endpoint), ``team``."""
+    start, end = _span(params)
+    unsupported = sorted(set(params) - {"start", "end", "team"})
+    if unsupported:
+        raise BadRequest(f"unsupported parameters {unsupported}")
+    try:
+        team = int(params["team"]) if "team" in params else None
+    except ValueError:
+        raise BadRequest(f"team: not an integer: {params['team']!r}") from None
+    return RecordFilter(start, end, team)
 
 
 class Simulator:
@@ -314,6 +349,8 @@ class Simulator:
         self._endpoints = {
             e.path: (e, f"{DATABASE}.endpoint_{n}") for n, e in enumerate(config.endpoints)
         }
+        self.team_names: dict[int, str] = {n: f"Team {n}" for n in range(1, config.teams + 1)}
+        """What `GET /j/teams` serves (with `serve_teams`); tests rename and remove teams."""
         for endpoint, table in self._endpoints.values():
             self._con.execute(
                 endpoints.population_sql(
@@ -377,13 +414,19 @@ class Simulator:
 
     def serves(self, path: str) -> bool:
         """Whether ``path`` is a record endpoint: RCS or one of ``config.endpoints``."""
-        return path == RECORDS_PATH or path in self._endpoints
+        return (
+            path == RECORDS_PATH
+            or path in self._endpoints
+            or (path == TEAMS_PATH and self._config.serve_teams)
+        )
 
     def parse(self, path: str, params: dict[str, str], now_us: int) -> RecordFilter:
         """Validate a record request to ``path`` (BadRequest: a 400)."""
         if path == RECORDS_PATH:
             return parse_request(params, now_us)
-        return parse_endpoint_request(params, now_us)
+        if path == TEAMS_PATH:
+            return parse_teams_request(params)
+        return parse_endpoint_request(params, now_us, self._endpoints[path][0])
 
     def endpoint_truth(self, path: str) -> dict[int, int]:
         """key -> state of every visible record of the endpoint at ``path``, now."""
@@ -391,9 +434,10 @@ class Simulator:
         with self._cursor() as cur:
             return dict(cur.execute(endpoints.truth_sql(table, self.now_us() // 1000)).fetchall())
 
-    def endpoint_mutate(self, path: str, count: int) -> list[int]:
-        """Move ``count`` seeded-random visible records of the endpoint at ``path`` to
-        their next state now; returns their keys."""
+    def endpoint_mutate(self, path: str, count: int, newer_than: float | None = None) -> list[int]:
+        """Move ``count`` seeded-random visible records of the endpoint at ``path`` (those
+        created in the last ``newer_than`` seconds, if given) to their next state now;
+        returns their keys."""
         if count < 0:
             raise ValueError("count must be >= 0")
         endpoint, table = self._endpoints[path]
@@ -406,6 +450,7 @@ class Simulator:
                 seed=self._config.seed,
                 round_=self._mutation_rounds,
                 count=count,
+                newer_than_ms=None if newer_than is None else round(newer_than * 1000),
             )
             with self._cursor() as cur:
                 return sorted(row[0] for row in cur.execute(sql).fetchall())
@@ -451,6 +496,16 @@ class Simulator:
         The file holds one ``,{…}`` line per record: ``"[" + file[1:] + "]"`` is the body.
         """
         config = self._config
+        if endpoint == TEAMS_PATH:
+            with self._lock:
+                teams = sorted(self.team_names.items())
+            lines = [
+                "," + json.dumps({"id": n, "name": name}) + "\n"
+                for n, name in teams
+                if flt.team is None or flt.team == n
+            ]
+            path.write_text("".join(lines), encoding="utf-8")
+            return len(lines)
         if endpoint == RECORDS_PATH:
             sql = records_copy_sql(
                 flt,

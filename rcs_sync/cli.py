@@ -443,10 +443,16 @@ DAY = click.DateTime(formats=["%Y-%m-%d"])
     metavar="FILE.html",
     help="Also write the report as one self-contained HTML page: the table and the charts.",
 )
+@click.option(
+    "--channel",
+    type=click.Choice(("rcs", "sms", "voicemail")),
+    help="One channel of message_rates_daily (its stream must be in [sync] streams).",
+)
 @click.pass_context
 def report(
     ctx: click.Context,
     *,
+    channel: str | None,
     since: datetime | None,
     until: datetime | None,
     by: str,
@@ -484,12 +490,13 @@ def report(
         until=until.date() if until else None,
         team=team,
         time_zone=time_zone,
+        channel=channel,
     )
     settings = _settings(ctx)
     result = reports.build(
         settings.warehouse,
         selection,
-        stream=reports.reported(settings.sync.streams),
+        stream=reports.reported(settings.sync.streams, channel),
         source=source,
         daily=html is not None,
     )

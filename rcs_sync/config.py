@@ -24,6 +24,7 @@ import structlog
 from rcs_sync.logs import register_secret
 from rcs_sync.model.durations import as_utc, format_duration, parse_duration, parse_instant
 from rcs_sync.model.errors import EXIT_USAGE, RcsSyncError
+from rcs_sync.model.reread import Tier, check_tiers
 from rcs_sync.model.streams import RCS_RECORDS, registered
 
 CONFIG_ENV = "RCS_SYNC_CONFIG"
@@ -137,6 +138,8 @@ class Settings:
     warehouse: WarehouseSettings = field(default_factory=WarehouseSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     source: Path | None = None
+    reread: Mapping[str, tuple[Tier, ...]] = field(default_factory=dict)
+    """`[streams.NAME] reread`: the re-read tiers of streams without `modified_since`."""
 
 
 _SCHEMA = {
@@ -169,13 +172,60 @@ def load_settings(path: Path) -> Settings:
         raise ConfigError(str(source), f"invalid TOML: {exc}") from None
 
     tables = _split_sections(document, source.parent)
+    api = _api(tables["api"])  # checked in this order: the first problem is the one named
+    sync = _sync(tables["sync"])
     return Settings(
-        api=_api(tables["api"]),
-        sync=_sync(tables["sync"]),
+        api=api,
+        sync=sync,
         warehouse=_warehouse(tables["warehouse"]),
         metrics=_metrics(tables["metrics"]),
         source=source,
+        reread=_reread(document.get("streams", {}), sync),
     )
+
+
+def _reread(value: object, sync: SyncSettings) -> dict[str, tuple[Tier, ...]]:
+    """`[streams.NAME] reread = [{ age = "1h", every = "0s" }, …]`, per stream without
+    `modified_since` (`model/reread.py`): checked against the update horizon, which
+    `age = "horizon"` names."""
+    if not isinstance(value, dict):
+        raise ConfigError("[streams]", f"expected a table of streams, got {_show(value)}")
+    result: dict[str, tuple[Tier, ...]] = {}
+    for name, section in value.items():
+        key = f"[streams.{name}]"
+        if not any(s.name == name for s in registered()):
+            raise ConfigError(key, "unknown stream")
+        stream = next(s for s in registered() if s.name == name)
+        if not isinstance(section, dict):
+            raise ConfigError(key, f"expected a table, got {_show(section)}")
+        unknown = sorted(set(section) - {"reread"})
+        if unknown:
+            raise ConfigError(f"{key} {unknown[0]}", "unknown key; known: reread")
+        if "reread" not in section:
+            continue
+        if stream.modified_since or not stream.windowed:
+            raise ConfigError(
+                f"{key} reread", "only streams read in windows without modified_since re-read"
+            )
+        tiers = section["reread"]
+        shape = "a list of tiers like [{ age = '1h', every = '0s' }, …]"
+        if not isinstance(tiers, list) or not all(isinstance(t, dict) for t in tiers):
+            raise ConfigError(f"{key} reread", f"expected {shape}, got {_show(tiers)}")
+        parsed = []
+        for tier in tiers:
+            if set(tier) != {"age", "every"}:
+                raise ConfigError(f"{key} reread", f"each tier has exactly age and every: {shape}")
+            try:
+                age = tier["age"]
+                until = sync.update_horizon if age == "horizon" else parse_duration(age)
+                parsed.append(Tier(until, parse_duration(tier["every"])))
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"{key} reread", str(exc)) from None
+        problem = check_tiers(parsed, sync.update_horizon)
+        if problem:
+            raise ConfigError(f"{key} reread", problem)
+        result[name] = tuple(parsed)
+    return result
 
 
 def read_token(api: ApiSettings, env: Mapping[str, str]) -> str:
@@ -361,7 +411,7 @@ def _split_sections(document: Mapping[str, object], base_dir: Path) -> dict[str,
     """
     sections = ", ".join(f"[{name}]" for name in _SCHEMA)
     for name, value in document.items():
-        if name in _SCHEMA:
+        if name in _SCHEMA or name == "streams":
             continue
         if isinstance(value, dict):
             raise ConfigError(f"[{name}]", f"unknown section; expected one of {sections}")

@@ -162,6 +162,7 @@ class App:
             privacy=self.privacy(),
             concurrency=self.settings.api.concurrency,
             target_records=s.target_records_per_request,
+            reread=dict(self.settings.reread),
         )
 
     def privacy(self) -> Privacy:

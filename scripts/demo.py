@@ -1,4 +1,5 @@
-"""`make demo`: start the simulator, sync into demo/rcs.duckdb, print what landed.
+"""`make demo`: start the simulator, sync RCS and SMS (and teams) into demo/rcs.duckdb,
+print what landed: both channels.
 
 Drives the real `rcs-sync` commands as subprocesses, exactly as a user would.
 """
@@ -28,13 +29,16 @@ def main() -> None:
     DEMO.mkdir()
     env = {**os.environ, "RCS_SIM_TOKEN": TOKEN, "RCS_SYNC_TOKEN": TOKEN}
     print(f"== starting the API simulator ({RECORDS:,} records over {DAYS} days)")
-    sim, base_url = spawn(["--records", str(RECORDS), "--days", str(DAYS)], env)
+    sim, base_url = spawn(
+        ["--records", str(RECORDS), "--days", str(DAYS), "--streams", "text_records,teams"], env
+    )
     try:
         start = (datetime.now(UTC) - timedelta(days=DAYS + 1)).strftime("%Y-%m-%dT00:00:00Z")
         config = DEMO / "rcs-sync.toml"
         config.write_text(
             f'[api]\nbase_url = "{base_url}"\n\n'
-            f'[sync]\ninitial_start = "{start}"\n\n'
+            f'[sync]\ninitial_start = "{start}"\n'
+            'streams = ["rcs_records", "text_records", "teams"]\n\n'
             f'[warehouse]\npath = "rcs.duckdb"\n',
             encoding="utf-8",
         )
@@ -48,9 +52,10 @@ def main() -> None:
     finally:
         sim.terminate()
         sim.wait(timeout=10)
-    print("== delivery and read report, per team")
-    report = [RCS_SYNC, "--config", str(config), "report", "--by", "team"]
-    subprocess.run(report, env=env, check=True)
+    for channel in ("rcs", "sms"):
+        print(f"== {channel}: delivery and read report, per team")
+        report = [RCS_SYNC, "--config", str(config), "report", "--by", "team"]
+        subprocess.run([*report, "--channel", channel], env=env, check=True)
     print(f"\nThe warehouse is {DEMO / 'rcs.duckdb'}: `rcs-sync --config {config} report`,")
     print("or SQL with duckdb.connect(path, read_only=True); see README, Analytics.")
 

@@ -23,6 +23,7 @@ from rcs_sync.config import (
 )
 from rcs_sync.logs import redact
 from rcs_sync.model.durations import format_duration, format_instant, parse_duration, parse_instant
+from rcs_sync.model.reread import Tier
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
 MINIMAL = '[api]\nbase_url = "https://api.example.com"\n'
@@ -404,7 +405,7 @@ def test_section_that_is_not_a_table(tmp_path: Path) -> None:
         ("sync", "streams", "[]", "expected a list of stream names"),
         ("sync", "streams", "[1]", "expected a list of stream names"),
         ("sync", "streams", '["rcs_record"]', "unknown stream 'rcs_record'; did you mean"),
-        ("sync", "streams", '["teams"]', "unknown stream 'teams'; known: rcs_records"),
+        ("sync", "streams", '["emails"]', "unknown stream 'emails'; known: rcs_records, text_"),
         ("sync", "streams", '["rcs_records", "rcs_records"]', "more than once"),
         ("warehouse", "path", "[]", "expected a path"),
         ("warehouse", "spool_dir", "1", "expected a path"),
@@ -589,3 +590,26 @@ def test_private_token_file_does_not_warn(token_file: Path) -> None:
     with structlog.testing.capture_logs() as logs:
         read_token(api_with(token_file), {})
     assert logs == []
+
+
+def test_reread_tiers_per_stream(tmp_path: Path) -> None:
+    base = '[api]\nbase_url = "https://api.example.com"\n[sync]\nupdate_horizon = "3d"\n'
+    tiers = (
+        '[streams.text_records]\nreread = [{ age = "30m", every = "0s" }, '
+        '{ age = "horizon", every = "6h" }]\n'
+    )
+    path = tmp_path / "rcs-sync.toml"
+    path.write_text(base + tiers, encoding="utf-8")
+    settings = load_settings(path)
+    assert settings.reread == {
+        "text_records": (
+            Tier(timedelta(minutes=30), timedelta(0)),
+            Tier(timedelta(days=3), timedelta(hours=6)),
+        )
+    }
+    short = '[streams.text_records]\nreread = [{ age = "1d", every = "1h" }]\n'
+    assert "reach the update horizon" in str(config_error(tmp_path, base + short))
+    rcs = '[streams.rcs_records]\nreread = [{ age = "horizon", every = "1h" }]\n'
+    assert "without modified_since" in str(config_error(tmp_path, base + rcs))
+    typo = "[streams.text_records]\nrerad = []\n"
+    assert "unknown key" in str(config_error(tmp_path, base + typo))

@@ -96,12 +96,12 @@ def scalar(path: Path, sql: str) -> Any:
     return row[0]
 
 
-@pytest.mark.parametrize("stream", [RCS_RECORDS, WIDGETS], ids=lambda s: s.name)
+@pytest.mark.parametrize("stream", [*registered(), WIDGETS], ids=lambda s: s.name)
 def test_a_fresh_warehouse_has_each_stream_table_as_declared(
     tmp_path: Path, stream: Stream
 ) -> None:
     path = tmp_path / "rcs.duckdb"
-    Warehouse(path, streams=(RCS_RECORDS, WIDGETS)).migrate()
+    Warehouse(path, streams=(*registered(), WIDGETS)).migrate()
     for table, columns in declared_columns(stream).items():
         assert described(path, table) == columns, table
 
@@ -231,7 +231,13 @@ def test_declarations_are_checked_and_names_registered_once() -> None:
     assert register(RCS_RECORDS) is RCS_RECORDS
     with pytest.raises(ValueError, match="already registered"):
         register(WIDGETS.__class__(**{**WIDGETS.__dict__, "name": "rcs_records"}))
-    assert registered() == (RCS_RECORDS,)
+    assert [s.name for s in registered()] == [
+        "rcs_records",
+        "text_records",
+        "voicemail_drop_records",
+        "call_records",
+        "teams",
+    ]
     with pytest.raises(ValueError, match="must cover exactly"):
         Stream(
             name="bad",

@@ -316,12 +316,13 @@ def test_config_errors_exit_2_naming_the_key(site: SiteFactory) -> None:
 
 def test_an_unknown_stream_is_a_config_error_naming_the_key(site: SiteFactory) -> None:
     s = site(records=10)
-    s.write_config(sync={"streams": ["teams"]})
+    s.write_config(sync={"streams": ["emails"]})
     result = s.run("sync")
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
     assert terminal_line(result.stderr) == (
-        "rcs-sync: config: [sync] streams: unknown stream 'teams'; known: rcs_records"
+        "rcs-sync: config: [sync] streams: unknown stream 'emails'; known: rcs_records, "
+        "text_records, voicemail_drop_records, call_records, teams"
     )
     assert not s.db.exists()
 

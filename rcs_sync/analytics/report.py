@@ -19,7 +19,7 @@ import csv
 import io
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date
 from pathlib import Path
 
@@ -32,12 +32,19 @@ from rcs_sync.analytics.sources import Source, open_source
 from rcs_sync.config import ConfigError, WarehouseSettings
 from rcs_sync.model.errors import WarehouseUnavailable
 from rcs_sync.model.streams import Stream, named
-from rcs_sync.warehouse.validation import quote
+from rcs_sync.warehouse.validation import literal, quote
 
 GROUPINGS = ("day", "campaign", "team")
 """What a report row can stand for; each is a column of the rates view."""
 COUNTS = ("messages", "delivered", "read", "failed", "pending")
 RATES = ("delivery_rate", "read_rate")
+CHANNEL_STREAMS = {
+    "rcs": "rcs_records",
+    "sms": "text_records",
+    "voicemail": "voicemail_drop_records",
+}
+"""Each channel of `message_rates_daily` and the stream it comes from."""
+CHANNELS = tuple(CHANNEL_STREAMS)
 PIPED_WIDTH = 160
 """Rich assumes 80 columns off a terminal; a file or a pager gets whole lines instead."""
 
@@ -72,10 +79,15 @@ class Selection:
     until: date | None = None
     team: int | None = None
     time_zone: str = "UTC"
+    channel: str | None = None
+    """`rcs`, `sms` or `voicemail`: read from `message_rates_daily` instead of the
+    stream's own rates view."""
 
     def __post_init__(self) -> None:
         if self.by not in GROUPINGS:
             raise ValueError(f"cannot group by {self.by!r}: expected one of {GROUPINGS}")
+        if self.channel is not None and self.channel not in CHANNEL_STREAMS:
+            raise ValueError(f"unknown channel {self.channel!r}: expected one of {CHANNELS}")
 
     def describe(self) -> str:
         """The selection in words, for a footer or a chart title."""
@@ -87,7 +99,8 @@ class Selection:
             else "all days"
         )
         team = f", team {self.team}" if self.team is not None else ""
-        return f"{days} ({self.time_zone}){team}"
+        channel = f", channel {self.channel}" if self.channel is not None else ""
+        return f"{days} ({self.time_zone}){team}{channel}"
 
 
 @dataclass(frozen=True)
@@ -111,6 +124,8 @@ class Report:
     total: Row
     daily: list[Row] | None
     """Per-day rows of the same selection, for the chart; None unless asked for."""
+    team_names: dict[int, str] = field(default_factory=dict)
+    """Team names from the `teams` dimension, when it is synced (empty otherwise)."""
 
 
 def canonical_time_zone(name: str) -> str:
@@ -130,8 +145,14 @@ def _time_zone(con: duckdb.DuckDBPyConnection, name: str) -> str:
     return str(row[0])
 
 
-def reported(names: Sequence[str]) -> Stream:
-    """The stream the report covers: the first of `names` with a rates view."""
+def reported(names: Sequence[str], channel: str | None = None) -> Stream:
+    """The stream the report covers: the channel's, if one is asked for (it must be
+    configured), else the first of `names` with a rates view."""
+    if channel is not None:
+        name = CHANNEL_STREAMS[channel]
+        if name not in names:
+            raise ConfigError("[sync] streams", f"channel {channel} needs the stream {name}")
+        return named(name)
     for name in names:
         stream = named(name)
         if stream.rates_view is not None:
@@ -158,11 +179,23 @@ def build(
             days = None
             if daily:
                 days = rows if selection.by == "day" else _rows(con, stream, selection, "day")[:-1]
+            names = _team_names(con) if selection.by == "team" else {}
         except duckdb.CatalogException:
             raise WarehouseUnavailable(
                 f"{chosen.path} has no analytics views yet: run `rcs-sync migrate`"
             ) from None
-    return Report(selection, chosen, rows, total, days)
+    return Report(selection, chosen, rows, total, days, names)
+
+
+def _team_names(con: duckdb.DuckDBPyConnection) -> dict[int, str]:
+    """id -> name from `teams`, if that dimension is synced into the file."""
+    exists = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'teams' "
+        "AND schema_name = 'main' AND database_name = current_database()"
+    ).fetchone()
+    if not exists or not exists[0]:
+        return {}
+    return {int(i): str(n) for i, n in con.execute("SELECT id, name FROM teams").fetchall() if n}
 
 
 def _rows(
@@ -178,14 +211,21 @@ def _rows(
         if value is not None:
             where.append(clause)
             params.append(value)
-    assert stream.rates_view is not None
-    sql = _QUERY.format(key=by, view=quote(stream.rates_view), where=" AND ".join(where))
-    return [Row(key, *values) for key, _, *values in con.execute(sql, params).fetchall()]
+    if selection.channel is not None:
+        view = f"(SELECT * FROM message_rates_daily WHERE channel = {literal(selection.channel)})"
+    else:
+        assert stream.rates_view is not None
+        view = quote(stream.rates_view)
+    sql = _QUERY.format(key=by, view=view, where=" AND ".join(where))
+    rows = [Row(key, *values) for key, _, *values in con.execute(sql, params).fetchall()]
+    if selection.channel not in (None, "rcs"):  # SMS and voicemail have no read state
+        rows = [replace(row, read_rate=None) for row in rows]
+    return rows
 
 
 def to_json(report: Report) -> str:
     """A list of objects with stable keys; days as ISO dates, rates as floats or null."""
-    return json.dumps([_record(report.selection.by, row) for row in report.rows], indent=2)
+    return json.dumps([_named_record(report, row) for row in report.rows], indent=2)
 
 
 def to_csv(report: Report) -> str:
@@ -197,6 +237,16 @@ def to_csv(report: Report) -> str:
         record = _record(report.selection.by, row)
         writer.writerow(["" if value is None else value for value in record.values()])
     return out.getvalue()
+
+
+def _named_record(report: Report, row: Row) -> dict[str, object]:
+    """The row's record; by team with teams synced, its `team_name` after the team."""
+    record = _record(report.selection.by, row)
+    if not report.team_names:
+        return record
+    key, *rest = record.items()
+    name = report.team_names.get(row.key) if isinstance(row.key, int) else None
+    return dict([key, ("team_name", name), *rest])
 
 
 def _record(by: str, row: Row) -> dict[str, object]:
@@ -221,7 +271,7 @@ def print_table(report: Report, *, chart: Path | None = None, html: Path | None 
         table.add_column(header, footer=percent(getattr(total, name)), justify="right")
     for row in report.rows:
         table.add_row(
-            _key(row.key),
+            _key(row.key, report.team_names),
             *(f"{getattr(row, name):,}" for name in COUNTS),
             *(percent(getattr(row, name)) for name in RATES),
         )
@@ -234,7 +284,9 @@ def print_table(report: Report, *, chart: Path | None = None, html: Path | None 
         console.print(f"html: {html}", highlight=False)
 
 
-def _key(key: date | int | None) -> str:
+def _key(key: date | int | None, names: dict[int, str] | None = None) -> str:
+    if isinstance(key, int) and names and key in names:
+        return f"{key} {names[key]}"
     return "(none)" if key is None else key.isoformat() if isinstance(key, date) else str(key)
 
 

@@ -31,9 +31,12 @@ from rcs_sync.model.errors import (
     SuspectedTruncation,
 )
 from rcs_sync.model.events import Outcome, Planned, Progress, Summary, WindowLoaded
+from rcs_sync.model.reread import DEFAULT_CELL, Tier, default_tiers, horizon_span, plan_reread
 from rcs_sync.model.responses import Deadline, Response
 from rcs_sync.model.streams import Stream
 from rcs_sync.model.windows import (
+    GRID_ANCHOR,
+    INCREMENTAL_LEAD,
     Fetch,
     PassPlan,
     Split,
@@ -75,6 +78,14 @@ class Options:
     """Windows a full pass fetches at once; loads stay one at a time (`_Writer`)."""
     target_records: int | None = None
     """Full passes cut windows ahead, from the density seen, to hold about this many."""
+    reread: dict[str, tuple[Tier, ...]] = field(default_factory=dict)
+    """Re-read tiers by stream name, for streams without `modified_since` (default:
+    `default_tiers` of the update horizon)."""
+    reread_cell: timedelta = DEFAULT_CELL
+    """The grid cell those streams' horizons are re-read in."""
+
+    def tiers(self, stream: Stream) -> tuple[Tier, ...]:
+        return self.reread.get(stream.name) or default_tiers(self.policy.update_horizon)
 
 
 @dataclass
@@ -192,6 +203,8 @@ class Syncer:
         A full pass that found every window already read (a `backfill` went past now)
         only wrote the checkpoint those reads earned; the changes made since then are
         fetched at once by the incremental pass it now allows, not an interval later."""
+        if not self.stream.windowed:
+            return self._run(scope, self._plan(scope), command="sync")
         result = self._run(scope, self._plan(scope), command="sync")
         if result.mode != "incremental" and result.windows == 0 and result.checkpoint:
             follow_up = self._plan(scope)
@@ -201,7 +214,18 @@ class Syncer:
 
     def _plan(self, scope: Scope) -> PassPlan:
         checkpoint = self.warehouse.checkpoint(self.stream, scope.key)
-        return plan_pass(checkpoint, datetime.now(UTC), self.options.policy)
+        now = datetime.now(UTC)
+        policy = self.options.policy
+        if not self.stream.windowed:
+            # start/end are required by the API; ask for everything up to past our now.
+            return PassPlan(
+                "replace", Window(GRID_ANCHOR, now + policy.clock_skew + INCREMENTAL_LEAD)
+            )
+        if self.stream.modified_since or checkpoint is None:
+            return plan_pass(checkpoint, now, policy)
+        # No modified_since: the incremental pass re-reads the cells of the horizon due.
+        end = now + policy.clock_skew
+        return PassPlan("incremental", horizon_span(now, end, policy.update_horizon))
 
     def backfill(self, scope: Scope, span: Window, *, force: bool) -> PassResult:
         """Read `span` in full windows, skipping those already read unless `force`."""
@@ -228,7 +252,11 @@ class Syncer:
             modified_since=format_instant(plan.modified_since) if plan.modified_since else None,
         )
         try:
-            if plan.mode == "incremental":
+            if plan.mode == "replace":
+                self._replace(scope, plan, run_id, result)
+            elif plan.mode == "incremental" and not self.stream.modified_since:
+                self._reread(scope, plan, run_id, result)
+            elif plan.mode == "incremental":
                 self._incremental(scope, plan, run_id, result)
             else:
                 self._full(scope, plan, run_id, result, sets_checkpoint=sets_checkpoint)
@@ -264,6 +292,17 @@ class Syncer:
             if sets_checkpoint
             else None,
         )
+        self._windows(scope, run_id, result, coverage, todo)
+        if not todo and sets_checkpoint:
+            # Every window was read before (e.g. by `backfill` up to a future end): the
+            # checkpoint those reads earned was never written by a commit of this pass.
+            result.checkpoint = checkpoint_after_full_pass(plan.span, fresh, horizon)
+            self.warehouse.set_checkpoint(self.stream, scope.key, result.checkpoint, run_id)
+
+    def _windows(
+        self, scope: Scope, run_id: int, result: PassResult, coverage: Coverage, todo: list[Window]
+    ) -> None:
+        """Read and record `todo`, as full windows, concurrently where allowed."""
         budget = self.api.retry_budget.total_seconds()
         ctx = _Pass(scope, run_id, result, coverage, None, record_windows=True, retry_budget=budget)
         ctx.observed = [f for f in self.warehouse.fetches(self.stream, scope.key) if f.records]
@@ -275,11 +314,51 @@ class Syncer:
                 if self.stop.is_set():
                     raise Stopped("stop requested between windows")
                 self._read(ctx, self._next(ctx, pending), _here, [])
-        if not todo and sets_checkpoint:
-            # Every window was read before (e.g. by `backfill` up to a future end): the
-            # checkpoint those reads earned was never written by a commit of this pass.
-            result.checkpoint = checkpoint_after_full_pass(plan.span, fresh, horizon)
+
+    def _reread(self, scope: Scope, plan: PassPlan, run_id: int, result: PassResult) -> None:
+        """The incremental pass of a stream without `modified_since`: re-read the cells
+        of the horizon its tiers say are due (`model/reread.py`), as full windows. The
+        checkpoint, committed with the window that completes the horizon, is the oldest
+        fetch among its cells: every change made before it is in."""
+        # The ledger grows by the cells each pass reads: only the latest read of each
+        # window reaching into the horizon matters, to the plan and to the checkpoint.
+        latest: dict[Window, Fetch] = {}
+        for f in self.warehouse.fetches(self.stream, scope.key):
+            if f.window.end > plan.span.start and f.window.start < plan.span.end:
+                known = latest.get(f.window)
+                if known is None or f.fetched_at > known.fetched_at:
+                    latest[f.window] = f
+        fetches = list(latest.values())
+        horizon = self.options.policy.update_horizon
+        todo = plan_reread(
+            datetime.now(UTC),
+            plan.span.end,
+            horizon,
+            tiers=self.options.tiers(self.stream),
+            fetches=fetches,
+            cell=self.options.reread_cell,
+        )
+        self._listen(Planned(event="planned", scope=scope.key, windows=len(todo)))
+        coverage = Coverage(
+            plan.span,
+            fetches,
+            lambda span, done: checkpoint_after_full_pass(span, done, horizon),
+        )
+        self._windows(scope, run_id, result, coverage, todo)
+        if not todo:
+            result.checkpoint = checkpoint_after_full_pass(plan.span, fetches, horizon)
             self.warehouse.set_checkpoint(self.stream, scope.key, result.checkpoint, run_id)
+
+    def _replace(self, scope: Scope, plan: PassPlan, run_id: int, result: PassResult) -> None:
+        """A stream without windows: one request for everything, loaded in one
+        transaction that also deletes the rows the response no longer holds."""
+        self._listen(Planned(event="planned", scope=scope.key, windows=1))
+        coverage = Coverage(plan.span, [], checkpoint_after_incremental)
+        budget = self.api.retry_budget.total_seconds()
+        ctx = _Pass(
+            scope, run_id, result, coverage, None, record_windows=False, retry_budget=budget
+        )
+        self._read(ctx, plan.span, _here, [], splittable=False)
 
     def _incremental(self, scope: Scope, plan: PassPlan, run_id: int, result: PassResult) -> None:
         """One request over the span with `modified_since`, split only if it must be.
@@ -379,6 +458,8 @@ class Syncer:
         window: Window,
         run: Run,
         unrecorded: list[tuple[Split, str]],
+        *,
+        splittable: bool = True,
     ) -> None:
         """Fetch and commit one window, halving it while the server seems to truncate or
         choke on it (there is no pagination to fall back on).
@@ -438,7 +519,7 @@ class Syncer:
                 ctx.renew()  # answered in full: the server works, the window is too big
             elif not exc.splittable or time.monotonic() >= ctx.deadline:
                 raise  # no time left for the halves
-            if window.span / 2 < self.options.min_window:
+            if window.span / 2 < self.options.min_window or not splittable:
                 raise
             log.warning(
                 "window_split",
@@ -571,6 +652,8 @@ def sync_all(syncer: Syncer, scopes: list[Scope]) -> list[ScopeOutcome]:
     """One pass per scope. A failing scope does not stop the others, except a refused
     or unreadable token (it would fail them all) and a stop request."""
     outcomes: list[ScopeOutcome] = []
+    if not syncer.stream.windowed:
+        scopes = [Scope()]  # a dimension: read whole, once, whatever the scopes
     for scope in scopes:
         try:
             result = syncer.sync(scope)

@@ -24,7 +24,8 @@ class Field:
     kind: Kind
     sql_type: str
     required: bool = False
-    allowed: tuple[int, ...] | None = None
+    allowed: tuple[int, ...] | tuple[str, ...] | None = None
+    """The values the field may take (integers, or strings for a string enum)."""
     minimum: int | None = None
 
 
@@ -63,6 +64,12 @@ class Stream:
     """Where each first-seen state and each state change is appended, if anywhere."""
     rates_view: str | None = None
     """The view of daily delivery and read rates `rcs-sync report` reads, if any."""
+    modified_since: bool = True
+    """Whether the endpoint takes `modified_since`. Without it, incremental passes are
+    tiered re-reads of the update horizon (`model/reread.py`), and it is never sent."""
+    windowed: bool = True
+    """Whether records are read in time windows. A stream without windows (a small
+    dimension such as teams) is read whole on every pass and replaces its table."""
 
     def __post_init__(self) -> None:
         """A declaration that contradicts itself fails at import, not in the middle of a pass."""
@@ -71,6 +78,10 @@ class Stream:
             raise ValueError(f"stream {self.name}: a field is declared twice")
         if not self.field_named(self.key).required:
             raise ValueError(f"stream {self.name}: the key {self.key} must be a required field")
+        if not self.windowed and (self.history is not None or self.modified_since):
+            raise ValueError(
+                f"stream {self.name}: a stream read whole has no history and no modified_since"
+            )
         history = self.history
         if history is not None:
             self.field_named(history.time)
@@ -149,3 +160,121 @@ RCS_RECORDS = register(
         rates_view="rcs_rates_daily",
     )
 )
+
+
+_DELIVERY = MappingProxyType({0: "sent", 1: "delivered", 2: "failed", 3: "rejected"})
+_DELIVERY_PRECEDENCE = "CASE state WHEN 2 THEN 2 WHEN 3 THEN 2 WHEN 1 THEN 1 ELSE 0 END"
+
+TEXT_RECORDS = register(
+    Stream(
+        name="text_records",
+        path="/j/text_records",
+        table="text_records",
+        quarantine_table="text_quarantine",
+        fields=(
+            Field("id", "integer", "BIGINT", required=True, minimum=1),
+            Field("campaign", "integer", "BIGINT"),
+            Field("job", "integer", "BIGINT"),
+            Field("team", "integer", "BIGINT"),
+            Field("number", "string", "VARCHAR"),
+            Field("reference", "string", "VARCHAR"),
+            Field("portal", "string", "VARCHAR"),
+            Field("state", "integer", "UTINYINT", required=True, allowed=(0, 1, 2, 3)),
+            Field("timestamp", "timestamp", "TIMESTAMPTZ", required=True),
+        ),
+        optional_fields=(Field("body", "string", "VARCHAR"),),
+        precedence=_DELIVERY_PRECEDENCE,
+        personal=("number", "body"),
+        history=History("text_state_changes", meanings=_DELIVERY),
+        modified_since=False,
+    )
+)
+"""SMS sent or received (`GET /j/text_records`): no `modified_since`; `body` only with
+`include=body`."""
+
+VOICEMAIL_DROP_RECORDS = register(
+    Stream(
+        name="voicemail_drop_records",
+        path="/j/voicemail_drop_records",
+        table="voicemail_drop_records",
+        quarantine_table="voicemail_drop_quarantine",
+        fields=(
+            Field("id", "integer", "BIGINT", required=True, minimum=1),
+            Field("campaign", "integer", "BIGINT"),
+            Field("job", "integer", "BIGINT"),
+            Field("team", "integer", "BIGINT"),
+            Field("number", "string", "VARCHAR"),
+            Field("reference", "string", "VARCHAR"),
+            Field("state", "integer", "UTINYINT", required=True, allowed=(0, 1, 2, 3)),
+            Field("timestamp", "timestamp", "TIMESTAMPTZ", required=True),
+        ),
+        precedence=_DELIVERY_PRECEDENCE,
+        personal=("number",),
+        history=History("voicemail_drop_state_changes", meanings=_DELIVERY),
+        modified_since=False,
+    )
+)
+"""Voicemail drops (`GET /j/voicemail_drop_records`): no `modified_since`."""
+
+CALL_ERRORS = MappingProxyType(
+    {
+        0: "succeeded",
+        1: "bad number",
+        2: "outside business hours",
+        3: "voicemail detected",
+        4: "relay failed",
+        5: "abandoned",
+        6: "no agent",
+        7: "busy",
+        8: "no answer",
+        9: "congestion",
+        10: "policy violation",
+    }
+)
+
+CALL_RECORDS = register(
+    Stream(
+        name="call_records",
+        path="/j/call_records",
+        table="call_records",
+        quarantine_table="call_quarantine",
+        fields=(
+            Field("id", "integer", "BIGINT", required=True, minimum=1),
+            Field("agent", "integer", "BIGINT"),
+            Field("broadcast_duration", "integer", "BIGINT", minimum=0),
+            Field("campaign", "integer", "BIGINT"),
+            Field("direction", "string", "VARCHAR", allowed=("outgoing", "incoming")),
+            Field("error", "integer", "UTINYINT", required=True, allowed=tuple(CALL_ERRORS)),
+            Field("job", "integer", "BIGINT"),
+            Field("label", "string", "VARCHAR"),
+            Field("local_number", "string", "VARCHAR"),
+            Field("number", "string", "VARCHAR"),
+            Field("reference", "string", "VARCHAR"),
+            Field("talk_duration", "integer", "BIGINT", minimum=0),
+            Field("team", "integer", "BIGINT"),
+            Field("timestamp", "timestamp", "TIMESTAMPTZ", required=True),
+            Field("wait_duration", "integer", "BIGINT", minimum=0),
+        ),
+        personal=("number", "local_number"),
+        history=History("call_error_changes", state="error", meanings=CALL_ERRORS),
+        modified_since=False,
+    )
+)
+"""Calls (`GET /j/call_records`): `modified_since` is not documented, so never sent;
+durations are whole seconds; `error` is the call's outcome (0 succeeded)."""
+
+TEAMS = register(
+    Stream(
+        name="teams",
+        path="/j/teams",
+        table="teams",
+        quarantine_table="teams_quarantine",
+        fields=(
+            Field("id", "integer", "BIGINT", required=True, minimum=0),
+            Field("name", "string", "VARCHAR"),
+        ),
+        modified_since=False,
+        windowed=False,
+    )
+)
+"""Teams (`GET /j/teams`): a small dimension, read whole and replaced on every pass."""

@@ -94,7 +94,7 @@ class SyncPolicy:
     clock_skew: timedelta
 
 
-Mode = Literal["backfill", "catchup", "incremental"]
+Mode = Literal["backfill", "catchup", "incremental", "replace"]
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,9 @@ class PassPlan:
 
     `backfill` and `catchup` read `span` in full windows, skipping windows already
     fetched at or after `fresh_after` (any fetch counts when it is None).
-    `incremental` makes one request over `span` with `modified_since`.
+    `incremental` makes one request over `span` with `modified_since` (for a stream
+    without it, re-reads the cells of `span` that are due, `model/reread.py`).
+    `replace` reads a stream without windows whole and replaces its table.
     """
 
     mode: Mode

@@ -39,8 +39,9 @@ from rcs_sync.model.errors import (
     error_kind,
 )
 from rcs_sync.model.responses import Spool
-from rcs_sync.model.streams import Stream, registered
+from rcs_sync.model.streams import RCS_RECORDS, Stream
 from rcs_sync.model.windows import Fetch, Split, Window
+from rcs_sync.warehouse.channels import views_sql
 from rcs_sync.warehouse.loader import apply, stage
 from rcs_sync.warehouse.migrations import MIGRATIONS
 from rcs_sync.warehouse.privacy import PLAIN, Privacy
@@ -122,8 +123,9 @@ class Warehouse:
         self.snapshot = snapshot
         """The analysts' snapshot of this warehouse, named as a way to recover it."""
         self.storage_version = storage_version
-        self.streams = tuple(registered() if streams is None else streams)
-        """The streams whose tables `migrate` provides (default: every registered one)."""
+        self.streams = tuple((RCS_RECORDS,) if streams is None else streams)
+        """The streams whose tables `migrate` provides (the session passes `[sync] streams`;
+        default: `rcs_records`, the default config's)."""
         self._lock_timeout = lock_timeout
         # DuckDB applies storage_compatibility_version only when it creates a file (an
         # existing one keeps its own); every open passes it, since a process's
@@ -411,6 +413,16 @@ class Warehouse:
             try:
                 with _transaction(con, self.path):
                     ensure(con, stream, datetime.now(UTC))
+                    # The views across channels cover the record tables now present.
+                    tables = {
+                        str(r[0])
+                        for r in con.execute(
+                            "SELECT table_name FROM duckdb_tables() "
+                            "WHERE database_name = current_database() AND schema_name = 'main'"
+                        ).fetchall()
+                    }
+                    for sql in views_sql(tables):
+                        con.execute(sql)
             except duckdb.Error as exc:
                 raise WarehouseUnavailable(
                     f"creating the tables of stream {stream.name} failed: {exc}"

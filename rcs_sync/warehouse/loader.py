@@ -127,9 +127,18 @@ def apply(
         else 0
     )
     inserted = _insert_new(con, stream, now)
+    if not stream.windowed:
+        _drop_missing(con, stream)
     con.execute("DROP TABLE _known")
     con.execute("DROP TABLE _batch")
     return LoadResult(received, inserted, updated, quarantined)
+
+
+def _drop_missing(con: duckdb.DuckDBPyConnection, stream: Stream) -> None:
+    """A stream read whole (a dimension): rows the response no longer holds go, in the
+    same transaction as the upsert, so readers see the old table or the new one."""
+    key, table = quote(stream.key), quote(stream.table)
+    con.execute(f"DELETE FROM {table} WHERE {key} NOT IN (SELECT {key} FROM _batch)")
 
 
 def _find_known(con: duckdb.DuckDBPyConnection, stream: Stream) -> tuple[object, object] | None:

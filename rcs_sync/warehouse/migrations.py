@@ -7,6 +7,8 @@ upserts), and keys are never updated.
 
 from __future__ import annotations
 
+from rcs_sync.warehouse.channels import views_sql
+
 MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (
         1,
@@ -208,5 +210,12 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
                o.first_seen_state
         FROM rcs_records AS r JOIN observed AS o USING (id);
         """,
+    ),
+    (
+        7,
+        "message_rates_daily and call_outcomes_daily: rates across channels",
+        # Over the tables every warehouse has; `migrate` rebuilds both over the channels
+        # present whenever it provides a stream's tables (warehouse/channels.py).
+        ";\n".join(views_sql({"rcs_records"})) + ";",
     ),
 )

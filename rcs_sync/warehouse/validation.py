@@ -88,7 +88,7 @@ def _checks(field: Field) -> list[tuple[str, str]]:
             (f"{value} < {field.minimum}", literal(f"{field.name}: below {field.minimum}"))
         )
     if field.allowed is not None:
-        allowed = ", ".join(str(v) for v in field.allowed)
+        allowed = ", ".join(literal(v) if isinstance(v, str) else str(v) for v in field.allowed)
         checks.append((f"{value} NOT IN ({allowed})", literal(f"{field.name}: unknown value")))
     return checks
 
