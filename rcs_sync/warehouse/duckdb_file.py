@@ -179,8 +179,13 @@ class Warehouse:
         except duckdb.InterruptException:
             self._discard(con)
             raise Stopped("stop requested: the running statement was interrupted") from None
-        except (duckdb.IOException, duckdb.OutOfMemoryException) as exc:
-            # A full disk, a vanished directory, memory_limit too small: nothing committed.
+        except (
+            duckdb.IOException,
+            duckdb.OutOfMemoryException,
+            duckdb.TransactionException,
+        ) as exc:
+            # A full disk (also as a statement's own commit refused: TransactionException),
+            # a vanished directory, memory_limit too small: nothing committed.
             self._discard(con)
             damage = self.damage(exc)
             if damage is not None:
