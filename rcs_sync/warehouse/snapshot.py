@@ -61,6 +61,7 @@ import structlog
 
 from rcs_sync.model.errors import WarehouseUnavailable
 from rcs_sync.model.streams import Stream
+from rcs_sync.warehouse import files
 from rcs_sync.warehouse.duckdb_file import Warehouse
 from rcs_sync.warehouse.storage import storage_version
 from rcs_sync.warehouse.validation import quote
@@ -181,13 +182,13 @@ class _Generations:
         link = self.temporary()
         os.link(generation, link)
         os.replace(link, self.snapshot)
-        _fsync(self.snapshot.parent)
+        files.fsync(self.snapshot.parent)
 
     def discard(self, keep: tuple[Path | None, ...]) -> None:
         """Delete all but `keep`; a reader still holding a deleted one keeps reading it."""
         for generation in self.all():
             if generation not in keep:
-                _wal(generation).unlink(missing_ok=True)
+                files.wal(generation).unlink(missing_ok=True)
                 generation.unlink()
 
 
@@ -206,7 +207,7 @@ def _refresh(
     finally:
         con.execute(f"DETACH {SNAP}")
     if reason is None:
-        _fsync(generation)
+        files.fsync(generation)
     return reason
 
 
@@ -214,13 +215,13 @@ def _update(
     con: duckdb.DuckDBPyConnection, as_of: datetime, streams: tuple[Stream, ...]
 ) -> str | None:
     """Refresh the attached spare in one transaction; else say why only a copy will do."""
-    source = _one(con, "SELECT current_database()")
+    source = files.one(con, "SELECT current_database()")
     if storage_version(con, source) != storage_version(con, SNAP):
         # A generation keeps its format; a copy of the rewritten warehouse takes its new one.
         return "the warehouse storage version changed"
     if not _same_schema(con, source):
         return "the warehouse schema changed"
-    since: datetime = _one(con, f"SELECT as_of FROM {SNAP}.main.{INFO_TABLE}")
+    since: datetime = files.one(con, f"SELECT as_of FROM {SNAP}.main.{INFO_TABLE}")
     if since > as_of:
         return "the clock went backwards"
     tables = _tables(con, source, streams)
@@ -231,7 +232,7 @@ def _update(
         differ = [
             t.name
             for t in tables
-            if not _one(con, f"SELECT ({t.count(source)}) = ({t.count(SNAP)})")
+            if not files.one(con, f"SELECT ({t.count(source)}) = ({t.count(SNAP)})")
         ]
         if not differ:
             con.execute(f"UPDATE {SNAP}.main.{INFO_TABLE} SET as_of = ?", [as_of])
@@ -251,8 +252,8 @@ def _copy(con: duckdb.DuckDBPyConnection, main: Path, store: _Generations, as_of
     building = store.temporary()
     shutil.copyfile(main, building)
     os.chmod(building, FILE_MODE)
-    if _wal(main).exists():
-        shutil.copyfile(_wal(main), _wal(building))
+    if files.wal(main).exists():
+        shutil.copyfile(files.wal(main), files.wal(building))
     con.execute(f"ATTACH ? AS {SNAP} (READ_WRITE)", [str(building)])
     try:
         con.execute(f"CREATE TABLE {SNAP}.main.{INFO_TABLE} (as_of TIMESTAMPTZ NOT NULL)")
@@ -260,10 +261,10 @@ def _copy(con: duckdb.DuckDBPyConnection, main: Path, store: _Generations, as_of
         con.execute(f"CHECKPOINT {SNAP}")
     finally:
         con.execute(f"DETACH {SNAP}")
-    _fsync(building)
+    files.fsync(building)
     generation = store.dir / f"gen-{secrets.token_hex(8)}.duckdb"
     os.replace(building, generation)
-    _fsync(store.dir)
+    files.fsync(store.dir)
     return generation
 
 
@@ -302,7 +303,7 @@ class _Table:
                 {"since": since},
             )
         else:
-            if _one(con, f"SELECT ({self.count(source)}) = ({self.count(SNAP)})"):
+            if files.one(con, f"SELECT ({self.count(source)}) = ({self.count(SNAP)})"):
                 return
             recent = f"WHERE {self.recent}"
             con.execute(
@@ -310,7 +311,7 @@ class _Table:
                 f" (FROM {origin} {recent}) EXCEPT ALL (FROM {target} {recent})",
                 {"since": since},
             )
-        if not _one(con, "SELECT count(*) FROM _new"):
+        if not files.one(con, "SELECT count(*) FROM _new"):
             return
         if self.key:
             match = " AND ".join(f"t.{quote(k)} = n.{quote(k)}" for k in self.key)
@@ -387,21 +388,3 @@ def _same_schema(con: duckdb.DuckDBPyConnection, source: str) -> bool:
         if database in definitions:
             definitions[database][tuple(definition)] += 1
     return definitions[source] == definitions[SNAP]
-
-
-def _one(con: duckdb.DuckDBPyConnection, sql: str) -> Any:
-    row = con.execute(sql).fetchone()
-    assert row is not None
-    return row[0]
-
-
-def _wal(database: Path) -> Path:
-    return database.with_name(database.name + ".wal")
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -22,12 +22,12 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import structlog
 
 from rcs_sync.model.errors import WarehouseUnavailable
+from rcs_sync.warehouse import files
 from rcs_sync.warehouse.duckdb_file import Warehouse
 from rcs_sync.warehouse.validation import quote
 
@@ -58,7 +58,7 @@ def storage_version(con: duckdb.DuckDBPyConnection, database: str) -> str:
 def warehouse_version(warehouse: Warehouse) -> str:
     """The storage version of the warehouse file (read-only, waiting out a writer)."""
     with warehouse.connect(read_only=True) as con:
-        return storage_version(con, str(_one(con, "SELECT current_database()")))
+        return storage_version(con, str(files.one(con, "SELECT current_database()")))
 
 
 def file_version(path: Path) -> str:
@@ -87,7 +87,7 @@ def _format_of(con: duckdb.DuckDBPyConnection, version: str, path: Path) -> str:
     except duckdb.InvalidInputException as exc:
         raise WarehouseUnavailable(f"[warehouse] storage_version: {exc}") from None
     finally:
-        for leftover in (probe, _wal(probe)):
+        for leftover in (probe, files.wal(probe)):
             leftover.unlink(missing_ok=True)
 
 
@@ -100,7 +100,7 @@ def convert(warehouse: Warehouse) -> Conversion | None:
     with warehouse.connect() as con:
         for leftover in path.parent.glob(f".{path.name}.rewrite-*"):
             leftover.unlink()
-        source = str(_one(con, "SELECT current_database()"))
+        source = str(files.one(con, "SELECT current_database()"))
         before = storage_version(con, source)
         wanted = _format_of(con, warehouse.storage_version, path)
         if before == wanted:
@@ -111,11 +111,11 @@ def convert(warehouse: Warehouse) -> Conversion | None:
         try:
             _copy(con, source, building, warehouse.storage_version)
             os.chmod(building, path.stat().st_mode & 0o777)
-            _fsync(building)
+            files.fsync(building)
             os.replace(building, path)
-            _fsync(path.parent)
+            files.fsync(path.parent)
         except BaseException:
-            for leftover in (building, _wal(building)):
+            for leftover in (building, files.wal(building)):
                 leftover.unlink(missing_ok=True)
             raise
     log.info("storage_rewritten", path=str(path), before=before, after=wanted)
@@ -134,7 +134,7 @@ def _copy(con: duckdb.DuckDBPyConnection, source: str, target: Path, version: st
         ).fetchall()
         for schema, table in tables:
             name = f"{quote(schema)}.{quote(table)}"
-            same = _one(
+            same = files.one(
                 con,
                 f"SELECT (SELECT count(*) FROM {quote(source)}.{name})"
                 f" = (SELECT count(*) FROM {REWRITE}.{name})",
@@ -144,7 +144,7 @@ def _copy(con: duckdb.DuckDBPyConnection, source: str, target: Path, version: st
         con.execute(f"CHECKPOINT {REWRITE}")
     finally:
         con.execute(f"DETACH {REWRITE}")
-    if _wal(target).exists():
+    if files.wal(target).exists():
         raise WarehouseUnavailable(f"rewriting {target}: its WAL was not folded in")
 
 
@@ -155,21 +155,3 @@ def _sibling(path: Path, purpose: str) -> Path:
 
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
-
-
-def _one(con: duckdb.DuckDBPyConnection, sql: str) -> Any:
-    row = con.execute(sql).fetchone()
-    assert row is not None
-    return row[0]
-
-
-def _wal(database: Path) -> Path:
-    return database.with_name(database.name + ".wal")
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
