@@ -129,6 +129,17 @@ def named(name: str) -> Stream:
     return _REGISTRY[name]
 
 
+_MESSAGE = (
+    Field("id", "integer", "BIGINT", required=True, minimum=1),
+    Field("campaign", "integer", "BIGINT"),
+    Field("job", "integer", "BIGINT"),
+    Field("team", "integer", "BIGINT"),
+    Field("number", "string", "VARCHAR"),
+    Field("reference", "string", "VARCHAR"),
+)
+"""The fields every message stream (RCS, SMS, voicemail drop) starts with, in this order."""
+
+
 RCS_RECORDS = register(
     Stream(
         name="rcs_records",
@@ -136,12 +147,7 @@ RCS_RECORDS = register(
         table="rcs_records",
         quarantine_table="rcs_quarantine",
         fields=(
-            Field("id", "integer", "BIGINT", required=True, minimum=1),
-            Field("campaign", "integer", "BIGINT"),
-            Field("job", "integer", "BIGINT"),
-            Field("team", "integer", "BIGINT"),
-            Field("number", "string", "VARCHAR"),
-            Field("reference", "string", "VARCHAR"),
+            *_MESSAGE,
             Field("portal", "string", "VARCHAR"),
             Field("state", "integer", "UTINYINT", required=True, allowed=(0, 1, 2, 3, 4)),
             Field("timestamp", "timestamp", "TIMESTAMPTZ", required=True),
@@ -172,12 +178,7 @@ TEXT_RECORDS = register(
         table="text_records",
         quarantine_table="text_quarantine",
         fields=(
-            Field("id", "integer", "BIGINT", required=True, minimum=1),
-            Field("campaign", "integer", "BIGINT"),
-            Field("job", "integer", "BIGINT"),
-            Field("team", "integer", "BIGINT"),
-            Field("number", "string", "VARCHAR"),
-            Field("reference", "string", "VARCHAR"),
+            *_MESSAGE,
             Field("portal", "string", "VARCHAR"),
             Field("state", "integer", "UTINYINT", required=True, allowed=(0, 1, 2, 3)),
             Field("timestamp", "timestamp", "TIMESTAMPTZ", required=True),
@@ -199,12 +200,7 @@ VOICEMAIL_DROP_RECORDS = register(
         table="voicemail_drop_records",
         quarantine_table="voicemail_drop_quarantine",
         fields=(
-            Field("id", "integer", "BIGINT", required=True, minimum=1),
-            Field("campaign", "integer", "BIGINT"),
-            Field("job", "integer", "BIGINT"),
-            Field("team", "integer", "BIGINT"),
-            Field("number", "string", "VARCHAR"),
-            Field("reference", "string", "VARCHAR"),
+            *_MESSAGE,
             Field("state", "integer", "UTINYINT", required=True, allowed=(0, 1, 2, 3)),
             Field("timestamp", "timestamp", "TIMESTAMPTZ", required=True),
         ),
