@@ -8,7 +8,12 @@ STAMP  := $(VENV)/.installed-stamp
 # Python duckdb 2.x module): tests/test_duckdb_cli.py reads our files with it.
 CLI    := .venv-cli/bin/duckdb
 
-.PHONY: install lint test demo bench bench-peer soak clean .venv-cli
+# The lake extra pins the DuckDB release its extension wheels are built for, so the lake
+# tests run in a virtualenv of their own, against a PostgreSQL server they start.
+LAKE   := .venv-lake
+LAKE_STAMP := $(LAKE)/.installed-stamp
+
+.PHONY: install lint test test-lake demo bench bench-peer soak clean .venv-cli
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
@@ -18,6 +23,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+$(LAKE_STAMP): pyproject.toml
+	test -x $(LAKE)/bin/python || $(PYTHON) -m venv $(LAKE)
+	$(LAKE)/bin/python -m pip install --quiet --upgrade pip
+	$(LAKE)/bin/python -m pip install --quiet -e '.[dev,charts,lake]'
+	touch $(LAKE_STAMP)
 
 $(CLI):
 	test -x .venv-cli/bin/python || $(PYTHON) -m venv .venv-cli
@@ -32,8 +43,13 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint $(CLI)
+test: lint $(CLI) $(LAKE_STAMP)
 	$(BIN)/pytest
+	$(MAKE) --no-print-directory test-lake
+
+# The suites marked `kinds` again with `[warehouse] kind = "ducklake"`, and the lake's own.
+test-lake: $(LAKE_STAMP)
+	RCS_SYNC_TEST_KIND=ducklake $(LAKE)/bin/pytest -m 'lake or kinds'
 
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
@@ -59,4 +75,4 @@ soak: $(STAMP)
 	$(BIN)/python bench/soak.py
 
 clean:
-	rm -rf $(VENV) $(PEER) .venv-cli demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PEER) $(LAKE) .venv-cli demo .pytest_cache .mypy_cache .ruff_cache

@@ -22,6 +22,7 @@ import pytest
 
 from rcs_sim.server import RunningSimulator, SimConfig, start_simulator
 from rcs_sync.model.durations import format_instant
+from tests.postgres import MISSING, PostgresServer, bindir
 
 RCS_SYNC = str(Path(sys.executable).with_name("rcs-sync"))
 TOKEN = "tok-3f9a7c1e5b2d"
@@ -199,3 +200,14 @@ def site(tmp_path: Path, make_sim: Callable[..., RunningSimulator]) -> Callable[
         return s
 
     return make
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session's lake tests (`tests/postgres.py`)."""
+    found = bindir()
+    if found is None:
+        pytest.skip(MISSING)
+    server = PostgresServer(found).start()
+    yield server
+    server.stop()

@@ -1,0 +1,91 @@
+"""DuckDB extensions from installed wheels, never from the network.
+
+The lake extra (`pip install 'rcs-sync[lake]'`) installs `duckdb-extension-ducklake` and
+`duckdb-extension-postgres`: binaries built for one DuckDB release, shipped in
+`duckdb_extension_<package>/extensions/<version>/<package>.duckdb_extension`. DuckDB
+names an extension's entry point after its file name, and the postgres binary's internal
+name is `postgres_scanner`, so it cannot be loaded from the wheel's path as it is: each
+file is linked under its internal name into a private extension directory, which the
+connection also uses as its `extension_directory`. Autoinstall and autoload stay off, so
+nothing is ever fetched at run time.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from rcs_sync.model.errors import WarehouseUnavailable
+
+
+@dataclass(frozen=True)
+class Extension:
+    name: str
+    """DuckDB's internal name, the one `LOAD` and `duckdb_extensions()` use."""
+    package: str
+    """The wheel's import name (`duckdb_extension_<package>`) and file stem."""
+
+
+DUCKLAKE = Extension("ducklake", "ducklake")
+POSTGRES = Extension("postgres_scanner", "postgres")
+LAKE_EXTENSIONS = (DUCKLAKE, POSTGRES)
+NO_DOWNLOADS: dict[str, Any] = {
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+}
+"""Connection settings of any connection that loads extensions this way."""
+
+
+class ExtensionMissing(WarehouseUnavailable):
+    """The environment lacks an extension's wheel for this DuckDB release."""
+
+
+def wheel_file(extension: Extension, version: str) -> Path:
+    """The extension's binary in its installed wheel, for DuckDB `version` ("v1.5.5")."""
+    module = f"duckdb_extension_{extension.package}"
+    spec = importlib.util.find_spec(module)
+    hint = (
+        f"install the lake extra (pip install 'rcs-sync[lake]'), which pins the DuckDB "
+        f"release its extension wheels are built for; this environment has DuckDB {version}"
+    )
+    if spec is None or spec.origin is None:
+        raise ExtensionMissing(f"DuckDB extension {extension.name} is not installed: {hint}")
+    wheel = Path(spec.origin).parent / "extensions" / version
+    path = wheel / f"{extension.package}.duckdb_extension"
+    if not path.is_file():
+        raise ExtensionMissing(
+            f"DuckDB extension {extension.name} has no build for DuckDB {version} "
+            f"(looked for {path}): {hint}"
+        )
+    return path
+
+
+def load(con: duckdb.DuckDBPyConnection, extensions: Sequence[Extension], directory: Path) -> None:
+    """Load `extensions` into `con` from their wheels, linked into `directory`."""
+    row = con.execute("PRAGMA version").fetchone()
+    assert row is not None
+    version = str(row[0])
+    target = directory / version
+    target.mkdir(parents=True, exist_ok=True, mode=0o750)
+    con.execute("SET extension_directory = ?", [str(directory)])
+    for extension in extensions:
+        link = _link(wheel_file(extension, version), target / f"{extension.name}.duckdb_extension")
+        con.execute(f"LOAD '{link}'")
+
+
+def _link(source: Path, link: Path) -> Path:
+    """`link` pointing at `source`, replaced atomically if it points elsewhere (another
+    process may be doing the same at the same moment)."""
+    if link.is_symlink() and Path(os.readlink(link)) == source:
+        return link
+    temporary = link.with_name(f".{link.name}.{secrets.token_hex(4)}")
+    temporary.symlink_to(source)
+    os.replace(temporary, link)
+    return link
