@@ -20,7 +20,9 @@ the cores. Sizes (environment, defaults in brackets):
   slow link (BENCH_SLOW_LATENCY [0.2] s per request, BENCH_SLOW_BANDWIDTH [6e6] bytes/s
   per connection, BENCH_SLOW_SERVER [1.0] s of server time per 100k records) at
   `concurrency = 1` and at the default, against what the link allows.
-- BENCH_PARTS [one_window,layouts,big_days,slow_link,scale,noop]: which parts to run,
+- BENCH_HUGE [2000000]: records of the `huge_response` part: one window, one response
+  (a fresh backfill's first request over data of unknown density), its peak RSS.
+- BENCH_PARTS [one_window,layouts,big_days,huge_response,slow_link,scale,noop]: which parts to run,
   e.g. `one_window,noop` to set the backfill and the no-op pass of two trees side by side.
 """
 
@@ -61,9 +63,12 @@ SCALE_RECORDS = int(os.environ.get("BENCH_SCALE_RECORDS", "4000000"))
 SCALE_WINDOWS = int(os.environ.get("BENCH_SCALE_WINDOWS", "20"))
 SWEEP = tuple(int(n) for n in os.environ.get("BENCH_SWEEP", "250000,500000,1000000").split(","))
 NOOP_RECORDS = int(os.environ.get("BENCH_NOOP_RECORDS", "100000"))
-PARTS = os.environ.get("BENCH_PARTS", "one_window,layouts,big_days,slow_link,scale,noop").split(",")
+PARTS = os.environ.get(
+    "BENCH_PARTS", "one_window,layouts,big_days,huge_response,slow_link,scale,noop"
+).split(",")
 LAYOUTS = os.environ.get("BENCH_LAYOUTS", "lines,compact,pretty").split(",")
 BIG_DAY = int(os.environ.get("BENCH_BIG_DAY", "800000"))
+HUGE = int(os.environ.get("BENCH_HUGE", "2000000"))
 SLOW_RECORDS = int(os.environ.get("BENCH_SLOW_RECORDS", "300000"))
 SLOW_LATENCY = float(os.environ.get("BENCH_SLOW_LATENCY", "0.2"))
 SLOW_BANDWIDTH = float(os.environ.get("BENCH_SLOW_BANDWIDTH", "6e6"))
@@ -462,6 +467,32 @@ def bench_big_days(env: dict[str, str], figures: dict[str, object]) -> None:
     )
 
 
+def bench_huge_response(env: dict[str, str], figures: dict[str, object]) -> None:
+    """One response of HUGE records (one window, default configuration): the memory
+    bound must hold whatever a complete response holds."""
+    sim, base_url = spawn(["--records", str(HUGE), "--days", "0.9"], env)
+    try:
+        span = span_from(datetime.now(UTC) - timedelta(days=1), timedelta(days=1, hours=1))
+        runs = checked(bench_backfill(base_url, env, span, ONE_WINDOW, defaults=True), HUGE)
+        requests = len(served(base_url, env)) / RUNS
+    finally:
+        stop(sim)
+    label = f"1 response of {HUGE:,}"
+    report(figures, f"{label}: requests per backfill", "huge_requests", requests)
+    report(
+        figures,
+        f"{label}: peak RSS (MB)",
+        "huge_peak_rss_mb",
+        median([r.peak_rss_mb for r in runs]),
+    )
+    report(
+        figures,
+        f"{label} (records/s)",
+        "huge_records_per_s",
+        round(median([HUGE / r.seconds for r in runs])),
+    )
+
+
 def bench_slow_link(env: dict[str, str], figures: dict[str, object]) -> None:
     """A 30-day backfill over a slow link at `concurrency = 1` and at the default,
     against what the link allows: (body bytes / bandwidth + server time + one round
@@ -815,6 +846,7 @@ def main() -> None:
         "one_window": bench_one_window,
         "layouts": bench_layouts,
         "big_days": bench_big_days,
+        "huge_response": bench_huge_response,
         "slow_link": bench_slow_link,
         "scale": bench_scale,
         "noop": bench_noop,
