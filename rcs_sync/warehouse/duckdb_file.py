@@ -110,7 +110,7 @@ class Warehouse:
         path: Path,
         *,
         lock_timeout: float = 60.0,
-        memory_limit: str = "400MB",
+        memory_limit: str = "300MB",
         threads: int = 2,
         stop: threading.Event | None = None,
         streams: Sequence[Stream] | None = None,
