@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rcs_sync.model.commits import Commit, LoadResult
+from rcs_sync.model.errors import SuspectedTruncation
 from rcs_sync.model.responses import Spool
 from rcs_sync.model.streams import RCS_RECORDS
 from rcs_sync.source.spool import SpoolWriter
@@ -140,6 +141,19 @@ def _not_json(part: Path) -> bool:
     except ValueError:
         return True
     return False
+
+
+def test_exactly_the_server_limit_over_groups_rolls_back_every_group(tmp_path: Path) -> None:
+    wh = Warehouse(tmp_path / "rcs.duckdb", lock_timeout=5)
+    wh.migrate()
+    spool = cut(tmp_path / "parts", json.dumps([record(i) for i in range(1, 41)]).encode(), 300)
+    assert len(spool.parts) > 3
+    run_id = wh.start_run(RCS_RECORDS, "all", "test", "backfill")
+    commit = Commit(RCS_RECORDS, "all", run_id, T0, window=WINDOW)
+    with pytest.raises(SuspectedTruncation):
+        wh.commit_batch(spool, commit, include_optional=False, server_limit=40)
+    assert wh.query("SELECT count(*) FROM rcs_records") == [(0,)]
+    assert wh.query("SELECT count(*) FROM sync_windows") == [(0,)]
 
 
 copy = st.fixed_dictionaries(

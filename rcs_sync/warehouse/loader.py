@@ -18,7 +18,7 @@ transaction, so the peak memory of a load does not grow with the response.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -83,9 +83,13 @@ def stage(
     the server left records out."""
     received, rejected = _parse(con, stream, body, privacy)
     received += len(rejected)
+    _check_limit(received, server_limit)
+    return Staged(received, rejected)
+
+
+def _check_limit(received: int, server_limit: int | None) -> None:
     if server_limit is not None and received == server_limit:
         raise SuspectedTruncation(f"response holds exactly {received} records, the server's limit")
-    return Staged(received, rejected)
 
 
 def load(
@@ -180,19 +184,16 @@ class _Loading:
                 try:
                     with transaction():
                         result = self._apply_groups(groups, extra, now, losers=losers)
-                        if server_limit is not None and result.received == server_limit:
-                            raise SuspectedTruncation(
-                                f"response holds exactly {result.received} records, "
-                                "the server's limit"
-                            )
+                        _check_limit(result.received, server_limit)
                         record(result, now)
                     return result
                 except _Repeated:
                     self._find_losers(groups, extra)
                     losers = True
         finally:
-            self.con.execute("DROP TABLE IF EXISTS _applied")
-            self.con.execute("DROP TABLE IF EXISTS _losers")
+            with suppress(duckdb.Error):  # never hide why the load failed
+                self.con.execute("DROP TABLE IF EXISTS _applied")
+                self.con.execute("DROP TABLE IF EXISTS _losers")
 
     def _apply_groups(
         self, groups: list[tuple[Path, ...]], extra: tuple[str, ...], now: datetime, *, losers: bool
