@@ -132,8 +132,9 @@ def records_copy_sql(
     bounds: str,
     limit: int | None,
     path: str,
+    layout: str = "lines",
 ) -> str:
-    """``COPY`` writing the matching records as ``,{…}`` lines to ``path``, in key order."""
+    """``COPY`` writing the matching records to ``path`` in `layout`, in key order."""
     where = f"t0 <= {clock_ms} AND {span_sql(flt, bounds)}"
     if flt.modified_since_us is not None:
         where += f" AND mt > {flt.modified_since_us // 1000}"
@@ -155,7 +156,7 @@ def records_copy_sql(
     SELECT ',' || json_object({", ".join(pairs)})::VARCHAR
     FROM {table} WHERE {where} ORDER BY k {limit_sql}
 """
-    return copy_to_sql(select, path)
+    return copy_to_sql(select, path, layout)
 
 
 def truth_sql(table: str, clock_ms: int) -> str:

@@ -221,10 +221,30 @@ def span_sql(flt: RecordFilter, bounds: str) -> str:
     return f"{low} AND {high}"
 
 
-def copy_to_sql(select: str, path: str) -> str:
-    """``COPY`` of a query's one text column to ``path``, each line written verbatim."""
+_FIELD = "\n      "
+"""Before each field of an indented record."""
+LAYOUT_SQL = {
+    "compact": "substr(line, 2)",
+    "pretty": (
+        f"concat('\n   {{{_FIELD}', replace(replace(substr(line, 3, length(line) - 3), "
+        f"',\"', ',{_FIELD}\"'), '\":', '\": '), '\n   }}')"
+    ),
+}
+"""Each record of a body layout other than one per line, from its `,{…}` line. The
+indented one holds for the simulator's records, whose strings never hold `,"` or `":`."""
+
+
+def copy_to_sql(select: str, path: str, layout: str = "lines") -> str:
+    """``COPY`` of a query's one text column (``,{…}`` records) to ``path``: each line
+    verbatim, or for another `layout` each record in it followed by a comma, so that
+    DuckDB, not Python, lays the body out (see `rcs_sim.server._body_file`)."""
     quoted = path.replace("'", "''")
-    return f"COPY ({select}) TO '{quoted}' {_COPY_OPTIONS}"
+    if layout not in LAYOUT_SQL:
+        return f"COPY ({select}) TO '{quoted}' {_COPY_OPTIONS}"
+    return (
+        f"COPY (SELECT {LAYOUT_SQL[layout]} FROM ({select}) AS spooled(line)) "
+        f"TO '{quoted}' {_COPY_OPTIONS[:-1]}, NEW_LINE ',')"
+    )
 
 
 def records_copy_sql(
@@ -235,8 +255,9 @@ def records_copy_sql(
     extra_fields: bool,
     limit: int | None,
     path: str,
+    layout: str = "lines",
 ) -> str:
-    """``COPY`` writing the matching records as JSON lines to ``path``, in id order."""
+    """``COPY`` writing the matching records to ``path`` in `layout`, in id order."""
     where = f"t0 <= {clock_ms} AND {span_sql(flt, bounds)}"
     if flt.team is not None:
         where += f" AND team = {flt.team}"
@@ -253,7 +274,7 @@ def records_copy_sql(
     WHERE {outer}
     {limit_sql}
 """
-    return copy_to_sql(select, path)
+    return copy_to_sql(select, path, layout)
 
 
 def truth_sql(clock_ms: int) -> str:

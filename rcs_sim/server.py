@@ -101,16 +101,6 @@ _ERROR_TEXT = {
 FORMATS = ("lines", "compact", "pretty")
 """Body layouts: one record per line (`[{…}\n,{…}]`), `[{…},{…}]` with no line break,
 and the provider's own example (indented objects, one field per line)."""
-PRETTY = (
-    (b"}\n", b"\n   }"),
-    (b',{"', b',\n   {\n      "'),
-    (b',"', b',\n      "'),
-    (b'":', b'": '),
-)
-"""Replacements from a line of the spool file to an indented record. They hold for the
-simulator's own records, whose strings never contain `,"`, `":` or a `}` before a line
-break (a raw line break cannot occur in a JSON string)."""
-REFORMAT_BLOCK = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -493,14 +483,15 @@ class Simulator:
         """Write the records of ``endpoint`` matching ``flt`` as of the clock to ``path``;
         returns the count.
 
-        The file holds one ``,{…}`` line per record: ``"[" + file[1:] + "]"`` is the body.
+        The file holds one ``,{…}`` line per record in the `lines` layout, else each
+        record in the configured layout followed by a comma (see `_body_file`).
         """
         config = self._config
         if endpoint == TEAMS_PATH:
             with self._lock:
                 teams = sorted(self.team_names.items())
             lines = [
-                "," + json.dumps({"id": n, "name": name}) + "\n"
+                _team_text(config.format, {"id": n, "name": name})
                 for n, name in teams
                 if flt.team is None or flt.team == n
             ]
@@ -514,6 +505,7 @@ class Simulator:
                 extra_fields=config.extra_fields,
                 limit=config.truncate_at,
                 path=str(path),
+                layout=config.format,
             )
         else:
             described, table = self._endpoints[endpoint]
@@ -525,6 +517,7 @@ class Simulator:
                 bounds=config.bounds,
                 limit=config.truncate_at,
                 path=str(path),
+                layout=config.format,
             )
         with self._cursor() as cur:
             row = cur.execute(sql).fetchone()
@@ -772,31 +765,37 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-def _body_file(lines: Path, layout: str) -> Path:
-    """The whole body, `[` … `]`, from the spool file's `,{…}` lines, in `layout`."""
-    body = lines.with_suffix(".json")
-    with lines.open("rb") as source, body.open("wb") as out:
+def _body_file(records: Path, layout: str) -> Path:
+    """The whole body, `[` … `]`, around the records `write_records` wrote in `layout`.
+
+    The simulator shares the cores with the client it serves, so it never handles the
+    bytes in Python: DuckDB wrote them laid out, the kernel copies them here."""
+    body = records.with_suffix(".json")
+    lines = layout == "lines"
+    skip_head, skip_tail = (1, 0) if lines else (0, 1)  # the first comma, or the last
+    with body.open("wb") as out, records.open("rb") as source:
         out.write(b"[")
-        first, rest = True, b""
-        while True:
-            block = source.read(REFORMAT_BLOCK)
-            data = rest + block
-            if block:
-                end = data.rfind(b"\n") + 1
-                data, rest = data[:end], data[end:]
-            if layout == "compact":
-                data = data.replace(b"\n", b"")
-            elif layout == "pretty":
-                for old, new in PRETTY:
-                    data = data.replace(old, new)
-            if first and data:
-                data, first = data[1:], False  # the first record's leading comma
-            out.write(data)
-            if not block:
-                break
+        out.flush()
+        count = max(0, records.stat().st_size - skip_head - skip_tail)
+        offset = skip_head
+        while count > 0:
+            copied = os.copy_file_range(source.fileno(), out.fileno(), count, offset)
+            if not copied:
+                raise OSError(f"{records} ended {count} bytes early")
+            offset += copied
+            count -= copied
         out.write(b"\n]" if layout == "pretty" else b"]")
-    lines.unlink(missing_ok=True)
+    records.unlink(missing_ok=True)
     return body
+
+
+def _team_text(layout: str, team: dict[str, object]) -> str:
+    """One team as `write_records` writes records in `layout`."""
+    if layout == "lines":
+        return "," + json.dumps(team) + "\n"
+    if layout == "compact":
+        return json.dumps(team, separators=(",", ":")) + ","
+    return "\n   " + json.dumps(team, indent=3).replace("\n", "\n   ") + ","
 
 
 def _gzip_file(body: Path) -> Path:

@@ -107,7 +107,7 @@ class WarehouseSettings:
     path: Path = Path("rcs.duckdb")  # loaded configs resolve it against the file's directory
     spool_dir: Path | None = None  # None: see spool_path
     lock_timeout: timedelta = timedelta(seconds=60)
-    memory_limit: str = "400MB"
+    memory_limit: str = "300MB"
     threads: int = 2
 
     snapshot_path: Path | None = None  # None: see snapshot_file

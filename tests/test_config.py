@@ -177,7 +177,7 @@ def test_defaults(tmp_path: Path) -> None:
         path=tmp_path / "rcs.duckdb",
         spool_dir=None,
         lock_timeout=timedelta(seconds=60),
-        memory_limit="400MB",
+        memory_limit="300MB",
         threads=2,
     )
     assert settings.warehouse.spool_path == tmp_path / "rcs.duckdb.spool"

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ from rcs_sync.model.responses import Spool
 from rcs_sync.model.streams import RCS_RECORDS, Stream
 from rcs_sync.model.windows import Fetch, Split, Window
 from rcs_sync.warehouse.channels import views_sql
-from rcs_sync.warehouse.loader import apply, stage
+from rcs_sync.warehouse.loader import load
 from rcs_sync.warehouse.migrations import MIGRATIONS
 from rcs_sync.warehouse.privacy import PLAIN, Privacy
 from rcs_sync.warehouse.tables import REGISTRY_DDL, ensure
@@ -109,7 +110,7 @@ class Warehouse:
         path: Path,
         *,
         lock_timeout: float = 60.0,
-        memory_limit: str = "400MB",
+        memory_limit: str = "300MB",
         threads: int = 2,
         stop: threading.Event | None = None,
         streams: Sequence[Stream] | None = None,
@@ -644,20 +645,18 @@ class Warehouse:
         """Load one response and its bookkeeping in ONE transaction: after a crash at any
         instant either both are in the file or neither is."""
         with self.connect() as con:
-            staged = stage(con, commit.stream, body, server_limit=server_limit, privacy=privacy)
-            now = datetime.now(UTC)
-            with _transaction(con, self.path):
-                result = apply(
-                    con,
-                    commit.stream,
-                    staged,
-                    run_id=commit.run_id,
-                    now=now,
-                    observed_at=commit.fetched_at,
-                    include_optional=include_optional,
-                )
-                self._record(con, commit, result, now)
-        return result
+            return load(
+                con,
+                commit.stream,
+                body,
+                server_limit=server_limit,
+                privacy=privacy,
+                run_id=commit.run_id,
+                observed_at=commit.fetched_at,
+                include_optional=include_optional,
+                transaction=partial(_transaction, con, self.path),
+                record=partial(self._record, con, commit),
+            )
 
     @staticmethod
     def _record(

@@ -9,12 +9,18 @@ of a cut body in parallel: see `spool.py`), the validation rules compiled in
 `validation.py` sort good records from bad, and an UPDATE of changed rows plus a plain
 INSERT of new ones upsert the batch. Python never touches a record, except on the rare
 body DuckDB's parser refuses (see `bodies.py`).
+
+`load` runs both steps and the caller's bookkeeping in one transaction. A body larger
+than `GROUP_BYTES` is staged and applied a group of its parts at a time inside that
+transaction, so the peak memory of a load does not grow with the response.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -45,6 +51,15 @@ WITHHELD = '"withheld: the record could not be parsed and may hold personal data
 """The raw JSON kept for an unparseable record when personal data must not be stored."""
 
 
+GROUP_BYTES = 96 << 20
+"""Parts of a body loaded together (~600k records): a group costs at most as much
+memory as a one-shot load of that size, whatever the size of the whole response."""
+
+
+class _Repeated(Exception):
+    """A key of this group was applied by an earlier group of the same body."""
+
+
 @dataclass(frozen=True)
 class Staged:
     """A body parsed into the temp table `_batch`, plus what the slow path rejected."""
@@ -68,9 +83,188 @@ def stage(
     the server left records out."""
     received, rejected = _parse(con, stream, body, privacy)
     received += len(rejected)
+    _check_limit(received, server_limit)
+    return Staged(received, rejected)
+
+
+def _check_limit(received: int, server_limit: int | None) -> None:
     if server_limit is not None and received == server_limit:
         raise SuspectedTruncation(f"response holds exactly {received} records, the server's limit")
-    return Staged(received, rejected)
+
+
+def load(
+    con: duckdb.DuckDBPyConnection,
+    stream: Stream,
+    body: Spool,
+    *,
+    server_limit: int | None,
+    privacy: Privacy,
+    run_id: int | None,
+    observed_at: datetime,
+    include_optional: bool,
+    transaction: Callable[[], AbstractContextManager[None]],
+    record: Callable[[LoadResult, datetime], None],
+) -> LoadResult:
+    """Load `body` and write the caller's bookkeeping (`record`) in one `transaction`.
+
+    A body of several groups (see `GROUP_BYTES`) is applied group by group; a group
+    DuckDB refuses rolls that back and the body is loaded whole, by the slow path if
+    need be."""
+    loading = _Loading(con, stream, privacy, run_id, observed_at, include_optional)
+    groups = _groups(body.parts)
+    if len(groups) > 1 and stream.windowed:
+        try:
+            return loading.groups(groups, server_limit, transaction, record)
+        except REFUSED:
+            body = Spool.of(body.whole())
+    staged = stage(con, stream, body, server_limit=server_limit, privacy=privacy)
+    now = datetime.now(UTC)
+    with transaction():
+        result = loading.apply(staged, now)
+        record(result, now)
+    return result
+
+
+def _groups(parts: tuple[Path, ...]) -> list[tuple[Path, ...]]:
+    """Consecutive parts of about `GROUP_BYTES` together."""
+    groups: list[tuple[Path, ...]] = []
+    group: list[Path] = []
+    size = 0
+    for part in parts:
+        group.append(part)
+        size += part.stat().st_size
+        if size >= GROUP_BYTES:
+            groups.append(tuple(group))
+            group, size = [], 0
+    if group:
+        groups.append(tuple(group))
+    return groups
+
+
+@dataclass(frozen=True)
+class _Loading:
+    """One body being loaded: where, and what `apply` needs besides the batch."""
+
+    con: duckdb.DuckDBPyConnection
+    stream: Stream
+    privacy: Privacy
+    run_id: int | None
+    observed_at: datetime
+    include_optional: bool
+
+    def apply(self, staged: Staged, now: datetime) -> LoadResult:
+        return apply(
+            self.con,
+            self.stream,
+            staged,
+            run_id=self.run_id,
+            now=now,
+            observed_at=self.observed_at,
+            include_optional=self.include_optional,
+        )
+
+    def groups(
+        self,
+        groups: list[tuple[Path, ...]],
+        server_limit: int | None,
+        transaction: Callable[[], AbstractContextManager[None]],
+        record: Callable[[LoadResult, datetime], None],
+    ) -> LoadResult:
+        """Apply the groups in turn inside one transaction, each as a body of its own.
+
+        That equals loading the body at once as long as no key is in two groups, which
+        is checked as the groups go. When one is, the transaction is rolled back, the
+        copies that lose (`_drop_duplicates`' rule, over the whole body) are found by
+        parsing every group once more, and the groups are applied again without them."""
+        losers = False
+        extra = _extra_fields(self.con, self.stream, sum(groups, ()), "array")
+        try:
+            while True:
+                now = datetime.now(UTC)
+                try:
+                    with transaction():
+                        result = self._apply_groups(groups, extra, now, losers=losers)
+                        _check_limit(result.received, server_limit)
+                        record(result, now)
+                    return result
+                except _Repeated:
+                    self._find_losers(groups, extra)
+                    losers = True
+        finally:
+            with suppress(duckdb.Error):  # never hide why the load failed
+                self.con.execute("DROP TABLE IF EXISTS _applied")
+                self.con.execute("DROP TABLE IF EXISTS _losers")
+
+    def _apply_groups(
+        self, groups: list[tuple[Path, ...]], extra: tuple[str, ...], now: datetime, *, losers: bool
+    ) -> LoadResult:
+        """Stage and apply each group; with `losers`, first quarantine the copies
+        `_losers` lists, else stop (`_Repeated`) at a key an earlier group held."""
+        con, stream = self.con, self.stream
+        key = quote(stream.key)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _applied ({key} {self._key_type()})")
+        total = LoadResult(0, 0, 0, 0)
+        offset = 0
+        for group in groups:
+            received = _stage(con, stream, group, "array", self.privacy, extra=extra)
+            dropped = 0
+            if losers:
+                where = f"(rowid + {offset - _first_rowid(con)}) IN (SELECT ord FROM _losers)"
+                dropped = _supersede(con, stream, self.run_id, now, where)
+            else:
+                row = con.execute(
+                    f"SELECT count(*) FROM _applied WHERE {key} IN "
+                    f"(SELECT {key} FROM _batch WHERE _reason IS NULL)"
+                ).fetchone()
+                if row and row[0]:
+                    raise _Repeated
+                con.execute(f"INSERT INTO _applied SELECT {key} FROM _batch WHERE _reason IS NULL")
+            result = self.apply(Staged(received, []), now)
+            total = LoadResult(
+                total.received + result.received,
+                total.inserted + result.inserted,
+                total.updated + result.updated,
+                total.quarantined + result.quarantined + dropped,
+            )
+            offset += received
+        return total
+
+    def _find_losers(self, groups: list[tuple[Path, ...]], extra: tuple[str, ...]) -> None:
+        """`_losers`: the position in the body of every valid copy of a key that a copy
+        elsewhere in the body supersedes (the rule of `_drop_duplicates`)."""
+        con, stream = self.con, self.stream
+        key = quote(stream.key)
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE _copies ({key} {self._key_type()}, "
+            "rank INTEGER, ord BIGINT)"
+        )
+        offset = 0
+        for group in groups:
+            received = _stage(con, stream, group, "array", self.privacy, extra=extra)
+            con.execute(
+                f"INSERT INTO _copies SELECT {key}, {stream.precedence}, rowid + ? "
+                "FROM _batch WHERE _reason IS NULL",
+                [offset - _first_rowid(con)],
+            )
+            offset += received
+        con.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE _losers AS SELECT ord FROM _copies
+            QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY rank DESC, ord DESC) > 1
+            """
+        )
+        con.execute("DROP TABLE _copies")
+        con.execute("DROP TABLE _batch")
+
+    def _key_type(self) -> str:
+        return self.stream.field_named(self.stream.key).sql_type
+
+
+def _first_rowid(con: duckdb.DuckDBPyConnection) -> int:
+    """The rowid of the first record of `_batch`: rows are numbered in the order of the
+    body, from 0 outside a transaction but from 2**55 inside one."""
+    row = con.execute("SELECT min(rowid) FROM _batch").fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
 
 
 def _parse(
@@ -203,10 +397,14 @@ def _stage(
     files: tuple[Path, ...],
     fmt: str,
     privacy: Privacy,
+    *,
+    extra: tuple[str, ...] | None = None,
 ) -> int:
     """Parse the body once into `_batch`: typed values, a rejection reason, raw JSON of
-    rejects. Personal fields are protected right here, before anything is stored."""
-    extra = _extra_fields(con, stream, files, fmt)
+    rejects. Personal fields are protected right here, before anything is stored.
+    `extra`: the undocumented fields, when the head of the body was already sampled."""
+    if extra is None:
+        extra = _extra_fields(con, stream, files, fmt)
     fields = stream.all_fields()
     names = tuple(f.name for f in fields)
     values = ", ".join(
@@ -273,27 +471,39 @@ def _drop_duplicates(
     row = con.execute(f"SELECT count(*) - count(DISTINCT {key}) FROM _batch").fetchone()
     if not row or not row[0]:
         return 0
-    names = tuple(f.name for f in stream.all_fields())
     con.execute(
         f"""
-        CREATE OR REPLACE TEMP TABLE _losers AS
+        CREATE OR REPLACE TEMP TABLE _superseded AS
         SELECT rowid AS rid FROM _batch
         QUALIFY row_number() OVER (
             PARTITION BY {key} ORDER BY {stream.precedence} DESC, rowid DESC) > 1
         """
     )
-    con.execute(
+    _supersede(con, stream, run_id, now, "rowid IN (SELECT rid FROM _superseded)")
+    con.execute("DROP TABLE _superseded")
+    return int(row[0])
+
+
+def _supersede(
+    con: duckdb.DuckDBPyConnection,
+    stream: Stream,
+    run_id: int | None,
+    now: datetime,
+    where: str,
+) -> int:
+    """Move the copies of `_batch` that `where` picks into quarantine as superseded."""
+    names = tuple(f.name for f in stream.all_fields())
+    row = con.execute(
         f"""
         INSERT INTO {quote(stream.quarantine_table)}
             (run_id, record_id, reason, raw, quarantined_at)
-        SELECT ?, {key}::VARCHAR, ?, {raw_expr(names)}, ?
-        FROM _batch WHERE rowid IN (SELECT rid FROM _losers)
+        SELECT ?, {quote(stream.key)}::VARCHAR, ?, {raw_expr(names)}, ?
+        FROM _batch WHERE {where}
         """,
         [run_id, superseded(stream), now],
-    )
-    con.execute("DELETE FROM _batch WHERE rowid IN (SELECT rid FROM _losers)")
-    con.execute("DROP TABLE _losers")
-    return int(row[0])
+    ).fetchone()
+    con.execute(f"DELETE FROM _batch WHERE {where}")
+    return int(row[0]) if row else 0
 
 
 def superseded(stream: Stream) -> str:

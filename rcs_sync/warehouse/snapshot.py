@@ -103,7 +103,7 @@ class SnapshotResult:
 
 
 def publish(
-    main: Path, snapshot: Path, *, memory_limit: str = "400MB", threads: int = 2
+    main: Path, snapshot: Path, *, memory_limit: str = "300MB", threads: int = 2
 ) -> SnapshotResult:
     """Bring the snapshot up to date with the warehouse file `main`: `publish_from`."""
     return publish_from(Warehouse(main, memory_limit=memory_limit, threads=threads), snapshot)
