@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -76,6 +76,20 @@ def default_tiers(update_horizon: timedelta) -> tuple[Tier, ...]:
     tiers = [Tier(timedelta(hours=1), timedelta(0)), Tier(timedelta(days=1), timedelta(hours=1))]
     kept = [t for t in tiers if t.age < update_horizon]
     return (*kept, Tier(update_horizon, timedelta(days=1)))
+
+
+def stream_tiers(
+    configured: Mapping[str, tuple[Tier, ...]], name: str, update_horizon: timedelta
+) -> tuple[Tier, ...]:
+    """A stream's tiers: `[streams.NAME] reread`, else the defaults for the horizon."""
+    return configured.get(name) or default_tiers(update_horizon)
+
+
+def checkpoint_lag_bound(tiers: Sequence[Tier]) -> timedelta:
+    """How far the checkpoint of a stream re-read in `tiers` trails the clock by design
+    (passes and their backlog aside): its cells of the last tier are read once per its
+    `every`, and the checkpoint is the oldest read among the horizon's cells."""
+    return tiers[-1].every
 
 
 def check_tiers(tiers: Sequence[Tier], update_horizon: timedelta) -> str | None:
