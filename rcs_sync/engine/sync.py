@@ -489,6 +489,7 @@ class Syncer:
                 fetched_at=fetched_at,
                 window=window if ctx.record_windows else None,
                 checkpoint=ctx.coverage.checkpoint_with(fetch),
+                horizon=self.options.policy.update_horizon + skew,
             )
             loaded = self.warehouse.commit_batch(
                 response.body,
