@@ -25,7 +25,8 @@ A *full* refresh, a byte copy of the warehouse file (and its WAL), replaces the 
 when there is none, when a reader still holds it (DuckDB's own file lock tells us), when
 the schema or the storage version differs (a migration ran), when the clock went
 backwards, or when row counts differ afterwards (a row deleted from the warehouse, which
-never deletes, or a change whose `updated_at` lies before the watermark).
+deletes only ledger rows, copied whole anyway, or a change whose `updated_at` lies
+before the watermark).
 
 Why not copy the file every time. On 10M records (a 294 MB file, 2 cores, see
 `bench/snapshot_bench.py`) a byte copy to a new file with fsync takes ~0.9 s and writes
