@@ -28,10 +28,12 @@ Between regular passes fewer than `B` cells come due (default tiers, 7-day horiz
 5-minute passes: at most 10 cells a pass, must-reads included, against 16 allowed),
 so the budget defers nothing.
 
-The bound. A change made at `t` to a record of age `a` is in the warehouse within
-`every(tier of a) + ceil(N / B) * interval` (plus a pass's own duration), which is
-`every(tier of a) + interval` whenever `N ≤ B` (regular passes); after a gap, `N` is the
-backlog the gap left, drained `B` cells a pass. Why: the record's cell is no older than
+The bound. A change made at `t` to a record of age `a` is in the warehouse after the
+`ceil(N / B)`-th pass from the first pass after `t + every(tier of a)`: with passes every
+`interval`, within `every(tier of a) + ceil(N / B) * interval` (plus a pass's own
+duration), which is `every(tier of a) + interval` whenever `N ≤ B` (regular passes);
+after a gap, from the first pass after it, `N` being the backlog the gap left, drained
+`B` cells a pass. Why: the record's cell is no older than
 the record, so at `f ≤ t` its tier's `every` was at most `every(tier of a)`, its grid has
 a point in `(t, t + every]`, and from the first pass after that point it is read within
 `ceil(N / B)` passes. This holds as long as the record is still within the horizon then;
