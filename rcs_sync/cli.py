@@ -500,13 +500,21 @@ def report(
         source=source,
         daily=html is not None,
     )
-    if chart is not None:
+    drawn = chart is not None or html is not None
+    per_channel = (
+        reports.build_channels(settings.warehouse, selection, settings.sync.streams, source=source)
+        if drawn and channel is None
+        else []
+    )
+    if chart is not None and per_channel:
+        charts.write_channels(per_channel, chart)
+    elif chart is not None:
         charts.write(result, chart)
     if html is not None:
         from rcs_sync.analytics import html as pages
 
         try:
-            pages.write(result, html)
+            pages.write(result, html, per_channel)
         except OSError as exc:
             click.echo(f"rcs-sync: --html {html}: {exc.strerror or exc}", err=True)
             ctx.exit(EXIT_USAGE)

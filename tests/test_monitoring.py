@@ -13,6 +13,7 @@ import re
 import shutil
 import socket
 import subprocess
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,11 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from rcs_sim.endpoints import sibling
 from rcs_sim.server import SimConfig, start_simulator
 from rcs_sync.config import SyncSettings, load_settings
 from rcs_sync.daemon.metrics import Metrics
+from rcs_sync.daemon.service import lag_bound
 from tests.conftest import TOKEN, Site, wait_for
 from tests.test_service import daemon
 
@@ -104,10 +107,15 @@ def scrape(tmp_path_factory: pytest.TempPathFactory) -> str:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    sim = start_simulator(SimConfig(frozen=True, records=1_000, days=3.0, token=TOKEN))
+    sms = sibling("text_records", records=200, days=3)
+    config = SimConfig(frozen=True, records=1_000, days=3.0, token=TOKEN, endpoints=(sms,))
+    sim = start_simulator(config)
     try:
         s = Site(tmp_path_factory.mktemp("scrape"), sim)
-        s.write_config(sync={"interval": "1h"}, metrics={"listen": f"127.0.0.1:{port}"})
+        s.write_config(
+            sync={"interval": "1h", "streams": ["rcs_records", "text_records"]},
+            metrics={"listen": f"127.0.0.1:{port}"},
+        )
         url = f"http://127.0.0.1:{port}/metrics"
         with daemon(s) as d:
             d.wait_message("READY", value="1")
@@ -134,6 +142,35 @@ def test_live_scrape_passes_promtool_check_metrics(scrape: str) -> None:
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout + result.stderr == ""
+
+
+def test_each_stream_exports_the_checkpoint_lag_it_has_by_design(scrape: str) -> None:
+    """The alert on the checkpoint lag allows for this: none for RCS (modified_since),
+    the last tier's `every` (a day by default) for SMS, re-read in tiers."""
+    [family] = [
+        f
+        for f in text_string_to_metric_families(scrape)
+        if f.name == "rcs_sync_checkpoint_lag_bound_seconds"
+    ]
+    bounds = {(s.labels["stream"], s.labels["scope"]): s.value for s in family.samples}
+
+    assert bounds == {("rcs_records", "all"): 0.0, ("text_records", "all"): 86_400.0}
+
+
+def test_a_configured_last_tier_is_the_designed_lag(tmp_path: Path) -> None:
+    config = tmp_path / "rcs-sync.toml"
+    config.write_text(
+        '[api]\nbase_url = "http://127.0.0.1:9"\n'
+        '[sync]\nstreams = ["rcs_records", "text_records", "call_records", "teams"]\n'
+        "[streams.text_records]\n"
+        'reread = [{ age = "1d", every = "0s" }, { age = "horizon", every = "6h" }]\n',
+        encoding="utf-8",
+    )
+    settings = load_settings(config)
+
+    assert lag_bound(settings, "text_records") == timedelta(hours=6)
+    assert lag_bound(settings, "call_records") == timedelta(days=1)  # the default tiers
+    assert lag_bound(settings, "rcs_records") == lag_bound(settings, "teams") == timedelta(0)
 
 
 def test_alert_rules_pass_promtool_check_rules() -> None:

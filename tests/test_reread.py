@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rcs_sync.model.reread import (
+    DEFAULT_BUDGET,
     DEFAULT_CELL,
     Tier,
+    budget_cells,
     check_tiers,
     default_tiers,
+    due_cells,
     every_at,
     plan_reread,
 )
@@ -124,3 +129,107 @@ def test_the_checkpoint_trails_by_about_the_last_tiers_every() -> None:
     checkpoint = checkpoint_after_full_pass(Window(now - HORIZON, now), fetches, HORIZON)
     assert now - DAY - 5 * MINUTE <= checkpoint <= now
     assert DEFAULT_CELL == HOUR
+
+
+@dataclass(frozen=True)
+class Pass:
+    now: datetime
+    read: list[Window]
+    must: int
+    """Cells read regardless of the budget."""
+    queue: list[Window]
+    """Other cells due at the pass, before the budget took its share."""
+
+
+def gapped_passes(
+    tiers: tuple[Tier, ...], passes: int, interval: timedelta, gap: tuple[int, int]
+) -> list[Pass]:
+    """Like run_passes, with budgeted plans and no pass at the indexes in `[gap)`."""
+    latest = {
+        w: Fetch(w, T0)
+        for w in (Window(T0 - (10 - i) * DAY, T0 - (9 - i) * DAY) for i in range(10))
+    }
+    log = []
+    for n in range(1, passes + 1):
+        if gap[0] <= n < gap[1]:
+            continue
+        now = T0 + n * interval
+        fetches = list(latest.values())
+        due = due_cells(now, now, HORIZON, tiers=tiers, fetches=fetches)
+        read = plan_reread(now, now, HORIZON, tiers=tiers, fetches=fetches)
+        latest.update((w, Fetch(w, now)) for w in read)
+        log.append(Pass(now, read, len(due.must), due.overdue))
+    return log
+
+
+BUDGET = budget_cells(HORIZON, DEFAULT_CELL, DEFAULT_BUDGET)
+
+
+@pytest.mark.parametrize("gap_hours", [1, 3, 30])
+def test_after_a_gap_a_pass_reads_its_budget_and_the_backlog_drains(gap_hours: int) -> None:
+    """After a day of 5-minute passes, none for `gap_hours`: the next passes read their
+    must-reads and at most BUDGET more cells each, until the backlog is gone."""
+    first = 288 + 1
+    log = gapped_passes(
+        default_tiers(HORIZON),
+        288 * 2 + 12 * gap_hours,
+        5 * MINUTE,
+        (first, first + 12 * gap_hours),
+    )
+    assert all(len(p.read) <= p.must + BUDGET for p in log)
+    resumed = next(
+        i for i, p in enumerate(log) if p.now >= T0 + (first + 12 * gap_hours) * 5 * MINUTE
+    )
+    backlog = log[resumed].queue
+    assert len(backlog) > BUDGET, "the gap left no backlog: nothing was tested"
+    # Unbudgeted, the first pass would have read the whole backlog at once.
+    assert len(log[resumed].read) == log[resumed].must + BUDGET
+    # The backlog goes first: each of its cells read within ceil(N / BUDGET) passes.
+    within = log[resumed : resumed - (-len(backlog) // BUDGET)]
+    # (By their end: the horizon's oldest cell is cut shorter as the clock moves on.)
+    assert {w.end for w in backlog} <= {w.end for p in within for w in p.read}
+    assert len(log[-1].queue) <= BUDGET, "the passes never caught up"
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    gap=st.sampled_from([0, 12, 36, 12 * 8]),
+    changes=st.lists(
+        st.tuples(st.integers(0, 30 * 60), st.integers(0, 3 * 24 * 60 - 1)),
+        min_size=1,
+        max_size=40,
+    ),
+)
+def test_a_change_is_seen_within_every_and_the_passes_its_backlog_takes(
+    gap: int, changes: list[tuple[int, int]]
+) -> None:
+    """The bound with the budget: a change at t to a record of age a is read by the
+    ceil(N / BUDGET)-th pass from the first at or after t + every(tier of a), N the
+    largest queue of due cells from t on (no more than BUDGET between regular passes,
+    so then the bound is every + interval)."""
+    tiers, interval = default_tiers(HORIZON), 5 * MINUTE
+    passes = int((30 * HOUR + DAY) / interval) + 24
+    log = cached_gapped(tiers, passes, interval, (100, 100 + gap))
+    if gap == 0:
+        assert max(len(p.queue) for p in log) <= BUDGET
+    for change_min, age_min in changes:
+        t = T0 + timedelta(minutes=change_min) + timedelta(seconds=7)
+        age = timedelta(minutes=age_min)
+        stamp = t - age
+        every = every_at(tiers, age)
+        assert every is not None
+        after = [p for p in log if p.now >= t]
+        backlog = max(len(p.queue) for p in after)
+        waits = -(-max(backlog, 1) // BUDGET)
+        first = next(i for i, p in enumerate(after) if p.now >= t + every)
+        if after[first + waits - 1].now - stamp >= HORIZON:
+            continue  # the record may leave the horizon first: the documented limit
+        seen = next(p.now for p in after if any(w.start <= stamp < w.end for w in p.read))
+        assert seen <= after[first + waits - 1].now, (seen - t, every, backlog)
+
+
+@functools.cache
+def cached_gapped(
+    tiers: tuple[Tier, ...], passes: int, interval: timedelta, gap: tuple[int, int]
+) -> list[Pass]:
+    return gapped_passes(tiers, passes, interval, gap)

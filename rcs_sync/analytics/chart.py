@@ -8,6 +8,12 @@
   "other" (their counts summed, rates computed from the sums): message volume on the
   left, delivery and read rates on the right, one row each.
 
+Without `--channel`, with more than one channel in the warehouse (RCS, SMS, voicemail
+drops), the chart has one panel per channel, top to bottom, each that channel's figure
+for the grouping from `message_rates_daily`; daily panels share one span of days, so a
+day lines up across them. SMS and voicemail drops have no read state: their panels
+draw delivery rates only.
+
 The format follows the file's extension (`FORMATS`). matplotlib is an optional extra
 (`pip install 'rcs-sync[charts]'`): it is heavy, and a server running the daemon has no
 use for it. It is imported only when a chart is asked for, and drawn with the Agg
@@ -20,6 +26,7 @@ from __future__ import annotations
 import io
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,8 +36,10 @@ from rcs_sync.model.errors import EXIT_USAGE, RcsSyncError
 if TYPE_CHECKING:
     import numpy
     from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure, SubFigure
     from numpy.typing import NDArray
+
+    Days = tuple[NDArray[numpy.datetime64], list[Row]]
 
 WIDTH_IN, HEIGHT_IN, DPI = 11.0, 5.5, 150
 DELIVERY_COLOR, READ_COLOR = "#1f6feb", "#2da44e"
@@ -49,6 +58,7 @@ HTML_WIDTH_IN = 7.5
 """Charts of the HTML page are narrower, so their text stays legible on a phone."""
 TOP = 12
 """Campaigns or teams drawn one by one; the rest are summed into "other"."""
+CHANNEL_NAMES = {"rcs": "RCS", "sms": "SMS", "voicemail": "Voicemail drop"}
 
 
 class MatplotlibMissing(RcsSyncError):
@@ -145,40 +155,63 @@ def _figure(width: float, height: float) -> Figure:
 
 def _title(report: Report, what: str) -> str:
     total = report.total
+    read = f"read rate {percent(total.read_rate)}, " if _has_read(report) else ""
     return (
-        f"RCS {what}, {report.selection.describe()}\n"
+        f"{channel_name(report)} {what}, {report.selection.describe()}\n"
         f"{total.messages:,} messages, delivery rate {percent(total.delivery_rate)}, "
-        f"read rate {percent(total.read_rate)}, {total.pending:,} pending"
+        f"{read}{total.pending:,} pending"
     )
+
+
+def channel_name(report: Report) -> str:
+    """How a chart names the report's channel: RCS unless another is selected."""
+    return CHANNEL_NAMES[report.selection.channel or "rcs"]
+
+
+def _has_read(report: Report) -> bool:
+    """Only RCS has a read state; SMS and voicemail drops stop at delivered."""
+    return report.selection.channel in (None, "rcs")
+
+
+def _rates(report: Report) -> str:
+    return "delivery and read rates" if _has_read(report) else "delivery rates"
 
 
 def daily(report: Report, width: float = WIDTH_IN) -> Figure:
     """Rates as lines over volume as bars, one point per day (`width` in inches)."""
+    figure = _figure(width, HEIGHT_IN * min(1.0, width / WIDTH_IN * 1.25))
+    _draw_daily(figure, report, width)
+    return figure
+
+
+def _draw_daily(
+    target: Figure | SubFigure, report: Report, width: float, span: Days | None = None
+) -> None:
+    """The daily chart into a figure or one panel of one; `span`: the days its axis
+    shows (all of the report's rows, or those of every panel)."""
     import numpy  # noqa: PLC0415 - a dependency of matplotlib
 
     rows = report.daily if report.daily is not None else report.rows
     days = numpy.array([row.key for row in rows], dtype="datetime64[D]")
-    figure = _figure(width, HEIGHT_IN * min(1.0, width / WIDTH_IN * 1.25))
-    rates = figure.add_subplot()
+    rates = target.add_subplot()
     volume = rates.twinx()
     # The rate axes are drawn over the volume axes, so the lines stay above the bars.
     rates.set_zorder(volume.get_zorder() + 1)
     rates.patch.set_visible(False)
     _volume_bars(volume, days, rows)
-    _rate_lines(rates, days, rows)
-    _date_axis(rates, days, rows)
+    _rate_lines(rates, days, rows, read=_has_read(report))
+    _date_axis(rates, *(span or (days, rows)))
 
     lines, labels = rates.get_legend_handles_labels()
     bars, bar_labels = volume.get_legend_handles_labels()
-    figure.legend(
+    target.legend(
         lines + bars,
         labels + bar_labels,
         loc="outside lower center",
         ncols=4 if width >= WIDTH_IN else 2,
         frameon=False,
     )
-    rates.set_title(_title(report, "delivery and read rates per day"), loc="left")
-    return figure
+    rates.set_title(_title(report, f"{_rates(report)} per day"), loc="left")
 
 
 def _date_axis(axes: Axes, days: NDArray[numpy.datetime64], rows: list[Row]) -> None:
@@ -226,22 +259,24 @@ def _volume_bars(axes: Axes, days: NDArray[numpy.datetime64], rows: list[Row]) -
     axes.spines["top"].set_visible(False)
 
 
-def _rate_lines(axes: Axes, days: NDArray[numpy.datetime64], rows: list[Row]) -> None:
-    """Delivery and read rates, 0-100 %; an undefined rate (no outcome yet, nothing
-    delivered) is a gap in the line, not a zero."""
+def _rate_lines(
+    axes: Axes, days: NDArray[numpy.datetime64], rows: list[Row], *, read: bool = True
+) -> None:
+    """Delivery and read rates (`read`: the channel has a read state), 0-100 %; an
+    undefined rate (no outcome yet, nothing delivered) is a gap in the line, not a zero."""
     from matplotlib.ticker import PercentFormatter  # noqa: PLC0415
 
     marker = "o" if len(rows) <= MARKERS_UP_TO else None
-    for name, label, color in (
-        ("delivery_rate", "delivery rate", DELIVERY_COLOR),
-        ("read_rate", "read rate", READ_COLOR),
-    ):
+    lines = [("delivery_rate", "delivery rate", DELIVERY_COLOR)]
+    if read:
+        lines.append(("read_rate", "read rate", READ_COLOR))
+    for name, label, color in lines:
         values = [getattr(row, name) for row in rows]
         values = [math.nan if value is None else value for value in values]
         axes.plot(days, values, color=color, linewidth=2, marker=marker, label=label)
     axes.set_ylim(0, 1.02)
     axes.yaxis.set_major_formatter(PercentFormatter(xmax=1))
-    axes.set_ylabel("delivery and read rates")
+    axes.set_ylabel("delivery and read rates" if read else "delivery rate")
     axes.grid(axis="y", color=GRID_COLOR)
     axes.spines["top"].set_visible(False)
 
@@ -281,12 +316,20 @@ def _sum(rows: list[Row]) -> Row:
 
 def breakdown(report: Report, width: float = WIDTH_IN) -> Figure:
     """Per campaign or team: volume bars on the left, rate bars on the right."""
+    figure = _figure(width, _breakdown_height(report))
+    _draw_breakdown(figure, report, width)
+    return figure
+
+
+def _breakdown_height(report: Report) -> float:
+    return max(3.5, 1.6 + 0.42 * max(len(top_rows(report)), 1))
+
+
+def _draw_breakdown(target: Figure | SubFigure, report: Report, width: float) -> None:
     from matplotlib.ticker import FuncFormatter, PercentFormatter  # noqa: PLC0415
 
     shown = top_rows(report)
-    height = max(3.5, 1.6 + 0.42 * max(len(shown), 1))
-    figure = _figure(width, height)
-    volume, rates = figure.subplots(1, 2, sharey=True, width_ratios=(1, 1.3))
+    volume, rates = target.subplots(1, 2, sharey=True, width_ratios=(1, 1.3))
     labels = [label for label, _ in shown]
     positions = list(range(len(shown)))
     settled = [row.messages - row.pending for _, row in shown]
@@ -306,11 +349,14 @@ def breakdown(report: Report, width: float = WIDTH_IN) -> Figure:
     volume.grid(axis="x", color=GRID_COLOR)
     volume.set_axisbelow(True)
 
-    bar = 0.38
-    for offset, name, label, color in (
-        (-bar / 2, "delivery_rate", "delivery rate", DELIVERY_COLOR),
-        (bar / 2, "read_rate", "read rate", READ_COLOR),
-    ):
+    bar = 0.38 if _has_read(report) else 0.6
+    bars = [(0.0, "delivery_rate", "delivery rate", DELIVERY_COLOR)]
+    if _has_read(report):
+        bars = [
+            (-bar / 2, "delivery_rate", "delivery rate", DELIVERY_COLOR),
+            (bar / 2, "read_rate", "read rate", READ_COLOR),
+        ]
+    for offset, name, label, color in bars:
         values = [getattr(row, name) for _, row in shown]
         drawn = rates.barh(
             [p + offset for p in positions],
@@ -325,7 +371,7 @@ def breakdown(report: Report, width: float = WIDTH_IN) -> Figure:
     rates.set_xlim(0, 1.15)
     rates.set_xticks([0, 0.25, 0.5, 0.75, 1.0])
     rates.xaxis.set_major_formatter(PercentFormatter(xmax=1))
-    rates.set_xlabel("delivery and read rates")
+    rates.set_xlabel(_rates(report))
     rates.grid(axis="x", color=GRID_COLOR)
     rates.set_axisbelow(True)
     rates.tick_params(axis="y", left=False)
@@ -338,7 +384,7 @@ def breakdown(report: Report, width: float = WIDTH_IN) -> Figure:
         h, n = axes.get_legend_handles_labels()
         handles += h
         names += n
-    figure.legend(
+    target.legend(
         handles,
         names,
         loc="outside lower center",
@@ -346,5 +392,43 @@ def breakdown(report: Report, width: float = WIDTH_IN) -> Figure:
         frameon=False,
     )
     by = report.selection.by
-    volume.set_title(_title(report, f"delivery and read rates per {by}"), loc="left")
+    volume.set_title(_title(report, f"{_rates(report)} per {by}"), loc="left")
+
+
+def channels(
+    reports: Sequence[Report], width: float = WIDTH_IN, *, by_day: bool | None = None
+) -> Figure:
+    """One panel per channel's report, top to bottom: its daily rates over volume (the
+    days' axis the same in every panel, spanning all of them), or its breakdown;
+    `by_day` chooses (default: daily when the reports are by day)."""
+    import numpy  # noqa: PLC0415
+
+    require()
+    daily_panels = all(r.selection.by == "day" for r in reports) if by_day is None else by_day
+    heights = [
+        HEIGHT_IN * min(1.0, width / WIDTH_IN * 1.25) if daily_panels else _breakdown_height(r)
+        for r in reports
+    ]
+    figure = _figure(width, sum(heights))
+    panels = figure.subfigures(len(reports), 1, height_ratios=heights, squeeze=False)[:, 0]
+    every = sorted(
+        {row.key: row for r in reports for row in (r.daily or r.rows)}.items(),
+        key=lambda item: str(item[0]),
+    )
+    days = numpy.array([key for key, _ in every], dtype="datetime64[D]")
+    for panel, report in zip(panels, reports, strict=True):
+        if daily_panels:
+            _draw_daily(panel, report, width, (days, [row for _, row in every]))
+        else:
+            _draw_breakdown(panel, report, width)
     return figure
+
+
+def write_channels(reports: Sequence[Report], path: Path) -> None:
+    """Draw every channel's panel into `path`, in the format its extension names."""
+    fmt = check_path(path)
+    figure = channels(reports)
+    try:
+        _save(figure, path, fmt)
+    except OSError as exc:
+        raise BadChartPath(f"--chart {path}: {exc.strerror or exc}") from None

@@ -7,12 +7,14 @@ charts are inline SVG, there is no script, so the page opens offline, from a mai
 attachment or a file share, and prints. It reads on a phone: the page follows the
 screen's width, the charts scale down, and the wide table scrolls sideways on its own.
 Without matplotlib (the `charts` extra) the page has the figures and says the charts
-are missing.
+are missing. Without `--channel`, with two or more channels in the warehouse, it adds a
+line per channel and draws the charts with a panel per channel.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import date
 from html import escape
 from pathlib import Path
@@ -55,8 +57,9 @@ _PROLOGUE = re.compile(r"\A.*?(?=<svg)", re.DOTALL)
 _SIZE = re.compile(r'(<svg[^>]*?)\s(?:width|height)="[^"]*"')
 
 
-def render(report: Report) -> str:
-    """The page, as one string of HTML."""
+def render(report: Report, channels: Sequence[Report] = ()) -> str:
+    """The page, as one string of HTML; with `channels` (each channel's report), also a
+    line per channel and the charts with a panel per channel."""
     selection, total = report.selection, report.total
     title = f"RCS delivery and read rates per {selection.by}"
     cards = "".join(
@@ -85,7 +88,8 @@ def render(report: Report) -> str:
 <section class="cards" aria-label="totals">{cards}</section>
 <p class="muted">delivery rate = delivered / (delivered + failed); read rate = read /
 delivered; pending messages have no outcome yet and are left out of both.</p>
-{_charts(report)}
+{_channel_table(channels)}
+{_charts(report, channels)}
 <h2>Per {escape(selection.by)}</h2>
 <div class="scroll">{_table(report)}</div>
 </body>
@@ -93,8 +97,22 @@ delivered; pending messages have no outcome yet and are left out of both.</p>
 """
 
 
-def write(report: Report, path: Path) -> None:
-    path.write_text(render(report), encoding="utf-8")
+def write(report: Report, path: Path, channels: Sequence[Report] = ()) -> None:
+    path.write_text(render(report, channels), encoding="utf-8")
+
+
+def _channel_table(channels: Sequence[Report]) -> str:
+    """Each channel's totals (SMS and voicemail drops have no read rate: "-")."""
+    if not channels:
+        return ""
+    head = "".join(f"<th>{escape(name.replace('_', ' '))}</th>" for name in (*COUNTS, *RATES))
+    body = "".join(
+        f"<tr><td>{escape(chart.channel_name(r))}</td>{_cells(r.total)}</tr>" for r in channels
+    )
+    return (
+        f'<h2>Per channel</h2><div class="scroll"><table><thead><tr><th scope="col">channel'
+        f"</th>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+    )
 
 
 def _table(report: Report) -> str:
@@ -122,15 +140,23 @@ def _key(by: str, key: date | int | None) -> str:
     return key.isoformat() if isinstance(key, date) else str(key)
 
 
-def _charts(report: Report) -> str:
+def _charts(report: Report, channels: Sequence[Report] = ()) -> str:
     try:
         chart.require()
     except chart.MatplotlibMissing as exc:
         return f'<p class="muted">No charts: {escape(str(exc))}</p>'
+    by = report.selection.by
     figures = []
-    if report.selection.by != "day":
-        figures.append((chart.breakdown(report), f"Messages and rates per {report.selection.by}"))
-    if report.daily:
+    if channels:
+        width = chart.HTML_WIDTH_IN
+        if by != "day":
+            panels = chart.channels(channels, width, by_day=False)
+            figures.append((panels, f"Messages and rates per {by}, a panel per channel"))
+        panels = chart.channels(channels, width, by_day=True)
+        figures.append((panels, "Delivery rates per day over volume, a panel per channel"))
+    elif by != "day":
+        figures.append((chart.breakdown(report), f"Messages and rates per {by}"))
+    if report.daily and not channels:
         figures.append(
             (
                 chart.daily(report, chart.HTML_WIDTH_IN),

@@ -6,6 +6,8 @@ definition of the counts (README, "Analytics"). The report covers the first stre
 `[sync] streams` that has one. Per
 campaign or team, the view's daily counts are summed and the rates computed from the
 sums: averaging daily rates would weigh a 10-message day like a 10,000-message one.
+Without `--channel`, a chart or page also gets every channel's own report
+(`build_channels`), for a panel per channel.
 
 The report reads the freshest file (`sources.open_source`): the analysts' snapshot, so
 it never delays a running daemon, unless the live file has a newer successful pass and
@@ -185,6 +187,34 @@ def build(
                 f"{chosen.path} has no analytics views yet: run `rcs-sync migrate`"
             ) from None
     return Report(selection, chosen, rows, total, days, names)
+
+
+def build_channels(
+    settings: WarehouseSettings,
+    selection: Selection,
+    names: Sequence[str],
+    *,
+    source: str = "auto",
+) -> list[Report]:
+    """Each channel's report (with its daily rows), for a chart per channel: those whose
+    stream is among `names` and which hold messages in the selection, in `CHANNELS`
+    order; none unless there are two or more (one channel is the plain report)."""
+    found = [
+        report
+        for channel, name in CHANNEL_STREAMS.items()
+        if name in names
+        for report in [
+            build(
+                settings,
+                replace(selection, channel=channel),
+                stream=named(name),
+                daily=True,
+                source=source,
+            )
+        ]
+        if report.total.messages
+    ]
+    return found if len(found) > 1 else []
 
 
 def _team_names(con: duckdb.DuckDBPyConnection) -> dict[int, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Mapping
 from datetime import datetime
 from socketserver import ThreadingMixIn
 from typing import Any
@@ -86,6 +87,13 @@ class Metrics:
             "rcs_sync_checkpoint_lag_seconds",
             "Age of the checkpoint after the last pass (server time, so it can dip "
             "slightly below 0 when the server clock runs ahead).",
+            ["stream", "scope"],
+            registry=self.registry,
+        )
+        self._checkpoint_lag_bound = Gauge(
+            "rcs_sync_checkpoint_lag_bound_seconds",
+            "How far the checkpoint trails by design: 0 for streams read with "
+            "modified_since, the last re-read tier's every for tiered re-reads.",
             ["stream", "scope"],
             registry=self.registry,
         )
@@ -171,6 +179,12 @@ class Metrics:
             self._last_success.labels(stream, scope).set(now.timestamp())
         if checkpoint is not None:
             self._checkpoint_lag.labels(stream, scope).set((now - checkpoint).total_seconds())
+
+    def checkpoint_lag_bounds(self, bounds: Mapping[tuple[str, str], float]) -> None:
+        """Declare each (stream, scope)'s designed checkpoint lag, in seconds, which the
+        alert on the checkpoint lag allows for."""
+        for (stream, scope), seconds in bounds.items():
+            self._checkpoint_lag_bound.labels(stream, scope).set(seconds)
 
     def snapshot_published(self, seconds: float) -> None:
         """Record how long one snapshot publication took."""

@@ -40,6 +40,8 @@ from rcs_sync.model import events
 from rcs_sync.model.durations import format_instant, parse_instant
 from rcs_sync.model.errors import EXIT_STOPPED, WarehouseUnavailable
 from rcs_sync.model.events import PassFailed, ScopeFinished
+from rcs_sync.model.reread import checkpoint_lag_bound, stream_tiers
+from rcs_sync.model.streams import named
 from rcs_sync.writer_lock import WriterLock
 
 log = structlog.get_logger(__name__)
@@ -47,6 +49,15 @@ log = structlog.get_logger(__name__)
 PASS = ["sync", "--events", "--publish-snapshot"]
 STOP_GRACE = 8.0
 MAX_JITTER = timedelta(seconds=30)
+
+
+def lag_bound(settings: Settings, name: str) -> timedelta:
+    """The checkpoint lag a stream has by design: none when read with `modified_since`
+    or replaced whole, the last tier's `every` when re-read in tiers (`model/reread.py`)."""
+    stream = named(name)
+    if stream.modified_since or not stream.windowed:
+        return timedelta(0)
+    return checkpoint_lag_bound(stream_tiers(settings.reread, name, settings.sync.update_horizon))
 
 
 @dataclass
@@ -193,7 +204,19 @@ class Service:
                 f"cannot listen on {listen.strip()}: {reason[:1].lower()}{reason[1:]}",
             ) from None
         self.metrics = metrics
+        metrics.checkpoint_lag_bounds(
+            {
+                (stream, key): lag_bound(self.settings, stream).total_seconds()
+                for stream in self.settings.sync.streams
+                for key in self._scope_keys()
+            }
+        )
         log.info("metrics_listening", address=f"{host}:{bound}")
+
+    def _scope_keys(self) -> list[str]:
+        """The scope of each pass: one per configured team, else `all`."""
+        teams = self.settings.api.teams
+        return [str(t) for t in teams] if teams else ["all"]
 
     def _start_scheduler(self) -> BackgroundScheduler:
         # A pass outliving the interval (a backfill) is normal and coalesced: apscheduler's
@@ -264,8 +287,7 @@ class Service:
         report, with the kind of failure as `reason`."""
         if self.metrics is None:
             return
-        teams = self.settings.api.teams
-        keys = [str(t) for t in teams] if teams else ["all"]
+        keys = self._scope_keys()
         reported = {(s["stream"], s["scope"]) for s in report.scopes}
         reason = report.reason
         outcome = "auth_failed" if reason in ("auth", "config") else "failed"

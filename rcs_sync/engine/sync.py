@@ -31,7 +31,7 @@ from rcs_sync.model.errors import (
     SuspectedTruncation,
 )
 from rcs_sync.model.events import Outcome, Planned, Progress, Summary, WindowLoaded
-from rcs_sync.model.reread import DEFAULT_CELL, Tier, default_tiers, horizon_span, plan_reread
+from rcs_sync.model.reread import DEFAULT_CELL, Tier, horizon_span, plan_reread, stream_tiers
 from rcs_sync.model.responses import Deadline, Response
 from rcs_sync.model.streams import Stream
 from rcs_sync.model.windows import (
@@ -85,7 +85,7 @@ class Options:
     """The grid cell those streams' horizons are re-read in."""
 
     def tiers(self, stream: Stream) -> tuple[Tier, ...]:
-        return self.reread.get(stream.name) or default_tiers(self.policy.update_horizon)
+        return stream_tiers(self.reread, stream.name, self.policy.update_horizon)
 
 
 @dataclass
@@ -489,6 +489,7 @@ class Syncer:
                 fetched_at=fetched_at,
                 window=window if ctx.record_windows else None,
                 checkpoint=ctx.coverage.checkpoint_with(fetch),
+                horizon=self.options.policy.update_horizon + skew,
             )
             loaded = self.warehouse.commit_batch(
                 response.body,

@@ -4,7 +4,7 @@ load did. Shared types, so an engine and any warehouse backend speak the same te
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from rcs_sync.model.streams import Stream
 from rcs_sync.model.windows import Window
@@ -22,6 +22,9 @@ class Commit:
     """Set for full-window reads: recorded as completed, so a rerun skips it."""
     checkpoint: datetime | None = None
     """Set when this batch completes a pass: the checkpoint it earns."""
+    horizon: timedelta | None = None
+    """The update horizon plus the clock-skew margin: ledger rows of windows that ended
+    longer than this before the read only serve backfills (`warehouse/ledger.py`)."""
 
 
 @dataclass(frozen=True)

@@ -11,22 +11,36 @@ by age, their `every` never decreases with age, and the last one reaches the hor
 a moment its end lies (0 for the cell in progress).
 
 When a cell is due. Let `f` be the time the cell was last fetched (the oldest of the
-latest fetches covering its parts; never fetched: due at once), and `e` the `every` of
-the tier the cell was in *at* `f` (its age then, `f - cell.end`, the youngest it will
-ever be again). The cell is due at `now` when `e` is 0, or when a point of its own
-grid of step `e` (offset by a phase derived from the cell's start, so the cells of one
-tier come due on different passes rather than all together) lies in `(f, now]`.
+latest fetches covering its parts), and `e` the `every` of the tier the cell was in *at*
+`f` (its age then, `f - cell.end`, the youngest it will ever be again). A cell never
+(entirely) read, or with `e` 0, is a must-read of every pass. Otherwise it comes due at
+the first point after `f` of its own grid of step `e` (offset by a phase derived from the
+cell's start, so the cells of one tier come due on different passes rather than all
+together).
 
-The bound. A change made at `t` to a record of age `a` is in the warehouse at the end
-of the first pass after `t + every(tier of a)`: the record's cell is no older than the
-record, so at `f ≤ t` its tier's `every` was at most `every(tier of a)`, and the
-cell's grid has a point in `(t, t + every]`; the first pass after that point re-reads
-it. With passes every `interval`, the delay is at most `every(tier of a) + interval`
-(plus the pass's own duration), as long as the record is still within the horizon
-then (`a + every + interval < update_horizon`). A change to a record that leaves the
-horizon before its cell is due again may never be seen (for `modified_since` streams
-the limit is a change more than `update_horizon` after the record's time; here it is
-that much less the last tier's `every`); `backfill --force` repairs it.
+The budget. A pass reads its must-reads and at most `B = budget_cells` of the other due
+cells (`DEFAULT_BUDGET`: 10 % of the horizon's cells, at least one), those that came due
+first; the rest stay due and lead the next pass. So a pass's cost is bounded even after a
+gap (no pass for an hour: every cell of the hourly tier due at once), and a due cell
+waits only behind cells that came due no later than it: if at the first pass after it
+came due `N` cells are due beyond the must-reads, it is read within `ceil(N / B)` passes.
+Between regular passes fewer than `B` cells come due (default tiers, 7-day horizon,
+5-minute passes: at most 10 cells a pass, must-reads included, against 16 allowed),
+so the budget defers nothing.
+
+The bound. A change made at `t` to a record of age `a` is in the warehouse after the
+`ceil(N / B)`-th pass from the first pass after `t + every(tier of a)`: with passes every
+`interval`, within `every(tier of a) + ceil(N / B) * interval` (plus a pass's own
+duration), which is `every(tier of a) + interval` whenever `N ≤ B` (regular passes);
+after a gap, from the first pass after it, `N` being the backlog the gap left, drained
+`B` cells a pass. Why: the record's cell is no older than
+the record, so at `f ≤ t` its tier's `every` was at most `every(tier of a)`, its grid has
+a point in `(t, t + every]`, and from the first pass after that point it is read within
+`ceil(N / B)` passes. This holds as long as the record is still within the horizon then;
+a change to a record that leaves the horizon before its cell is read again may never be
+seen (for `modified_since` streams the limit is a change more than `update_horizon`
+after the record's time; here it is that much less the last tier's `every` and any
+wait behind a backlog); `backfill --force` repairs it.
 
 The checkpoint. The checkpoint of such a stream is the oldest fetch among the cells of
 the horizon (`checkpoint_after_full_pass` over the horizon): every change made before
@@ -38,7 +52,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -53,7 +67,10 @@ class Tier:
     every: timedelta
 
 
+ZERO = timedelta(0)
 DEFAULT_CELL = timedelta(hours=1)
+DEFAULT_BUDGET = 0.1
+"""The share of the horizon's cells a pass re-reads at most, beyond its must-reads."""
 
 
 def default_tiers(update_horizon: timedelta) -> tuple[Tier, ...]:
@@ -61,6 +78,20 @@ def default_tiers(update_horizon: timedelta) -> tuple[Tier, ...]:
     tiers = [Tier(timedelta(hours=1), timedelta(0)), Tier(timedelta(days=1), timedelta(hours=1))]
     kept = [t for t in tiers if t.age < update_horizon]
     return (*kept, Tier(update_horizon, timedelta(days=1)))
+
+
+def stream_tiers(
+    configured: Mapping[str, tuple[Tier, ...]], name: str, update_horizon: timedelta
+) -> tuple[Tier, ...]:
+    """A stream's tiers: `[streams.NAME] reread`, else the defaults for the horizon."""
+    return configured.get(name) or default_tiers(update_horizon)
+
+
+def checkpoint_lag_bound(tiers: Sequence[Tier]) -> timedelta:
+    """How far the checkpoint of a stream re-read in `tiers` trails the clock by design
+    (passes and their backlog aside): its cells of the last tier are read once per its
+    `every`, and the checkpoint is the oldest read among the horizon's cells."""
+    return tiers[-1].every
 
 
 def check_tiers(tiers: Sequence[Tier], update_horizon: timedelta) -> str | None:
@@ -94,13 +125,13 @@ def _phase(cell: Window, every: timedelta) -> timedelta:
     return timedelta(microseconds=int.from_bytes(digest) % micros)
 
 
-def grid_point_between(cell: Window, every: timedelta, after: datetime, until: datetime) -> bool:
-    """Whether the cell's re-read grid (step `every`, its own phase) has a point in
-    `(after, until]`."""
-    if every <= timedelta(0):
-        return True
-    origin = GRID_ANCHOR + _phase(cell, every)
-    return (until - origin) // every > (after - origin) // every
+def next_grid_point(cell: Window, size: timedelta, every: timedelta, after: datetime) -> datetime:
+    """The first point of the cell's re-read grid (step `every` > 0, its own phase) after
+    `after`: when a cell last read at `after` comes due. The phase is that of the whole
+    grid cell, so the horizon's oldest cell, cut short, keeps its place as the clock moves."""
+    whole = Window(GRID_ANCHOR + (cell.start - GRID_ANCHOR) // size * size, cell.end)
+    origin = GRID_ANCHOR + _phase(whole, every)
+    return origin + ((after - origin) // every + 1) * every
 
 
 def last_fetch(cell: Window, fetches: Sequence[Fetch]) -> datetime | None:
@@ -116,7 +147,23 @@ def horizon_span(now: datetime, end: datetime, update_horizon: timedelta) -> Win
     return Window(now - update_horizon, end)
 
 
-def plan_reread(
+def budget_cells(update_horizon: timedelta, cell: timedelta, budget: float) -> int:
+    """How many due cells a pass re-reads beyond its must-reads: `budget` of the
+    horizon's cells, at least one."""
+    return max(1, int(budget * (update_horizon / cell)))
+
+
+@dataclass(frozen=True)
+class Due:
+    """The cells of the horizon due at a moment: those a pass always reads, and the
+    others, in the order they came due (the budget takes them from the front)."""
+
+    must: list[Window]
+    """Never (entirely) read, or in an every-0 tier."""
+    overdue: list[Window]
+
+
+def due_cells(
     now: datetime,
     end: datetime,
     update_horizon: timedelta,
@@ -124,11 +171,8 @@ def plan_reread(
     tiers: Sequence[Tier],
     fetches: Sequence[Fetch],
     cell: timedelta = DEFAULT_CELL,
-) -> list[Window]:
-    """The cells of the horizon due for a re-read at `now` (server time), oldest first.
-
-    `end` is where full reads stop (`now + clock_skew`); the cell in progress is cut there.
-    """
+) -> Due:
+    """Every cell of the horizon due at `now` (server time), before any budget."""
     span = horizon_span(now, end, update_horizon)
     latest: dict[Window, Fetch] = {}
     for f in fetches:
@@ -138,17 +182,40 @@ def plan_reread(
                 latest[f.window] = f
     # Ledger rows sorted by start: each cell looks only at the rows that reach into it.
     rows = sorted(latest.values(), key=lambda f: f.window.start)
-    due: list[Window] = []
+    must: list[Window] = []
+    overdue: list[tuple[datetime, Window]] = []
     for window in cut(span, cell):
         fetched = last_fetch(
             window, [f for f in rows if f.window.start < window.end and f.window.end > window.start]
         )
-        if fetched is None:
-            due.append(window)
-            continue
-        every = every_at(tiers, max(fetched - window.end, timedelta(0)))
-        if every is None:
-            continue  # final when it was last read
-        if grid_point_between(window, every, fetched, now):
-            due.append(window)
-    return due
+        every = None if fetched is None else every_at(tiers, max(fetched - window.end, ZERO))
+        if fetched is None or every == ZERO:
+            must.append(window)
+        elif every is not None:  # None: final when it was last read
+            came_due = next_grid_point(window, cell, every, fetched)
+            if came_due <= now:
+                overdue.append((came_due, window))
+    overdue.sort(key=lambda item: (item[0], item[1].start))
+    return Due(must, [window for _, window in overdue])
+
+
+def plan_reread(
+    now: datetime,
+    end: datetime,
+    update_horizon: timedelta,
+    *,
+    tiers: Sequence[Tier],
+    fetches: Sequence[Fetch],
+    cell: timedelta = DEFAULT_CELL,
+    budget: float | None = DEFAULT_BUDGET,
+) -> list[Window]:
+    """The cells a pass at `now` (server time) re-reads, oldest first: its must-reads and
+    at most `budget_cells` of the others due (None: all), those that came due first.
+
+    `end` is where full reads stop (`now + clock_skew`); the cell in progress is cut there.
+    """
+    due = due_cells(now, end, update_horizon, tiers=tiers, fetches=fetches, cell=cell)
+    taken = due.overdue
+    if budget is not None:
+        taken = taken[: budget_cells(update_horizon, cell, budget)]
+    return sorted([*due.must, *taken], key=lambda w: w.start)

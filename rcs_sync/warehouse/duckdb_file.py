@@ -42,6 +42,7 @@ from rcs_sync.model.errors import (
 from rcs_sync.model.responses import Spool
 from rcs_sync.model.streams import RCS_RECORDS, Stream
 from rcs_sync.model.windows import Fetch, Split, Window
+from rcs_sync.warehouse import ledger
 from rcs_sync.warehouse.channels import views_sql
 from rcs_sync.warehouse.loader import load
 from rcs_sync.warehouse.migrations import MIGRATIONS
@@ -662,20 +663,7 @@ class Warehouse:
     def _record(
         con: duckdb.DuckDBPyConnection, commit: Commit, result: LoadResult, now: datetime
     ) -> None:
-        if commit.window is not None:
-            con.execute(
-                "INSERT INTO sync_windows VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    commit.stream.name,
-                    commit.scope,
-                    commit.window.start,
-                    commit.window.end,
-                    commit.fetched_at,
-                    result.received,
-                    commit.run_id,
-                    now,
-                ],
-            )
+        ledger.record(con, commit, result.received, now)
         if commit.checkpoint is not None:
             _write_checkpoint(con, commit.stream, commit.scope, commit.checkpoint, now)
         con.execute(
