@@ -132,11 +132,25 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class MaintenanceSettings:
+    """A lake's upkeep (`warehouse/maintenance.py`); a DuckDB file needs none."""
+
+    every: timedelta = timedelta(hours=1)  # run after the daemon's first pass this long since
+    expire_snapshots_after: timedelta = timedelta(days=7)  # time travel reaches back this far
+    remove_files_after: timedelta = timedelta(hours=1)  # unreferenced and orphaned files
+    # are deleted once this old: a reader's query or another writer's open transaction
+    # lasting longer may find a file gone
+    budget: timedelta = timedelta(seconds=60)  # no further DuckLake call starts after this
+    # long (the first always runs, so "0s" is one call per run)
+
+
+@dataclass(frozen=True)
 class Settings:
     api: ApiSettings
     sync: SyncSettings = field(default_factory=SyncSettings)
     warehouse: WarehouseSettings = field(default_factory=WarehouseSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    maintenance: MaintenanceSettings = field(default_factory=MaintenanceSettings)
     source: Path | None = None
     reread: Mapping[str, tuple[Tier, ...]] = field(default_factory=dict)
     """`[streams.NAME] reread`: the re-read tiers of streams without `modified_since`."""
@@ -147,6 +161,7 @@ _SCHEMA = {
     "sync": SyncSettings,
     "warehouse": WarehouseSettings,
     "metrics": MetricsSettings,
+    "maintenance": MaintenanceSettings,
 }
 
 
@@ -179,6 +194,7 @@ def load_settings(path: Path) -> Settings:
         sync=sync,
         warehouse=_warehouse(tables["warehouse"]),
         metrics=_metrics(tables["metrics"]),
+        maintenance=_maintenance(tables["maintenance"]),
         source=source,
         reread=_reread(document.get("streams", {}), sync),
     )
@@ -611,6 +627,20 @@ def _metrics(table: _Table) -> MetricsSettings:
     except ValueError as exc:
         raise table.error("listen", str(exc)) from None
     return MetricsSettings(listen=value)
+
+
+def _maintenance(table: _Table) -> MaintenanceSettings:
+    default = MaintenanceSettings()
+    return MaintenanceSettings(
+        every=table.duration("every", default.every, minimum=_SECOND),
+        expire_snapshots_after=table.duration(
+            "expire_snapshots_after", default.expire_snapshots_after, minimum=timedelta()
+        ),
+        remove_files_after=table.duration(
+            "remove_files_after", default.remove_files_after, minimum=timedelta()
+        ),
+        budget=table.duration("budget", default.budget, minimum=timedelta()),
+    )
 
 
 LISTEN_HINT = "expected HOST:PORT like '127.0.0.1:9464' or '[::1]:9464'"
