@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
@@ -160,9 +160,20 @@ def _listener(emit: Emit | None, label: str) -> AbstractContextManager[Listener 
     help="Exit at once (exit 5) if another rcs-sync is writing the warehouse, "
     "instead of waiting for it.",
 )
+@click.option(
+    "--maintain",
+    is_flag=True,
+    help="After the pass, maintain a lake if due ([maintenance] every; what the daemon does).",
+)
 @click.pass_context
 def sync(
-    ctx: click.Context, team: int | None, events: bool, publish_snapshot: bool, no_wait: bool
+    ctx: click.Context,
+    *,
+    team: int | None,
+    events: bool,
+    publish_snapshot: bool,
+    no_wait: bool,
+    maintain: bool,
 ) -> None:
     """One pass: first a backfill from initial_start, later incremental, or a catch-up."""
     from rcs_sync.engine.sync import Scope, sync_streams
@@ -202,6 +213,8 @@ def sync(
                 and not app.stop.is_set()
             ):
                 _publish(app, emit)
+            if maintain and not app.stop.is_set():
+                _maintain_if_due(app)
     except Exception as exc:
         # No `scope` event tells the daemon about this one: say how the pass ended.
         if emit is not None and not isinstance(exc, Stopped):
@@ -257,6 +270,45 @@ def _publish(app: App, emit: Emit | None) -> None:
     )
     if emit is not None:
         emit(SnapshotPublished(event="snapshot", seconds=published.seconds, mode=published.mode))
+
+
+def _maintain_if_due(app: App) -> None:
+    """The daemon's maintenance, in the pass that found it due, under its writer lock:
+    logged as one event; a failure is logged and leaves the pass's outcome alone."""
+    from rcs_sync.warehouse import maintenance
+
+    settings = app.settings.maintenance
+    try:
+        with app.warehouse.connect() as con:
+            if not maintenance.due(con, settings, datetime.now(UTC)):
+                return
+            report = maintenance.maintain(con, settings, stop=app.stop)
+    except Stopped:
+        raise
+    except RcsSyncError as exc:
+        log.error("maintenance_failed", error=redact(str(exc)), kind=exc.kind)
+        return
+    log.info("lake_maintained", **report.figures())
+
+
+@cli.command()
+@click.option(
+    "--no-wait",
+    is_flag=True,
+    help="Exit at once (exit 5) if another rcs-sync is writing the warehouse.",
+)
+@click.pass_context
+def maintain(ctx: click.Context, no_wait: bool) -> None:
+    """Maintain a lake now, due or not: compact small files, rewrite files heavy with
+    deletes, expire old snapshots, delete old and orphaned files, within [maintenance]
+    budget (a run the budget cuts short says so; the next continues). A DuckDB file is
+    only checkpointed. Prints what it did: text on a terminal, else one JSON line."""
+    from rcs_sync.warehouse import maintenance
+
+    app = _app(ctx)
+    with app.writer(wait=not no_wait), app.warehouse.held(), app.warehouse.connect() as con:
+        report = maintenance.maintain(con, app.settings.maintenance, stop=app.stop)
+    click.echo(json.dumps(report.figures()) if json_lines() else maintenance.render(report))
 
 
 @cli.command()

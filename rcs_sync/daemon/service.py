@@ -1,11 +1,12 @@
 """The daemon behind `rcs-sync run`: a schedule, signals, systemd, metrics.
 
-Each pass runs as a child process (`rcs-sync sync --events --publish-snapshot`, forked
-by `passes.py`) whose JSON lines on stdout (`model/events.py`) tell this process what
-happened. The daemon itself never loads DuckDB, requests, the engine, source, warehouse
-or analytics packages, the charts or the simulator, nor holds a byte of record data, so
-it idles small and a pass's memory is returned to the system when the pass ends; a
-crash inside a pass cannot take down the schedule (`tests/test_daemon_footprint.py`
+Each pass runs as a child process (`rcs-sync sync --events --publish-snapshot --maintain`,
+forked by `passes.py`) whose JSON lines on stdout (`model/events.py`) tell this process
+what happened; the pass itself maintains a lake when due (`warehouse/maintenance.py`).
+The daemon itself never loads DuckDB, requests, the engine, source, warehouse or
+analytics packages, the charts or the simulator, nor holds a byte of record data, so it
+idles small and a pass's memory is returned to the system when the pass ends; a crash
+inside a pass cannot take down the schedule (`tests/test_daemon_footprint.py`
 checks the running process, import-linter the imports). A failing API or a locked file
 fails the pass, never the daemon.
 
@@ -44,7 +45,7 @@ from rcs_sync.writer_lock import WriterLock
 
 log = structlog.get_logger(__name__)
 
-PASS = ["sync", "--events", "--publish-snapshot"]
+PASS = ["sync", "--events", "--publish-snapshot", "--maintain"]
 STOP_GRACE = 8.0
 MAX_JITTER = timedelta(seconds=30)
 

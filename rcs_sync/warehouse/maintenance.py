@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -117,28 +117,29 @@ def maintain(
     settings: MaintenanceSettings,
     *,
     stop: threading.Event | None = None,
-    clock: Callable[[], float] = time.monotonic,
+    now: datetime | None = None,
 ) -> Report:
     """Run every step on the connection's current database, within `settings.budget`,
-    and record the run; a DuckDB file gets a CHECKPOINT only."""
-    started = datetime.now(UTC)
-    began = clock()
+    and record the run; a DuckDB file gets a CHECKPOINT only. `now`: when the run
+    starts, which snapshots' ages are measured from (default: the clock's)."""
+    started = now or datetime.now(UTC)
+    began = time.monotonic()
     report = Report(kind=kind(con), started_at=started.isoformat())
     if report.kind == "duckdb":
         con.execute("CHECKPOINT")
-        report.seconds = round(clock() - began, 3)
+        report.seconds = round(time.monotonic() - began, 3)
         return report
     con.execute(DDL)
     alias = _current(con)
     report.data_files_before, report.delete_files_before = _live_files(con, alias)
-    run = _Calls(con, began + settings.budget.total_seconds(), stop, clock, report)
+    run = _Calls(con, began + settings.budget.total_seconds(), stop, report)
     try:
         _steps(run, alias, settings, started)
     except _OutOfTime as out:
         report.stopped_before = out.step
         report.stop_reason = out.reason
     report.data_files_after, report.delete_files_after = _live_files(con, alias)
-    report.seconds = round(clock() - began, 3)
+    report.seconds = round(time.monotonic() - began, 3)
     con.execute(
         f"INSERT INTO {TABLE} VALUES (?, ?, ?, ?)",
         [started, report.seconds, report.complete, json.dumps(report.figures())],
@@ -156,19 +157,17 @@ class _Calls:
         con: duckdb.DuckDBPyConnection,
         deadline: float,
         stop: threading.Event | None,
-        clock: Callable[[], float],
         report: Report,
     ) -> None:
         self.con = con
         self.deadline = deadline
         self.stop = stop
-        self.clock = clock
         self.report = report
 
     def __call__(self, step: str, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         if self.stop is not None and self.stop.is_set():
             raise _OutOfTime(step, "stop requested")
-        if self.report.calls and self.clock() >= self.deadline:
+        if self.report.calls and time.monotonic() >= self.deadline:
             raise _OutOfTime(step, "budget spent")
         self.report.calls += 1
         try:
