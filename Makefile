@@ -54,12 +54,13 @@ test-lake: $(LAKE_STAMP)
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
-bench: $(STAMP)
+bench: $(STAMP) $(LAKE_STAMP)
 	$(BIN)/python bench/bench.py
 	$(BIN)/python bench/snapshot_bench.py
 	$(BIN)/python bench/analytics_bench.py
 	$(BIN)/python bench/upsert_bench.py
 	$(BIN)/python bench/channels_bench.py
+	$(LAKE)/bin/python bench/lake_bench.py
 
 # The peer (dlt) lives in a virtualenv of its own, so its dependencies never mix with ours.
 PEER := .venv-peer
