@@ -250,7 +250,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     damage, snapshot, storage versions, file locks) from the suites run on every kind."""
     if KIND == "duckdb":
         return
-    kept, dropped = [], []
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
     for item in items:
         (dropped if item.get_closest_marker("duckdb_only") else kept).append(item)
     if dropped:
