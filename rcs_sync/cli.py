@@ -55,6 +55,10 @@ if TYPE_CHECKING:
     from rcs_sync.session import App
 
 log = structlog.get_logger(__name__)
+NO_SNAPSHOT = (
+    "a lake has no snapshot: readers attach the lake itself, read-only, while it is "
+    'written (README, "Reading a lake")'
+)
 
 Emit = Callable[[PassEvent], None]
 
@@ -255,8 +259,12 @@ def _scope_event(app: App, outcome: ScopeOutcome) -> ScopeFinished:
 
 
 def _publish(app: App, emit: Emit | None) -> None:
+    from rcs_sync.warehouse.duckdb_file import Warehouse
     from rcs_sync.warehouse.snapshot import publish_from
 
+    if not isinstance(app.warehouse, Warehouse):
+        log.info("snapshot_not_used", reason=NO_SNAPSHOT)
+        return
     try:
         published = publish_from(app.warehouse, app.settings.warehouse.snapshot_file)
     except RcsSyncError as exc:
@@ -395,20 +403,22 @@ def migrate(ctx: click.Context) -> None:
     A file written in another storage version than [warehouse] storage_version is
     rewritten into it first, and the snapshot is republished in it."""
     from rcs_sync.warehouse import storage
+    from rcs_sync.warehouse.duckdb_file import Warehouse
     from rcs_sync.warehouse.snapshot import publish_from
 
     app = _app(ctx)
+    file = app.warehouse if isinstance(app.warehouse, Warehouse) else None  # a lake: neither
     with app.writer():
-        converted = storage.convert(app.warehouse)
+        converted = storage.convert(file) if file else None
         if converted is not None:
             click.echo(f"storage rewritten: {converted.before} -> {converted.after}")
         applied = app.warehouse.migrate()
         click.echo(f"migrations applied: {applied}" if applied else "schema up to date")
+        if file is None:
+            return
         snapshot = app.settings.warehouse.snapshot_file
-        if snapshot.exists() and storage.file_version(snapshot) != storage.warehouse_version(
-            app.warehouse
-        ):
-            publish_from(app.warehouse, snapshot)
+        if snapshot.exists() and storage.file_version(snapshot) != storage.warehouse_version(file):
+            publish_from(file, snapshot)
             click.echo(f"snapshot republished: {snapshot}")
 
 

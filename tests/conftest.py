@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -25,6 +26,8 @@ from rcs_sync.model.durations import format_instant
 from tests.postgres import MISSING, PostgresServer, bindir
 
 RCS_SYNC = str(Path(sys.executable).with_name("rcs-sync"))
+KIND = os.environ.get("RCS_SYNC_TEST_KIND", "duckdb")
+"""The warehouse kind the `site` fixture installs: `make test-lake` sets `ducklake`."""
 TOKEN = "tok-3f9a7c1e5b2d"
 """Distinctive, so a test can scan any output for it."""
 
@@ -105,6 +108,24 @@ class Site:
     program: tuple[str, ...] = (RCS_SYNC,)
     """How `rcs-sync` is started: the installed script, or a helper that registers
     another stream first (`tests/widget_stream.py`)."""
+    catalog: str | None = None
+    """A lake's catalog (`kind = "ducklake"`), None for a DuckDB file."""
+
+    @property
+    def data_path(self) -> Path:
+        return self.dir / "lake-data"
+
+    def warehouse_config(self) -> dict[str, Any]:
+        """The `[warehouse]` section of this site's kind."""
+        if self.catalog is None:
+            return {"path": "rcs.duckdb", "lock_timeout": "10s"}
+        return {
+            "kind": "ducklake",
+            "catalog": self.catalog,
+            "data_path": str(self.data_path),
+            "spool_dir": str(self.dir / "spool"),
+            "lock_timeout": "10s",
+        }
 
     @property
     def config(self) -> Path:
@@ -132,7 +153,7 @@ class Site:
                 # The simulator may change any record; keep them all within the horizon.
                 "update_horizon": f"{int(self.sim.sim.config.days) + 2}d",
             },
-            "warehouse": {"path": "rcs.duckdb", "lock_timeout": "10s"},
+            "warehouse": self.warehouse_config(),
         }
         for name, values in self.overrides.items():
             defaults[name] = {**defaults.get(name, {}), **values}
@@ -166,12 +187,25 @@ class Site:
         assert result.returncode == 0, result.stderr[-3000:]
         return result
 
+    @contextmanager
+    def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The warehouse, whichever its kind: the file, or the lake attached and `USE`d."""
+        if self.catalog is None:
+            with duckdb.connect(str(self.db), read_only=read_only) as con:
+                yield con
+            return
+        from rcs_sync.warehouse.lake import Lake  # noqa: PLC0415 - the lake venv's
+
+        lake = Lake(self.catalog, str(self.data_path), spool_dir=self.dir / "spool")
+        with lake.connect(read_only=read_only) as con:
+            yield con
+
     def query(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
-        with duckdb.connect(str(self.db), read_only=True) as con:
+        with self.connect(read_only=True) as con:
             return con.execute(sql, params or []).fetchall()
 
     def execute(self, sql: str, params: list[Any] | None = None) -> None:
-        with duckdb.connect(str(self.db)) as con:
+        with self.connect() as con:
             con.execute(sql, params or [])
 
     def table(self) -> dict[int, int]:
@@ -191,15 +225,38 @@ class Site:
 
 
 @pytest.fixture
-def site(tmp_path: Path, make_sim: Callable[..., RunningSimulator]) -> Callable[..., Site]:
+def site(
+    tmp_path: Path, make_sim: Callable[..., RunningSimulator], request: pytest.FixtureRequest
+) -> Callable[..., Site]:
+    """An installation of the kind `RCS_SYNC_TEST_KIND` names (a lake: a new database on
+    the session's PostgreSQL server per site)."""
+
     def make(
         sync: dict[str, Any] | None = None, api: dict[str, Any] | None = None, **sim_config: Any
     ) -> Site:
-        s = Site(tmp_path, make_sim(**sim_config))
+        catalog = None
+        if KIND == "ducklake":
+            server: PostgresServer = request.getfixturevalue("postgres_server")
+            catalog = server.catalog(server.create_database())
+        s = Site(tmp_path, make_sim(**sim_config), catalog=catalog)
         s.write_config(sync=sync or {}, api=api or {})
         return s
 
     return make
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On a lake, deselect the tests about the DuckDB file itself (`duckdb_only`:
+    damage, snapshot, storage versions, file locks) from the suites run on every kind."""
+    if KIND == "duckdb":
+        return
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        (dropped if item.get_closest_marker("duckdb_only") else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 @pytest.fixture(scope="session")

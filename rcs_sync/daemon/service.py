@@ -124,7 +124,7 @@ class Service:
             # One daemon per warehouse: a second one waits here for the first to exit
             # (it would also find the metrics port taken).
             self._lock = WriterLock(
-                self.settings.warehouse.path, role="daemon", wait=self.wait, stop=self.stop
+                self.settings.warehouse.lock_anchor, role="daemon", wait=self.wait, stop=self.stop
             )
             self._lock.acquire()
             # A listen address that cannot be bound is a configuration error: report it

@@ -15,6 +15,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import secrets
+import stat
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,7 @@ from typing import Any
 
 import duckdb
 
-from rcs_sync.model.errors import WarehouseUnavailable
+from rcs_sync.model.errors import EXIT_INSTALL, WarehouseUnavailable
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,11 @@ NO_DOWNLOADS: dict[str, Any] = {
 
 
 class ExtensionMissing(WarehouseUnavailable):
-    """The environment lacks an extension's wheel for this DuckDB release."""
+    """The environment lacks an extension's wheel for this DuckDB release: a problem of
+    the installation, not of the warehouse, hence an exit code of its own."""
+
+    exit_code = EXIT_INSTALL
+    kind = "install"
 
 
 def wheel_file(extension: Extension, version: str) -> Path:
@@ -89,3 +95,21 @@ def _link(source: Path, link: Path) -> Path:
     temporary.symlink_to(source)
     os.replace(temporary, link)
     return link
+
+
+def private_directory() -> Path:
+    """This user's extension directory: `rcs-sync-<uid>-extensions` in the temporary
+    directory, made 0700 and refused unless it is ours, so nobody else can plant a
+    link in it. It holds only links to the wheels' files, remade when missing."""
+    path = Path(tempfile.gettempdir()) / f"rcs-sync-{os.getuid()}-extensions"
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        info = os.lstat(path)
+    except OSError as exc:
+        raise WarehouseUnavailable(f"cannot create the extension directory {path}: {exc}") from None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+        raise WarehouseUnavailable(
+            f"the extension directory {path} is not a directory of this user's alone: "
+            "remove it (rcs-sync recreates it)"
+        )
+    return path

@@ -1,0 +1,150 @@
+"""The warehouse as a DuckLake: the catalog in PostgreSQL (or SQLite), the data as
+Parquet files under `data_path`; the bookkeeping is every backend's (`bookkeeping.py`).
+
+A lake lets readers in, on any machine, while it is written, so a pass keeps one
+attached connection from start to end (`held`; `release` keeps it): an ATTACH costs
+~0.3 s, a commit much less. Outside a pass every call attaches anew. Extensions come
+from the lake extra's wheels (`extensions.py`), never from the network.
+
+The catalog string never holds a password (config.py refuses one): libpq reads it
+from PGPASSWORD or PGPASSFILE, which `libpq_environment` points at a systemd
+credential when there is one, so it is in no message, argument or table.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import duckdb
+
+from rcs_sync.config import libpq_environment
+from rcs_sync.model.errors import WarehouseUnavailable
+from rcs_sync.model.streams import Stream
+from rcs_sync.warehouse.bookkeeping import Bookkeeping
+from rcs_sync.warehouse.dialect import DUCKLAKE
+from rcs_sync.warehouse.extensions import (
+    LAKE_EXTENSIONS,
+    NO_DOWNLOADS,
+    ExtensionMissing,
+    load,
+    private_directory,
+)
+from rcs_sync.warehouse.tables import SCHEMA_MIGRATIONS, table_names
+from rcs_sync.warehouse.validation import literal
+
+ALIAS = "lake"
+"""The name the lake is attached under, and `USE`d (`lake.main.rcs_records`)."""
+_SECRET = re.compile(r"(password\s*=\s*)(\S+)|(://[^/@:]*:)([^/@]*)(@)", re.IGNORECASE)
+
+
+def redact_catalog(catalog: str) -> str:
+    """The catalog string with any password masked (config.py refuses them; a message
+    must not show one even so)."""
+    return _SECRET.sub(lambda m: f"{m[1]}***" if m[1] else f"{m[3]}***{m[5]}", catalog)
+
+
+class Lake(Bookkeeping):
+    dialect = DUCKLAKE
+
+    def __init__(
+        self,
+        catalog: str,
+        data_path: str,
+        *,
+        spool_dir: Path,
+        memory_limit: str = "400MB",
+        threads: int = 2,
+        stop: threading.Event | None = None,
+        streams: Sequence[Stream] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(streams)
+        self.catalog = catalog
+        """A DuckLake catalog string: `postgres:dbname=… host=…` or `sqlite:PATH`."""
+        self.data_path = data_path
+        """Where the Parquet files are: a directory, a shared mount (or a URL)."""
+        self.spool_dir = spool_dir
+        self._config: dict[str, str | int | bool] = {
+            **NO_DOWNLOADS,
+            "memory_limit": memory_limit,
+            "threads": threads,
+        }
+        self._stop = stop or threading.Event()
+        self._env = os.environ if env is None else env
+
+    @property
+    def location(self) -> str:
+        return f"lake ducklake:{redact_catalog(self.catalog)}"
+
+    @property
+    def deferred_dir(self) -> Path:
+        return self.spool_dir.parent / f".{self.spool_dir.name}.runs"
+
+    @property
+    def local_data(self) -> Path | None:
+        """`data_path` as a local directory, None for a URL (object storage)."""
+        return None if "://" in self.data_path else Path(self.data_path)
+
+    def exists(self) -> bool:
+        """Whether a pass has created the lake's tables (its catalog may be empty)."""
+        try:
+            with self.connect(read_only=True) as con:
+                return SCHEMA_MIGRATIONS.name in table_names(con)
+        except ExtensionMissing:
+            raise
+        except WarehouseUnavailable as exc:
+            if "not initialized" in str(exc).lower() or "does not exist" in str(exc).lower():
+                return False
+            raise
+
+    def release(self) -> None:
+        """Nothing: readers never wait for a lake's writer, so the pass keeps its
+        connection (and saves an attach per window)."""
+
+    def verify(self, con: duckdb.DuckDBPyConnection) -> None:
+        """The data directory is there (a shared mount that is not mounted would make
+        every read of an existing file fail mid-pass)."""
+        local = self.local_data
+        if local is not None and not local.is_dir():
+            raise WarehouseUnavailable(
+                f"[warehouse] data_path {local} is not a directory (is the shared mount there?)"
+            )
+
+    def _open_connection(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        con = duckdb.connect(config=dict(self._config))
+        try:
+            load(con, LAKE_EXTENSIONS, private_directory())
+            os.environ.update(libpq_environment(self._env))
+            local = self.local_data
+            if local is not None and not read_only:
+                local.mkdir(parents=True, exist_ok=True, mode=0o750)
+            options = f"DATA_PATH {literal(self.data_path)}" + (", READ_ONLY" if read_only else "")
+            con.execute(f"ATTACH {literal('ducklake:' + self.catalog)} AS {ALIAS} ({options})")
+            con.execute(f"USE {ALIAS}")
+        except duckdb.Error as exc:
+            con.close()
+            raise WarehouseUnavailable(
+                f"cannot attach {self.location}: {_first_line(exc)}"
+            ) from None
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    def _failure(self, exc: duckdb.Error) -> Exception:
+        if isinstance(
+            exc, duckdb.IOException | duckdb.OutOfMemoryException | duckdb.TransactionException
+        ):
+            # The catalog server gone, a full data disk, a conflicting commit (another
+            # writer, or maintenance): nothing committed; the next pass redoes the window.
+            return WarehouseUnavailable(f"writing {self.location} failed: {_first_line(exc)}")
+        return exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return redact_catalog(text.splitlines()[0] if text else type(exc).__name__)
