@@ -105,11 +105,12 @@ def bench_backfill(pg: PostgresServer, env: dict[str, str], figures: dict[str, o
                     config = write_config(Path(tmp), base_url, "100000d")
                     database = pg.create_database()
                     if kind == "lake":
-                        with config.open("a", encoding="utf-8") as f:
-                            f.write(
-                                f'kind = "ducklake"\ncatalog = "{pg.catalog(database)}"\n'
-                                'data_path = "lake-data"\n'
-                            )
+                        text = config.read_text(encoding="utf-8").replace(
+                            'path = "rcs.duckdb"\n',
+                            f'kind = "ducklake"\ncatalog = "{pg.catalog(database)}"\n'
+                            'data_path = "lake-data"\nspool_dir = "spool"\n',
+                        )
+                        config.write_text(text, encoding="utf-8")
                     cmd = [
                         RCS_SYNC,
                         "--config",
