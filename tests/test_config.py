@@ -190,11 +190,12 @@ def test_example_config_loads_and_documents_the_defaults() -> None:
     assert settings.api == ApiSettings(base_url="https://api.example.com")
     assert settings.sync == SyncSettings()
     assert settings.warehouse == WarehouseSettings(path=EXAMPLE.parent / "rcs.duckdb")
+    assert settings.maintenance == MaintenanceSettings()
 
 
 def test_example_config_mentions_every_key() -> None:
     text = EXAMPLE.read_text(encoding="utf-8")
-    for schema in (ApiSettings, SyncSettings, WarehouseSettings):
+    for schema in (ApiSettings, SyncSettings, WarehouseSettings, MaintenanceSettings):
         for name in schema.__dataclass_fields__:
             assert f"\n{name} = " in text or f"\n# {name} = " in text, name
 
