@@ -135,6 +135,13 @@ class WarehouseSettings:
         return self.spool_path if self.kind == "ducklake" else self.path
 
     @property
+    def label(self) -> str:
+        """The warehouse as messages name it (a lake's catalog never holds a password)."""
+        if self.kind == "ducklake":
+            return f"lake ducklake:{self.catalog}"
+        return f"warehouse {self.path}"
+
+    @property
     def snapshot_file(self) -> Path:
         """The analysts' read-only copy: ``snapshot_path``, else "<stem>.snapshot.duckdb"."""
         return self.snapshot_path or self.path.with_name(self.path.stem + ".snapshot.duckdb")

@@ -119,8 +119,9 @@ class App:
         self, *, wait: bool = True, on_wait: Callable[[int | None, float], None] | None = None
     ) -> WriterLock:
         """The one-writer lock of the warehouse (`writer_lock.py`)."""
+        wh = self.settings.warehouse
         return WriterLock(
-            self.settings.warehouse.lock_anchor, wait=wait, stop=self.stop, on_wait=on_wait
+            wh.lock_anchor, wait=wait, stop=self.stop, on_wait=on_wait, label=wh.label
         )
 
     def _stop_on_signals(self, *, interrupt: bool) -> None:

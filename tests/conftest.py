@@ -23,6 +23,7 @@ import pytest
 
 from rcs_sim.server import RunningSimulator, SimConfig, start_simulator
 from rcs_sync.model.durations import format_instant
+from rcs_sync.model.errors import WarehouseUnavailable
 from tests.postgres import MISSING, PostgresServer, bindir
 
 RCS_SYNC = str(Path(sys.executable).with_name("rcs-sync"))
@@ -200,6 +201,25 @@ class Site:
         with lake.connect(read_only=read_only) as con:
             yield con
 
+    @property
+    def spool(self) -> Path:
+        """Where response bodies are spooled (beside the file by default)."""
+        return self.dir / "spool" if self.catalog else self.db.with_name(self.db.name + ".spool")
+
+    @property
+    def location(self) -> str:
+        """The warehouse as rcs-sync's messages name it."""
+        return f"lake ducklake:{self.catalog}" if self.catalog else f"warehouse {self.db}"
+
+    def exists(self) -> bool:
+        """Whether a pass has created the warehouse (a lake: its tables)."""
+        if self.catalog is None:
+            return self.db.exists()
+        try:
+            return bool(self.query("SELECT 1 FROM duckdb_tables() WHERE table_name = 'sync_runs'"))
+        except WarehouseUnavailable:  # a catalog not initialised yet
+            return False
+
     def query(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
         with self.connect(read_only=True) as con:
             return con.execute(sql, params or []).fetchall()
@@ -224,6 +244,21 @@ class Site:
         assert not extra & bad, "malformed records reached the table"
 
 
+def site_factory(
+    tmp_path: Path, make_sim: Callable[..., RunningSimulator], catalog: Callable[[], str | None]
+) -> Callable[..., Site]:
+    """Sites in `tmp_path`, each on a new simulator and, when `catalog` gives one, a lake."""
+
+    def make(
+        sync: dict[str, Any] | None = None, api: dict[str, Any] | None = None, **sim_config: Any
+    ) -> Site:
+        s = Site(tmp_path, make_sim(**sim_config), catalog=catalog())
+        s.write_config(sync=sync or {}, api=api or {})
+        return s
+
+    return make
+
+
 @pytest.fixture
 def site(
     tmp_path: Path, make_sim: Callable[..., RunningSimulator], request: pytest.FixtureRequest
@@ -231,29 +266,29 @@ def site(
     """An installation of the kind `RCS_SYNC_TEST_KIND` names (a lake: a new database on
     the session's PostgreSQL server per site)."""
 
-    def make(
-        sync: dict[str, Any] | None = None, api: dict[str, Any] | None = None, **sim_config: Any
-    ) -> Site:
-        catalog = None
-        if KIND == "ducklake":
-            server: PostgresServer = request.getfixturevalue("postgres_server")
-            catalog = server.catalog(server.create_database())
-        s = Site(tmp_path, make_sim(**sim_config), catalog=catalog)
-        s.write_config(sync=sync or {}, api=api or {})
-        return s
+    def catalog() -> str | None:
+        if KIND != "ducklake":
+            return None
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        return server.catalog(server.create_database())
 
-    return make
+    return site_factory(tmp_path, make_sim, catalog)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """On a lake, deselect the tests about the DuckDB file itself (`duckdb_only`:
-    damage, snapshot, storage versions, file locks) from the suites run on every kind."""
+    """On a lake, deselect from the suites run on every kind the tests about the DuckDB
+    file itself (`duckdb_only`: damage, snapshot, storage versions, file locks) and those
+    the warehouse's kind changes nothing in (`any_kind`: HTTP, TLS, the API's clock;
+    or no `site` at all): the default run has run them."""
     if KIND == "duckdb":
         return
     kept: list[pytest.Item] = []
     dropped: list[pytest.Item] = []
     for item in items:
-        (dropped if item.get_closest_marker("duckdb_only") else kept).append(item)
+        once = item.get_closest_marker("duckdb_only") or item.get_closest_marker("any_kind")
+        siteless = "site" not in getattr(item, "fixturenames", ())
+        kinds = item.get_closest_marker("kinds") and not item.get_closest_marker("lake")
+        (dropped if once or (kinds and siteless) else kept).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept

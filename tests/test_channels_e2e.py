@@ -19,12 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pytest
 import requests
 
 from rcs_sim.endpoints import sibling
 from rcs_sim.server import spawn
 from tests.adversarial_helpers import signal_pass
 from tests.conftest import TOKEN, Site
+
+pytestmark = pytest.mark.kinds
 
 SiteFactory = Callable[..., Site]
 SMS = "/j/text_records"
@@ -126,10 +129,15 @@ def test_every_sibling_stream_backfills_and_teams_are_a_dimension(site: SiteFact
     [(calls,)] = s.query("SELECT sum(calls) FROM call_outcomes_daily")
     assert calls == len(sim.endpoint_truth("/j/call_records"))
 
-    # The analysts' snapshot holds the new tables and the views across channels.
+    # The analysts' snapshot (a lake's readers attach the lake) holds the new tables
+    # and the views across channels.
     s.ok("sync", "--publish-snapshot")
     snapshot = s.dir / "rcs.snapshot.duckdb"
-    with duckdb.connect(str(snapshot), read_only=True) as con:
+    with (
+        duckdb.connect(str(snapshot), read_only=True)
+        if s.catalog is None
+        else s.connect(read_only=True)
+    ) as con:
         channels = con.execute(
             "SELECT channel, sum(messages) FROM message_rates_daily GROUP BY ALL ORDER BY 1"
         ).fetchall()
@@ -146,6 +154,7 @@ def test_every_sibling_stream_backfills_and_teams_are_a_dimension(site: SiteFact
     assert by_stream["teams"]["records"] == 3
 
 
+@pytest.mark.any_kind
 def test_sms_changes_are_seen_within_the_tier_bound_never_with_modified_since(
     site: SiteFactory,
 ) -> None:
@@ -194,6 +203,7 @@ def test_sms_changes_are_seen_within_the_tier_bound_never_with_modified_since(
     assert refused.returncode == 2 and "voicemail_drop_records" in refused.stderr
 
 
+@pytest.mark.any_kind
 def test_the_simulator_refuses_modified_since_where_it_is_not_supported(
     site: SiteFactory,
 ) -> None:
@@ -235,6 +245,7 @@ def test_a_killed_sms_reread_resumes_to_exactly_the_providers_records(
     assert all("modified_since" not in r.params for r in sim.requests)
 
 
+@pytest.mark.any_kind
 def test_sms_under_faults_and_every_bounds_semantics_converges(site: SiteFactory) -> None:
     """Faults (429, 5xx, dropped connections, truncated and HTML bodies) and inclusive
     bounds on a stream without modified_since: backfill and tiered re-reads still end

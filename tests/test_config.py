@@ -19,6 +19,7 @@ from rcs_sync.config import (
     SyncSettings,
     WarehouseSettings,
     config_path,
+    libpq_environment,
     load_settings,
     read_token,
 )
@@ -639,3 +640,80 @@ def test_reread_tiers_per_stream(tmp_path: Path) -> None:
     assert "without modified_since" in str(config_error(tmp_path, base + rcs))
     typo = "[streams.text_records]\nrerad = []\n"
     assert "unknown key" in str(config_error(tmp_path, base + typo))
+
+
+# --- a lake (kind = "ducklake") --------------------------------------------------------
+
+LAKE = MINIMAL + '[warehouse]\nkind = "ducklake"\n'
+CATALOG = 'catalog = "postgres:dbname=rcs host=db.internal user=rcs_sync"\n'
+LAKE_OK = LAKE + CATALOG + 'data_path = "lake"\nspool_dir = "spool"\n'
+
+
+def test_a_lake_config_resolves_its_paths_and_names_the_lake(tmp_path: Path) -> None:
+    warehouse = load_text(tmp_path, LAKE_OK).warehouse
+    assert (warehouse.kind, warehouse.catalog) == (
+        "ducklake",
+        "postgres:dbname=rcs host=db.internal user=rcs_sync",
+    )
+    assert warehouse.data_path == str(tmp_path / "lake")
+    assert warehouse.lock_anchor == warehouse.spool_path == tmp_path / "spool"
+    assert warehouse.label == "lake ducklake:postgres:dbname=rcs host=db.internal user=rcs_sync"
+    sqlite = load_text(
+        tmp_path,
+        LAKE + 'catalog = "sqlite:c.sqlite"\ndata_path = "s3://b/p"\nspool_dir = "spool"\n',
+    ).warehouse
+    assert (sqlite.catalog, sqlite.data_path) == (f"sqlite:{tmp_path / 'c.sqlite'}", "s3://b/p")
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "problem"),
+    [
+        (LAKE + 'data_path = "d"\nspool_dir = "s"\n', "[warehouse] catalog", "required"),
+        (LAKE + CATALOG + 'spool_dir = "s"\n', "[warehouse] data_path", "required"),
+        (LAKE + CATALOG + 'data_path = "d"\n', "[warehouse] spool_dir", "required"),
+        (LAKE_OK + 'path = "rcs.duckdb"\n', "[warehouse] path", "means nothing"),
+        (LAKE_OK + 'snapshot_path = "s.duckdb"\n', "[warehouse] snapshot_path", "means nothing"),
+        (LAKE_OK + 'storage_version = "v1.1.0"\n', "[warehouse] storage_version", "nothing"),
+        (MINIMAL + "[warehouse]\n" + CATALOG, "[warehouse] catalog", 'only for kind = "ducklake"'),
+        (MINIMAL + '[warehouse]\nkind = "lake"\n', "[warehouse] kind", "expected one of duckdb"),
+        (
+            LAKE + 'catalog = "mysql:db=x"\ndata_path = "d"\nspool_dir = "s"\n',
+            "[warehouse] catalog",
+            "expected a DuckLake catalog",
+        ),
+    ],
+)
+def test_lake_config_errors_name_their_key(
+    tmp_path: Path, text: str, key: str, problem: str
+) -> None:
+    error = config_error(tmp_path, text)
+    assert error.key == key and problem in str(error), str(error)
+
+
+@pytest.mark.parametrize(
+    "catalog",
+    [
+        "postgres:dbname=rcs host=db user=rcs password=hunter2-secret",
+        "postgres:dbname=rcs PASSWORD = hunter2-secret",
+        "postgres:postgresql://rcs:hunter2-secret@db/rcs",
+    ],
+)
+def test_a_password_in_the_catalog_is_refused_without_echoing_it(
+    tmp_path: Path, catalog: str
+) -> None:
+    error = config_error(
+        tmp_path, LAKE + f'catalog = "{catalog}"\ndata_path = "d"\nspool_dir = "s"\n'
+    )
+    assert error.key == "[warehouse] catalog"
+    assert "hunter2-secret" not in str(error)
+    assert "PGPASSWORD" in str(error) and "pgpass" in str(error)
+
+
+def test_libpq_finds_the_password_in_a_systemd_credential(tmp_path: Path) -> None:
+    (tmp_path / "pgpass").write_text("db:5432:rcs:rcs:secret\n", encoding="utf-8")
+    credentials = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
+    assert libpq_environment(credentials) == {"PGPASSFILE": str(tmp_path / "pgpass")}
+    # What the operator set for libpq wins; nothing at all leaves libpq to its defaults.
+    assert libpq_environment({**credentials, "PGPASSWORD": "x"}) == {}
+    assert libpq_environment({**credentials, "PGPASSFILE": "/etc/pgpass"}) == {}
+    assert libpq_environment({"CREDENTIALS_DIRECTORY": str(tmp_path / "none")}) == {}

@@ -9,7 +9,11 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+import pytest
+
 from tests.conftest import Site, log_lines, terminal_line, wait_for
+
+pytestmark = pytest.mark.kinds
 
 SiteFactory = Callable[..., Site]
 
@@ -25,7 +29,7 @@ def full_windows(s: Site) -> Counter[tuple[str, str]]:
 
 def holding(s: Site) -> bool:
     """Whether some rcs-sync has written its PID into the writer lock file."""
-    path = s.dir / ".rcs.duckdb.writer.lock"
+    path = s.dir / (".spool.writer.lock" if s.catalog else ".rcs.duckdb.writer.lock")
     return path.exists() and path.read_text().strip().isdigit()
 
 
@@ -70,7 +74,7 @@ def test_no_wait_exits_5_at_once_with_one_line(site: SiteFactory) -> None:
             assert time.monotonic() - began < 10
             assert len(refused.stderr.splitlines()) == 1, refused.stderr
             assert terminal_line(refused.stderr) == (
-                f"rcs-sync: error: warehouse {s.db} is in use by another rcs-sync "
+                f"rcs-sync: error: {s.location} is in use by another rcs-sync "
                 f"(PID {first.pid}); not waiting (--no-wait)"
             )
         # Readers never wait for the writer lock.
@@ -106,7 +110,7 @@ def test_a_second_daemon_on_the_same_warehouse_waits_or_exits_5(site: SiteFactor
         assert refused.returncode == 5, refused.stderr
         assert len(refused.stderr.splitlines()) == 1, refused.stderr
         assert terminal_line(refused.stderr) == (
-            f"rcs-sync: error: warehouse {s.db} is in use by another daemon "
+            f"rcs-sync: error: {s.location} is in use by another daemon "
             f"(PID {first.pid}); not waiting (--no-wait)"
         )
         second = subprocess.Popen(

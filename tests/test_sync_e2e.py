@@ -17,6 +17,8 @@ from rcs_sync.model.durations import format_instant
 from tests.adversarial_helpers import compare
 from tests.conftest import TOKEN, Site, log_lines, terminal_line, wait_for
 
+pytestmark = pytest.mark.kinds
+
 SiteFactory = Callable[..., Site]
 
 
@@ -119,6 +121,7 @@ def test_one_incremental_pass_brings_the_newest_records_of_a_server_15_min_ahead
     assert server_now - timedelta(seconds=2) <= checkpoint <= server_now
 
 
+@pytest.mark.any_kind
 def test_token_rejected_exits_3_with_one_line(site: SiteFactory) -> None:
     s = site(records=100)
     result = s.run("sync", env=s.env(RCS_SYNC_TOKEN="wrong-token-123"))
@@ -218,6 +221,7 @@ def test_truncating_server_makes_windows_split_until_nothing_is_lost(site: SiteF
     assert any(e["event"] == "window_split" for e in log_lines(result.stderr))
 
 
+@pytest.mark.duckdb_only
 def test_a_reader_holding_the_file_delays_a_pass_or_fails_it_with_exit_5(
     site: SiteFactory,
 ) -> None:
@@ -302,6 +306,7 @@ def test_the_token_never_appears_in_any_output(site: SiteFactory) -> None:
     assert not s.query("SELECT count(*) FROM sync_runs WHERE error LIKE ?", [f"%{TOKEN}%"])[0][0]
 
 
+@pytest.mark.any_kind
 def test_config_errors_exit_2_naming_the_key(site: SiteFactory) -> None:
     s = site(records=10)
     s.write_config(sync={"window": "soon"})
@@ -314,6 +319,7 @@ def test_config_errors_exit_2_naming_the_key(site: SiteFactory) -> None:
     assert "Traceback" not in bad_cli.stderr
 
 
+@pytest.mark.any_kind
 def test_an_unknown_stream_is_a_config_error_naming_the_key(site: SiteFactory) -> None:
     s = site(records=10)
     s.write_config(sync={"streams": ["emails"]})
@@ -327,6 +333,7 @@ def test_an_unknown_stream_is_a_config_error_naming_the_key(site: SiteFactory) -
     assert not s.db.exists()
 
 
+@pytest.mark.any_kind
 @pytest.mark.parametrize(
     ("layout", "gzipped", "content"),
     [("compact", True, False), ("pretty", False, True), ("lines", True, True)],
@@ -345,6 +352,7 @@ def test_every_body_layout_and_encoding_loads_exactly_the_records_served(
     assert (with_content > 0) == content
 
 
+@pytest.mark.any_kind
 def test_a_wrong_base_url_fails_within_15s_with_one_line_naming_it(site: SiteFactory) -> None:
     s = site(records=10)
     with socket.socket() as probe:

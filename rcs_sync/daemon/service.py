@@ -123,8 +123,9 @@ class Service:
         try:
             # One daemon per warehouse: a second one waits here for the first to exit
             # (it would also find the metrics port taken).
+            wh = self.settings.warehouse
             self._lock = WriterLock(
-                self.settings.warehouse.lock_anchor, role="daemon", wait=self.wait, stop=self.stop
+                wh.lock_anchor, role="daemon", wait=self.wait, stop=self.stop, label=wh.label
             )
             self._lock.acquire()
             # A listen address that cannot be bound is a configuration error: report it

@@ -36,7 +36,7 @@ from rcs_sync.warehouse.extensions import (
 from rcs_sync.warehouse.tables import SCHEMA_MIGRATIONS, table_names
 from rcs_sync.warehouse.validation import literal
 
-ALIAS = "lake"
+LAKE_ALIAS = "lake"
 """The name the lake is attached under, and `USE`d (`lake.main.rcs_records`)."""
 _SECRET = re.compile(r"(password\s*=\s*)(\S+)|(://[^/@:]*:)([^/@]*)(@)", re.IGNORECASE)
 
@@ -101,6 +101,11 @@ class Lake(Bookkeeping):
                 return False
             raise
 
+    def reader(self) -> duckdb.DuckDBPyConnection:
+        """A new read-only connection of the caller's, the lake attached and `USE`d:
+        for analysts, while a daemon writes (`analytics/sources.py`)."""
+        return self._open_connection(read_only=True)
+
     def release(self) -> None:
         """Nothing: readers never wait for a lake's writer, so the pass keeps its
         connection (and saves an attach per window)."""
@@ -123,8 +128,8 @@ class Lake(Bookkeeping):
             if local is not None and not read_only:
                 local.mkdir(parents=True, exist_ok=True, mode=0o750)
             options = f"DATA_PATH {literal(self.data_path)}" + (", READ_ONLY" if read_only else "")
-            con.execute(f"ATTACH {literal('ducklake:' + self.catalog)} AS {ALIAS} ({options})")
-            con.execute(f"USE {ALIAS}")
+            con.execute(f"ATTACH {literal('ducklake:' + self.catalog)} AS {LAKE_ALIAS} ({options})")
+            con.execute(f"USE {LAKE_ALIAS}")
         except duckdb.Error as exc:
             con.close()
             raise WarehouseUnavailable(
