@@ -86,6 +86,10 @@ def catalog_rows(pg: PostgresServer, database: str) -> int:
     return int(pg.psql(f"SELECT sum(n) FROM ({counts}) c", database).strip() or 0)
 
 
+def snapshots(pg: PostgresServer, database: str) -> int:
+    return int(pg.psql("SELECT count(*) FROM ducklake_snapshot", database).strip())
+
+
 def parquet_files(data: Path) -> int:
     return sum(1 for _ in data.rglob("*.parquet"))
 
@@ -261,6 +265,7 @@ def bench_readers(pg: PostgresServer, tmp: Path, figures: dict[str, object]) -> 
     with lake_connection(catalog, data) as con:
         con.execute(f"CREATE TABLE {TABLE.format(key='')}")
         con.execute(f"INSERT INTO records {ROWS}", {"n": SIZES[0], "first": 0, "last": SIZES[0]})
+    rows_before, snapshots_before = catalog_rows(pg, database), snapshots(pg, database)
     writer = subprocess.Popen(
         [
             sys.executable,
@@ -290,7 +295,8 @@ def bench_readers(pg: PostgresServer, tmp: Path, figures: dict[str, object]) -> 
         connections = int(
             pg.psql(f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{database}'").strip()
         )
-        commits = int(pg.psql("SELECT count(*) FROM ducklake_snapshot", database).strip())
+        commits = snapshots(pg, database) - snapshots_before
+        rows_after = catalog_rows(pg, database)
         kept.close()
     finally:
         writer.kill()
@@ -310,6 +316,12 @@ def bench_readers(pg: PostgresServer, tmp: Path, figures: dict[str, object]) -> 
             _percentile(values, 95),
         )
     report(figures, "  snapshots committed meanwhile (catalog)", "reader_snapshots", commits)
+    report(
+        figures,
+        "  catalog rows per small commit",
+        "catalog_rows_per_commit",
+        round((rows_after - rows_before) / max(1, commits), 1),
+    )
     report(figures, "  PostgreSQL connections: writer + 1 reader", "pg_connections", connections)
 
 
