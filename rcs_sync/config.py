@@ -156,6 +156,7 @@ class MetricsSettings:
 class MaintenanceSettings:
     """A lake's upkeep (`warehouse/maintenance.py`); a DuckDB file needs none."""
 
+    enabled: bool = True  # false: the daemon's passes never maintain (another host's do)
     every: timedelta = timedelta(hours=1)  # run after the daemon's first pass this long since
     expire_snapshots_after: timedelta = timedelta(days=7)  # time travel reaches back this far
     remove_files_after: timedelta = timedelta(hours=1)  # unreferenced and orphaned files
@@ -711,6 +712,7 @@ def _metrics(table: _Table) -> MetricsSettings:
 def _maintenance(table: _Table) -> MaintenanceSettings:
     default = MaintenanceSettings()
     return MaintenanceSettings(
+        enabled=table.boolean("enabled", default.enabled),
         every=table.duration("every", default.every, minimum=_SECOND),
         expire_snapshots_after=table.duration(
             "expire_snapshots_after", default.expire_snapshots_after, minimum=timedelta()

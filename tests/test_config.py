@@ -363,16 +363,18 @@ def test_unknown_top_level_key(tmp_path: Path) -> None:
 
 def test_maintenance_settings_and_their_defaults(tmp_path: Path) -> None:
     assert load_text(tmp_path, MINIMAL).maintenance == MaintenanceSettings(
+        enabled=True,
         every=timedelta(hours=1),
         expire_snapshots_after=timedelta(days=7),
         remove_files_after=timedelta(hours=1),
         budget=timedelta(seconds=60),
     )
     text = (
-        MINIMAL + '[maintenance]\nevery = "30m"\nexpire_snapshots_after = "2d"\n'
+        MINIMAL + '[maintenance]\nenabled = false\nevery = "30m"\nexpire_snapshots_after = "2d"\n'
         'remove_files_after = "0s"\nbudget = "0s"\n'
     )
     assert load_text(tmp_path, text).maintenance == MaintenanceSettings(
+        enabled=False,
         every=timedelta(minutes=30),
         expire_snapshots_after=timedelta(days=2),
         remove_files_after=timedelta(),
@@ -437,6 +439,7 @@ def test_section_that_is_not_a_table(tmp_path: Path) -> None:
         ("warehouse", "memory_limit", "1", "expected a non-empty string"),
         ("warehouse", "threads", "0", "must be at least 1"),
         ("warehouse", "threads", "false", "expected an integer"),
+        ("maintenance", "enabled", '"no"', "expected true or false"),
         ("maintenance", "every", '"0s"', "must be at least 1s"),
         ("maintenance", "expire_snapshots_after", "7", "expected a duration like"),
         ("maintenance", "remove_files_after", '"-1h"', "expected a duration like"),

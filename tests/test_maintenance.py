@@ -166,6 +166,8 @@ def test_a_tiny_budget_stops_early_says_so_and_the_next_run_is_due(
     assert full.data_files_after < full.data_files_before
     assert not maintenance.due(lake, every, datetime.now(UTC))
     assert maintenance.due(lake, every, datetime.now(UTC) + timedelta(days=1))
+    off = MaintenanceSettings(enabled=False)
+    assert not maintenance.due(lake, off, datetime.now(UTC) + timedelta(days=1))
 
 
 PASS_SQL = (

@@ -98,9 +98,9 @@ def kind(con: duckdb.DuckDBPyConnection) -> Kind:
 
 
 def due(con: duckdb.DuckDBPyConnection, settings: MaintenanceSettings, now: datetime) -> bool:
-    """Whether a pass should maintain this warehouse now: a lake whose last run started
-    `every` ago or more, or did not complete (none yet: due)."""
-    if kind(con) != "ducklake":
+    """Whether a pass should maintain this warehouse now: a lake, maintenance enabled,
+    whose last run started `every` ago or more, or did not complete (none yet: due)."""
+    if not settings.enabled or kind(con) != "ducklake":
         return False
     con.execute(DDL)
     row = con.execute(
