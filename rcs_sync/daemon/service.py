@@ -45,6 +45,8 @@ from rcs_sync.writer_lock import WriterLock
 log = structlog.get_logger(__name__)
 
 PASS = ["sync", "--events", "--publish-snapshot"]
+LAKE_PASS = ["sync", "--events"]
+"""A lake has no snapshot: its readers attach it (said once, in `daemon_started`)."""
 STOP_GRACE = 8.0
 MAX_JITTER = timedelta(seconds=30)
 
@@ -133,7 +135,12 @@ class Service:
             self._migrate()
             scheduler = self._start_scheduler()
             self.notifier.ready("warehouse ready; first pass running")
-            log.info("daemon_started", interval_s=self.interval.total_seconds())
+            lake = self.settings.warehouse.kind == "ducklake"
+            log.info(
+                "daemon_started",
+                interval_s=self.interval.total_seconds(),
+                **({"snapshot": "none: readers attach the lake itself"} if lake else {}),
+            )
             try:
                 self._supervise()
             finally:
@@ -291,7 +298,8 @@ class Service:
     def _run_pass(self) -> PassReport:
         report = PassReport()
         started = time.monotonic()
-        process = PassProcess(self.entry, [*self.command, *PASS], os.environ)
+        one = LAKE_PASS if self.settings.warehouse.kind == "ducklake" else PASS
+        process = PassProcess(self.entry, [*self.command, *one], os.environ)
         self._process = process
         for line in process.lines:
             self._progress_at = time.monotonic()
