@@ -29,7 +29,7 @@ def full_windows(s: Site) -> Counter[tuple[str, str]]:
 
 def holding(s: Site) -> bool:
     """Whether some rcs-sync has written its PID into the writer lock file."""
-    path = s.dir / (".spool.writer.lock" if s.catalog else ".rcs.duckdb.writer.lock")
+    path = s.lock()
     return path.exists() and path.read_text().strip().isdigit()
 
 
@@ -122,7 +122,7 @@ def test_a_second_daemon_on_the_same_warehouse_waits_or_exits_5(site: SiteFactor
             first.send_signal(signal.SIGTERM)
             assert first.wait(timeout=20) == 0
             wait_for(
-                lambda: (s.dir / ".rcs.duckdb.daemon.lock").read_text().strip() == str(second.pid),
+                lambda: s.lock("daemon").read_text().strip() == str(second.pid),
                 30,
                 "the second daemon to take over",
             )

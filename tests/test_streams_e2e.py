@@ -158,7 +158,7 @@ def test_a_backfill_of_the_test_stream_killed_mid_way_resumes_to_exactly_its_rec
     assert code == -signal.SIGKILL
     done_sql = "SELECT count(*) FROM sync_windows WHERE stream = 'test_widget_records'"
     [(done,)] = s.query(done_sql)
-    assert 3 <= done <= 6
+    assert (3 if s.catalog is None else 1) <= done <= 6  # a lake's commits lag further
     # The requests the killed pass had in flight reach the simulator's log once their
     # latency has passed: let them, so that only the rerun's requests are counted.
     time.sleep(0.5)

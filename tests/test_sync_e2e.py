@@ -82,7 +82,9 @@ def test_backfill_killed_mid_way_resumes_and_loses_nothing(site: SiteFactory) ->
     proc.wait(timeout=10)
     assert proc.returncode == -signal.SIGKILL
     [(done,)] = s.query("SELECT count(*) FROM sync_windows")
-    assert 10 <= done < 42
+    # A lake's commits (catalog round trips to PostgreSQL) lag further behind the
+    # requests in flight: fewer windows are in when the 15th request is served.
+    assert (10 if s.catalog is None else 3) <= done < 42
     before = len(s.sim.sim.requests)
     rerun = s.ok("backfill", "--start", start, "--end", end)
     assert "backfill" in summary(rerun)
