@@ -57,6 +57,7 @@ def test_two_syncs_at_once_read_each_window_once(site: SiteFactory) -> None:
     s.assert_converged()
 
 
+@pytest.mark.any_kind
 def test_no_wait_exits_5_at_once_with_one_line(site: SiteFactory) -> None:
     s = site(records=2_000, days=6, latency=1.0)  # ~7 s: outlasts the refused commands
     first = subprocess.Popen(
@@ -99,6 +100,7 @@ def test_a_holder_killed_with_sigkill_leaves_no_stale_lock(site: SiteFactory) ->
     s.assert_converged()
 
 
+@pytest.mark.any_kind
 def test_a_second_daemon_on_the_same_warehouse_waits_or_exits_5(site: SiteFactory) -> None:
     s = site(records=500, sync={"interval": "1s"})
     log = s.dir / "daemon.log"
