@@ -42,17 +42,7 @@ class App:
         """The one place `[warehouse] kind` chooses the backend."""
         wh = self.settings.warehouse
         if wh.kind == "ducklake":
-            assert wh.catalog is not None and wh.data_path is not None  # config.py checked
-            return Lake(
-                wh.catalog,
-                wh.data_path,
-                spool_dir=wh.spool_path,
-                memory_limit=wh.memory_limit,
-                threads=wh.threads,
-                stop=self.stop,
-                streams=self.streams(),
-                env=self.env,
-            )
+            return Lake.from_settings(wh, stop=self.stop, streams=self.streams(), env=self.env)
         return Warehouse(
             wh.path,
             lock_timeout=wh.lock_timeout.total_seconds(),

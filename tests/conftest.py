@@ -211,6 +211,12 @@ class Site:
         """The warehouse as rcs-sync's messages name it."""
         return f"lake ducklake:{self.catalog}" if self.catalog else f"warehouse {self.db}"
 
+    def lock(self, role: str = "writer") -> Path:
+        """The one-writer lock file of `role` (`writer_lock.py`): named after the file,
+        or after a lake's spool directory."""
+        anchor = self.spool if self.catalog else self.db
+        return anchor.with_name(f".{anchor.name}.{role}.lock")
+
     def exists(self) -> bool:
         """Whether a pass has created the warehouse (a lake: its tables)."""
         if self.catalog is None:

@@ -223,6 +223,7 @@ def test_the_simulator_refuses_modified_since_where_it_is_not_supported(
     assert all("body" not in r for r in plain.json())
 
 
+@pytest.mark.any_kind
 def test_a_killed_sms_reread_resumes_to_exactly_the_providers_records(
     site: SiteFactory,
 ) -> None:
@@ -271,6 +272,7 @@ def test_sms_under_faults_and_every_bounds_semantics_converges(site: SiteFactory
     assert all("modified_since" not in r.params for r in sim.requests)
 
 
+@pytest.mark.any_kind
 def test_every_personal_field_of_calls_and_sms_is_hashed(site: SiteFactory, tmp_path: Path) -> None:
     s = channel_site(site, ["text_records", "call_records"], records=300)
     key_file = tmp_path / "number_key"

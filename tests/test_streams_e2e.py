@@ -19,7 +19,7 @@ import pytest
 
 from tests.adversarial_helpers import signal_pass
 from tests.conftest import Site
-from tests.test_stream_tables import declared_columns
+from tests.test_stream_tables import declared_columns, described
 from tests.widget_stream import ENDPOINT, PROGRAM, WIDGETS
 
 SiteFactory = Callable[..., Site]
@@ -65,6 +65,7 @@ def assert_snapshot_holds(s: Site, tables: tuple[str, ...]) -> None:
             assert row is not None and row[1:] == (0, 0), (table, row)
 
 
+@pytest.mark.any_kind
 def test_a_stream_declared_by_a_test_alone_backfills_then_syncs_changes(
     site: SiteFactory,
 ) -> None:
@@ -74,8 +75,7 @@ def test_a_stream_declared_by_a_test_alone_backfills_then_syncs_changes(
 
     events = [json.loads(line) for line in first.stdout.splitlines()]
     scopes = [e for e in events if e["event"] == "scope"]
-    file = s.catalog is None  # a lake publishes no snapshot: its readers attach it
-    assert [e["mode"] for e in events if e["event"] == "snapshot"] == (["full"] if file else [])
+    assert [e["mode"] for e in events if e["event"] == "snapshot"] == ["full"]
     assert [(e["stream"], e["scope"], e["outcome"]) for e in scopes] == [
         (WIDGETS.name, "all", "ok"),
         ("rcs_records", "all", "ok"),
@@ -90,8 +90,7 @@ def test_a_stream_declared_by_a_test_alone_backfills_then_syncs_changes(
     assert len(requests) == scopes[0]["summary"]["windows"] >= 11
     assert all(set(r.params) == {"start", "end"} for r in requests)
     for table, columns in declared_columns(WIDGETS).items():
-        described = [tuple(r[:4]) for r in s.query(f'DESCRIBE "{table}"')]
-        assert described == [(*c[:3], c[3] if file else None) for c in columns], table
+        assert described(s.db, table) == columns, table
     first_seen = (
         "SELECT count(*), count(*) FILTER (WHERE from_state IS NULL) FROM test_widget_phases"
     )
@@ -122,8 +121,6 @@ def test_a_stream_declared_by_a_test_alone_backfills_then_syncs_changes(
             "AND observed_at = (SELECT max(observed_at) FROM test_widget_phases) ORDER BY 1"
         )
         assert [serial for (serial,) in changed] == moved
-        if not file:
-            continue
         assert_snapshot_holds(s, STREAM_TABLES)
         # The second publish has no spare generation yet; the third refreshes one.
         published = [line for line in result.stderr.splitlines() if "snapshot_published" in line]
@@ -158,7 +155,7 @@ def test_a_backfill_of_the_test_stream_killed_mid_way_resumes_to_exactly_its_rec
     assert code == -signal.SIGKILL
     done_sql = "SELECT count(*) FROM sync_windows WHERE stream = 'test_widget_records'"
     [(done,)] = s.query(done_sql)
-    assert 3 <= done <= 6
+    assert (3 if s.catalog is None else 1) <= done <= 6  # a lake's commits lag further
     # The requests the killed pass had in flight reach the simulator's log once their
     # latency has passed: let them, so that only the rerun's requests are counted.
     time.sleep(0.5)

@@ -82,7 +82,9 @@ def test_backfill_killed_mid_way_resumes_and_loses_nothing(site: SiteFactory) ->
     proc.wait(timeout=10)
     assert proc.returncode == -signal.SIGKILL
     [(done,)] = s.query("SELECT count(*) FROM sync_windows")
-    assert 10 <= done < 42
+    # A lake's commits (catalog round trips to PostgreSQL) lag further behind the
+    # requests in flight: fewer windows are in when the 15th request is served.
+    assert (10 if s.catalog is None else 3) <= done < 42
     before = len(s.sim.sim.requests)
     rerun = s.ok("backfill", "--start", start, "--end", end)
     assert "backfill" in summary(rerun)
@@ -98,6 +100,7 @@ def test_backfill_killed_mid_way_resumes_and_loses_nothing(site: SiteFactory) ->
     assert len(s.sim.sim.requests) - before <= 2
 
 
+@pytest.mark.any_kind
 def test_one_incremental_pass_brings_the_newest_records_of_a_server_15_min_ahead(
     site: SiteFactory,
 ) -> None:
@@ -173,6 +176,7 @@ def test_api_failing_past_the_retry_budget_exits_4_and_keeps_committed_work(
     s.assert_converged()
 
 
+@pytest.mark.any_kind
 def test_fault_storm_with_state_changes_converges_exactly(site: SiteFactory) -> None:
     """The bar: >= 200k records over >= 30 windows plus 3 incremental passes, 10 % faults."""
     s = site(
@@ -194,6 +198,7 @@ def test_fault_storm_with_state_changes_converges_exactly(site: SiteFactory) -> 
     assert sum(1 for r in s.sim.sim.requests if r.fault) >= 3
 
 
+@pytest.mark.any_kind
 def test_malformed_records_are_quarantined_and_valid_ones_converge(site: SiteFactory) -> None:
     s = site(records=5_000, bad_fraction=0.03, extra_fields=True)
     result = s.ok("sync")
@@ -261,6 +266,7 @@ def test_a_reader_holding_the_file_delays_a_pass_or_fails_it_with_exit_5(
     assert not list(s.dir.glob(".rcs.duckdb.runs/*.json"))
 
 
+@pytest.mark.any_kind
 def test_teams_are_synced_as_separate_scopes(site: SiteFactory) -> None:
     s = site(records=3_000, teams=3)
     s.write_config(api={"teams": [1, 3], "include_content": True})
@@ -297,6 +303,7 @@ def test_status_reports_checkpoints_windows_and_runs(site: SiteFactory) -> None:
     assert "rcs_records / all: checkpoint" in text
 
 
+@pytest.mark.any_kind
 def test_the_token_never_appears_in_any_output(site: SiteFactory) -> None:
     s = site(records=2_000, fault_rate=0.2, faults=("429", "500", "drop"))
     outputs = [s.run("-v", "sync"), s.run("-v", "sync"), s.run("status", "--json")]

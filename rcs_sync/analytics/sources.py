@@ -90,11 +90,23 @@ def open_source(
     """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
-    if settings.kind == "ducklake":
-        con, chosen = _open_lake(settings, source, stream)
-    else:
-        con, chosen = _open_file(settings, source, stream)
+    lake = settings.kind == "ducklake"
+    if lake and source == "snapshot":
+        raise WarehouseUnavailable(
+            "a lake has no snapshot: read it with source 'auto' or 'live' (it is attached "
+            "read-only, and each query sees the last commit)"
+        )
+    con = (
+        Lake.from_settings(settings).reader()
+        if lake
+        else duckdb.connect(
+            config={"memory_limit": settings.memory_limit, "threads": settings.threads}
+        )
+    )
     try:
+        chosen = (
+            _lake_source(con, settings, stream) if lake else _file(con, settings, source, stream)
+        )
         con.execute(
             "CREATE TEMP TABLE rcs_source AS SELECT ?::VARCHAR AS source, ?::VARCHAR AS path, "
             "?::TIMESTAMPTZ AS as_of, ?::TIMESTAMPTZ AS last_pass",
@@ -106,48 +118,23 @@ def open_source(
     return con, chosen
 
 
-def _open_file(
-    settings: WarehouseSettings, source: str, stream: str | None
-) -> tuple[duckdb.DuckDBPyConnection, Source]:
-    con = duckdb.connect(
-        config={"memory_limit": settings.memory_limit, "threads": settings.threads}
-    )
-    try:
-        chosen = _choose(con, settings, source, stream)
-        con.execute(f"USE {ALIAS}")
-        path = Path(chosen.path)
-        _inspector(settings, path, snapshot=chosen.snapshot).check(con)
-    except BaseException:
-        con.close()
-        raise
-    return con, chosen
+def _file(
+    con: duckdb.DuckDBPyConnection, settings: WarehouseSettings, source: str, stream: str | None
+) -> Source:
+    chosen = _choose(con, settings, source, stream)
+    con.execute(f"USE {ALIAS}")
+    _inspector(settings, Path(chosen.path), snapshot=chosen.snapshot).check(con)
+    return chosen
 
 
-def _open_lake(
-    settings: WarehouseSettings, source: str, stream: str | None
-) -> tuple[duckdb.DuckDBPyConnection, Source]:
-    """The lake itself, attached read-only (`auto` and `live` are the same on a lake)."""
-    if source == "snapshot":
-        raise WarehouseUnavailable(
-            "a lake has no snapshot: read it with source 'auto' or 'live' (it is attached "
-            "read-only, and each query sees the last commit)"
-        )
-    assert settings.catalog is not None and settings.data_path is not None
-    lake = Lake(
-        settings.catalog,
-        settings.data_path,
-        spool_dir=settings.spool_path,
-        memory_limit=settings.memory_limit,
-        threads=settings.threads,
-    )
-    con = lake.reader()
-    try:
-        as_of = _optional(con, f"SELECT max(snapshot_time) FROM ducklake_snapshots({LAKE_ALIAS!r})")
-        chosen = Source(lake.location, False, as_of, _last_pass(con, LAKE_ALIAS, stream), lake=True)
-    except BaseException:
-        con.close()
-        raise
-    return con, chosen
+def _lake_source(
+    con: duckdb.DuckDBPyConnection, settings: WarehouseSettings, stream: str | None
+) -> Source:
+    """The lake itself, attached read-only (`auto` and `live` are the same on a lake); its
+    `as_of` is its last commit."""
+    as_of = _optional(con, f"SELECT max(snapshot_time) FROM ducklake_snapshots({LAKE_ALIAS!r})")
+    last = _last_pass(con, LAKE_ALIAS, stream)
+    return Source(settings.label, False, as_of, last, lake=True)
 
 
 def _choose(

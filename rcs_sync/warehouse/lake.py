@@ -21,7 +21,7 @@ from pathlib import Path
 
 import duckdb
 
-from rcs_sync.config import libpq_environment
+from rcs_sync.config import WarehouseSettings, libpq_environment
 from rcs_sync.model.errors import WarehouseUnavailable
 from rcs_sync.model.streams import Stream
 from rcs_sync.warehouse.bookkeeping import Bookkeeping
@@ -75,6 +75,28 @@ class Lake(Bookkeeping):
         }
         self._stop = stop or threading.Event()
         self._env = os.environ if env is None else env
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: WarehouseSettings,
+        *,
+        stop: threading.Event | None = None,
+        streams: Sequence[Stream] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Lake:
+        """The lake `[warehouse]` describes (`kind = "ducklake"`, checked by config.py)."""
+        assert settings.catalog is not None and settings.data_path is not None
+        return cls(
+            settings.catalog,
+            settings.data_path,
+            spool_dir=settings.spool_path,
+            memory_limit=settings.memory_limit,
+            threads=settings.threads,
+            stop=stop,
+            streams=streams,
+            env=env,
+        )
 
     @property
     def location(self) -> str:
