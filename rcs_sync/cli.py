@@ -35,6 +35,7 @@ from rcs_sync.model.errors import (
     EXIT_USAGE,
     RcsSyncError,
     Stopped,
+    WarehouseUnavailable,
     error_kind,
 )
 from rcs_sync.model.events import (
@@ -314,8 +315,14 @@ def maintain(ctx: click.Context, no_wait: bool) -> None:
     from rcs_sync.warehouse import maintenance
 
     app = _app(ctx)
-    with app.writer(wait=not no_wait), app.warehouse.held(), app.warehouse.connect() as con:
-        report = maintenance.maintain(con, app.settings.maintenance, stop=app.stop)
+    with app.writer(wait=not no_wait):
+        if not app.warehouse.exists():
+            raise WarehouseUnavailable(
+                f"{app.warehouse.location} does not exist yet: nothing to maintain "
+                "(rcs-sync migrate or a first sync creates it)"
+            )
+        with app.warehouse.held(), app.warehouse.connect() as con:
+            report = maintenance.maintain(con, app.settings.maintenance, stop=app.stop)
     click.echo(json.dumps(report.figures()) if json_lines() else maintenance.render(report))
 
 

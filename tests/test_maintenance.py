@@ -292,6 +292,9 @@ def test_rcs_sync_maintain_on_a_duckdb_file_says_it_needs_none(
 ) -> None:
     s = Site(tmp_path, make_sim(records=500))
     s.write_config()
+    missing = s.run("maintain")
+    assert missing.returncode == 5 and "does not exist yet" in missing.stderr
+    assert not s.db.exists()
     s.ok("sync")
     out = s.ok("--log-format", "console", "maintain").stdout
     assert out.startswith("a DuckDB file needs no maintenance: checkpointed in ")
