@@ -162,3 +162,24 @@ def test_a_snapshot_is_not_published_for_a_lake_and_the_pass_says_so(lake: LakeF
     assert not list(s.dir.glob("*.duckdb"))
     migrated = s.ok("migrate")
     assert migrated.stdout.strip() == "schema up to date"
+
+
+def test_a_lake_on_a_sqlite_catalog_syncs_and_is_read(
+    tmp_path: Path, make_sim: Callable[..., RunningSimulator]
+) -> None:
+    """One host, no PostgreSQL: the catalog in a SQLite file (its extension from the
+    extra's wheel too)."""
+    s = site_factory(tmp_path, make_sim, lambda: f"sqlite:{tmp_path / 'catalog.sqlite'}")(
+        records=500, days=2
+    )
+    s.ok("sync")
+    s.assert_converged()
+    out = subprocess.run(
+        [sys.executable, "-c", READER, str(s.config)],
+        env=s.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert json.loads(out) == ["lake", s.location, 500]

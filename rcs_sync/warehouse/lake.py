@@ -25,10 +25,12 @@ from rcs_sync.config import WarehouseSettings, libpq_environment
 from rcs_sync.model.errors import WarehouseUnavailable
 from rcs_sync.model.streams import Stream
 from rcs_sync.warehouse.bookkeeping import Bookkeeping
-from rcs_sync.warehouse.dialect import DUCKLAKE
+from rcs_sync.warehouse.dialect import DUCKLAKE as LAKE_DIALECT
 from rcs_sync.warehouse.extensions import (
+    DUCKLAKE,
     LAKE_EXTENSIONS,
     NO_DOWNLOADS,
+    SQLITE,
     ExtensionMissing,
     load,
     private_directory,
@@ -48,7 +50,7 @@ def redact_catalog(catalog: str) -> str:
 
 
 class Lake(Bookkeeping):
-    dialect = DUCKLAKE
+    dialect = LAKE_DIALECT
 
     def __init__(
         self,
@@ -144,7 +146,8 @@ class Lake(Bookkeeping):
     def _open_connection(self, read_only: bool) -> duckdb.DuckDBPyConnection:
         con = duckdb.connect(config=dict(self._config))
         try:
-            load(con, LAKE_EXTENSIONS, private_directory())
+            sqlite = self.catalog.startswith("sqlite:")
+            load(con, (DUCKLAKE, SQLITE) if sqlite else LAKE_EXTENSIONS, private_directory())
             os.environ.update(libpq_environment(self._env))
             local = self.local_data
             if local is not None and not read_only:
