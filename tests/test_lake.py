@@ -65,6 +65,20 @@ print(json.dumps([*source, count]))
 """
 
 
+def read_as_analyst(s: Site) -> list[object]:
+    """`rcs_sync.connect(config)` in another process: [source, path, records]."""
+    out = subprocess.run(
+        [sys.executable, "-c", READER, str(s.config)],
+        env=s.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    result: list[object] = json.loads(out)
+    return result
+
+
 def test_readers_attach_the_lake_while_a_daemon_writes_it_and_see_each_commit(
     lake: LakeFactory,
 ) -> None:
@@ -86,15 +100,7 @@ def test_readers_attach_the_lake_while_a_daemon_writes_it_and_see_each_commit(
                 )
             # Readers in other processes, and the analysts' commands, meanwhile.
             written = passes(log)
-            out = subprocess.run(
-                [sys.executable, "-c", READER, str(s.config)],
-                env=s.env(),
-                capture_output=True,
-                text=True,
-                timeout=120,
-                check=True,
-            ).stdout
-            source, path, count = json.loads(out)
+            source, path, count = read_as_analyst(s)
             assert (source, count) == ("lake", len(s.sim.sim.truth()))
             assert path == s.location and "password" not in path
             status = s.run("status", "--json")
@@ -174,12 +180,4 @@ def test_a_lake_on_a_sqlite_catalog_syncs_and_is_read(
     )
     s.ok("sync")
     s.assert_converged()
-    out = subprocess.run(
-        [sys.executable, "-c", READER, str(s.config)],
-        env=s.env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout
-    assert json.loads(out) == ["lake", s.location, 500]
+    assert read_as_analyst(s) == ["lake", s.location, 500]
