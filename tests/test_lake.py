@@ -33,11 +33,11 @@ LakeFactory = Callable[..., Site]
 @pytest.fixture
 def lake(
     tmp_path: Path, make_sim: Callable[..., RunningSimulator], postgres_server: PostgresServer
-) -> LakeFactory:
+) -> Iterator[LakeFactory]:
     """Sites on a lake whatever `RCS_SYNC_TEST_KIND` says."""
-    return site_factory(
-        tmp_path, make_sim, lambda: postgres_server.catalog(postgres_server.create_database())
-    )
+    catalog = postgres_server.catalog
+    with site_factory(tmp_path, make_sim, lambda: catalog(postgres_server.create_database())) as m:
+        yield m
 
 
 @contextmanager
@@ -175,9 +175,8 @@ def test_a_lake_on_a_sqlite_catalog_syncs_and_is_read(
 ) -> None:
     """One host, no PostgreSQL: the catalog in a SQLite file (its extension from the
     extra's wheel too)."""
-    s = site_factory(tmp_path, make_sim, lambda: f"sqlite:{tmp_path / 'catalog.sqlite'}")(
-        records=500, days=2
-    )
-    s.ok("sync")
-    s.assert_converged()
-    assert read_as_analyst(s) == ["lake", s.location, 500]
+    with site_factory(tmp_path, make_sim, lambda: f"sqlite:{tmp_path / 'catalog.sqlite'}") as m:
+        s = m(records=500, days=2)
+        s.ok("sync")
+        s.assert_converged()
+        assert read_as_analyst(s) == ["lake", s.location, 500]
