@@ -2,9 +2,13 @@
 Parquet files under `data_path`; the bookkeeping is every backend's (`bookkeeping.py`).
 
 A lake lets readers in, on any machine, while it is written, so a pass keeps one
-attached connection from start to end (`held`; `release` keeps it): an ATTACH costs
-~0.3 s, a commit much less. Outside a pass every call attaches anew. Extensions come
-from the lake extra's wheels (`extensions.py`), never from the network.
+connection from start to end (`held`; `release` keeps it). A `Lake` attaches once (a
+database with the extensions loaded, ~0.8 s: DuckDB checks their signatures) and hands
+out cursors of it; `close` detaches. Extensions come from the lake extra's wheels
+(`extensions.py`), never from the network.
+
+`connect()` (every backend's) yields a connection with the lake attached as `lake` and
+`USE`d: DuckLake's own functions (`ducklake_snapshots('lake')`, maintenance) run on it.
 
 The catalog string never holds a password (config.py refuses one): libpq reads it
 from PGPASSWORD or PGPASSFILE, which `libpq_environment` points at a systemd
