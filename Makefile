@@ -43,9 +43,14 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# The two runs at once: the lake's is mostly waits (processes starting, PostgreSQL, the
+# simulator's latency), so side by side they take ~the longer one's time rather than the
+# sum (README, "Development"). The lake run's output follows the main run's.
 test: lint $(CLI) $(LAKE_STAMP)
-	$(BIN)/pytest
-	$(MAKE) --no-print-directory test-lake
+	@$(MAKE) --no-print-directory test-lake > .test-lake.log 2>&1 & lake=$$!; \
+	$(BIN)/pytest; main=$$?; \
+	wait $$lake; status=$$?; cat .test-lake.log; rm -f .test-lake.log; \
+	test $$main -eq 0 && test $$status -eq 0
 
 # The suites marked `kinds` again with `[warehouse] kind = "ducklake"`, and the lake's own.
 test-lake: $(LAKE_STAMP)

@@ -42,7 +42,7 @@ class App:
         """The one place `[warehouse] kind` chooses the backend."""
         wh = self.settings.warehouse
         if wh.kind == "ducklake":
-            return Lake.from_settings(wh, stop=self.stop, streams=self.streams(), env=self.env)
+            return Lake.from_settings(wh, streams=self.streams(), env=self.env)
         return Warehouse(
             wh.path,
             lock_timeout=wh.lock_timeout.total_seconds(),

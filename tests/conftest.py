@@ -24,6 +24,7 @@ import pytest
 from rcs_sim.server import RunningSimulator, SimConfig, start_simulator
 from rcs_sync.model.durations import format_instant
 from rcs_sync.model.errors import WarehouseUnavailable
+from rcs_sync.warehouse.lake import Lake
 from tests.postgres import MISSING, PostgresServer, bindir
 
 RCS_SYNC = str(Path(sys.executable).with_name("rcs-sync"))
@@ -111,6 +112,9 @@ class Site:
     another stream first (`tests/widget_stream.py`)."""
     catalog: str | None = None
     """A lake's catalog (`kind = "ducklake"`), None for a DuckDB file."""
+    lake: Lake | None = None
+    """The lake as the tests read it: attached once per site (the extensions' load
+    costs ~0.7 s), each query seeing the last commit."""
 
     @property
     def data_path(self) -> Path:
@@ -195,11 +199,15 @@ class Site:
             with duckdb.connect(str(self.db), read_only=read_only) as con:
                 yield con
             return
-        from rcs_sync.warehouse.lake import Lake  # noqa: PLC0415 - the lake venv's
-
-        lake = Lake(self.catalog, str(self.data_path), spool_dir=self.dir / "spool")
-        with lake.connect(read_only=read_only) as con:
+        if self.lake is None:
+            self.lake = Lake(self.catalog, str(self.data_path), spool_dir=self.spool)
+        with self.lake.connect(read_only=read_only) as con:
             yield con
+
+    def close(self) -> None:
+        """Detach the lake, if this site attached one."""
+        if self.lake is not None:
+            self.lake.close()
 
     @property
     def spool(self) -> Path:
@@ -250,25 +258,33 @@ class Site:
         assert not extra & bad, "malformed records reached the table"
 
 
+@contextmanager
 def site_factory(
     tmp_path: Path, make_sim: Callable[..., RunningSimulator], catalog: Callable[[], str | None]
-) -> Callable[..., Site]:
-    """Sites in `tmp_path`, each on a new simulator and, when `catalog` gives one, a lake."""
+) -> Iterator[Callable[..., Site]]:
+    """Sites in `tmp_path`, each on a new simulator and, when `catalog` gives one, a
+    lake; their lakes detached after the block."""
+    made: list[Site] = []
 
     def make(
         sync: dict[str, Any] | None = None, api: dict[str, Any] | None = None, **sim_config: Any
     ) -> Site:
         s = Site(tmp_path, make_sim(**sim_config), catalog=catalog())
         s.write_config(sync=sync or {}, api=api or {})
+        made.append(s)
         return s
 
-    return make
+    try:
+        yield make
+    finally:
+        for s in made:
+            s.close()
 
 
 @pytest.fixture
 def site(
     tmp_path: Path, make_sim: Callable[..., RunningSimulator], request: pytest.FixtureRequest
-) -> Callable[..., Site]:
+) -> Iterator[Callable[..., Site]]:
     """An installation of the kind `RCS_SYNC_TEST_KIND` names (a lake: a new database on
     the session's PostgreSQL server per site)."""
 
@@ -278,7 +294,8 @@ def site(
         server: PostgresServer = request.getfixturevalue("postgres_server")
         return server.catalog(server.create_database())
 
-    return site_factory(tmp_path, make_sim, catalog)
+    with site_factory(tmp_path, make_sim, catalog) as make:
+        yield make
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -168,7 +168,7 @@ def test_a_pass_that_cannot_complete_fails_cleanly_and_keeps_what_it_committed(
     proc = subprocess.Popen(
         s.command("sync"), env=s.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    wait_for(lambda: len(s.sim.sim.requests) >= 4, 30, "4 window requests")
+    wait_for(lambda: len(s.sim.sim.requests) >= 4, 60, "4 window requests")
     s.sim.sim.update_config(fault_rate=1.0, faults=("500", "503", "drop", "html", "null", "text"))
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 4, stderr[-2000:]

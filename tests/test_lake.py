@@ -33,11 +33,11 @@ LakeFactory = Callable[..., Site]
 @pytest.fixture
 def lake(
     tmp_path: Path, make_sim: Callable[..., RunningSimulator], postgres_server: PostgresServer
-) -> LakeFactory:
+) -> Iterator[LakeFactory]:
     """Sites on a lake whatever `RCS_SYNC_TEST_KIND` says."""
-    return site_factory(
-        tmp_path, make_sim, lambda: postgres_server.catalog(postgres_server.create_database())
-    )
+    catalog = postgres_server.catalog
+    with site_factory(tmp_path, make_sim, lambda: catalog(postgres_server.create_database())) as m:
+        yield m
 
 
 @contextmanager
@@ -65,6 +65,20 @@ print(json.dumps([*source, count]))
 """
 
 
+def read_as_analyst(s: Site) -> list[object]:
+    """`rcs_sync.connect(config)` in another process: [source, path, records]."""
+    out = subprocess.run(
+        [sys.executable, "-c", READER, str(s.config)],
+        env=s.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    result: list[object] = json.loads(out)
+    return result
+
+
 def test_readers_attach_the_lake_while_a_daemon_writes_it_and_see_each_commit(
     lake: LakeFactory,
 ) -> None:
@@ -86,15 +100,7 @@ def test_readers_attach_the_lake_while_a_daemon_writes_it_and_see_each_commit(
                 )
             # Readers in other processes, and the analysts' commands, meanwhile.
             written = passes(log)
-            out = subprocess.run(
-                [sys.executable, "-c", READER, str(s.config)],
-                env=s.env(),
-                capture_output=True,
-                text=True,
-                timeout=120,
-                check=True,
-            ).stdout
-            source, path, count = json.loads(out)
+            source, path, count = read_as_analyst(s)
             assert (source, count) == ("lake", len(s.sim.sim.truth()))
             assert path == s.location and "password" not in path
             status = s.run("status", "--json")
@@ -162,3 +168,15 @@ def test_a_snapshot_is_not_published_for_a_lake_and_the_pass_says_so(lake: LakeF
     assert not list(s.dir.glob("*.duckdb"))
     migrated = s.ok("migrate")
     assert migrated.stdout.strip() == "schema up to date"
+
+
+def test_a_lake_on_a_sqlite_catalog_syncs_and_is_read(
+    tmp_path: Path, make_sim: Callable[..., RunningSimulator]
+) -> None:
+    """One host, no PostgreSQL: the catalog in a SQLite file (its extension from the
+    extra's wheel too)."""
+    with site_factory(tmp_path, make_sim, lambda: f"sqlite:{tmp_path / 'catalog.sqlite'}") as m:
+        s = m(records=500, days=2)
+        s.ok("sync")
+        s.assert_converged()
+        assert read_as_analyst(s) == ["lake", s.location, 500]

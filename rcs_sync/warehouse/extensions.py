@@ -1,13 +1,13 @@
 """DuckDB extensions from installed wheels, never from the network.
 
-The lake extra (`pip install 'rcs-sync[lake]'`) installs `duckdb-extension-ducklake` and
-`duckdb-extension-postgres`: binaries built for one DuckDB release, shipped in
+The lake extra (`pip install 'rcs-sync[lake]'`) installs `duckdb-extension-ducklake`,
+`-postgres` and `-sqlite`: binaries built for one DuckDB release, shipped in
 `duckdb_extension_<package>/extensions/<version>/<package>.duckdb_extension`. DuckDB
 names an extension's entry point after its file name, and the postgres binary's internal
-name is `postgres_scanner`, so it cannot be loaded from the wheel's path as it is: each
-file is linked under its internal name into a private extension directory, which the
-connection also uses as its `extension_directory`. Autoinstall and autoload stay off, so
-nothing is ever fetched at run time.
+name is `postgres_scanner` (sqlite's `sqlite_scanner`), so it cannot be loaded from the
+wheel's path as it is: each file is linked under its internal name into a private
+extension directory, which the connection also uses as its `extension_directory`.
+Autoinstall and autoload stay off, so nothing is ever fetched at run time.
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ class Extension:
 
 DUCKLAKE = Extension("ducklake", "ducklake")
 POSTGRES = Extension("postgres_scanner", "postgres")
+SQLITE = Extension("sqlite_scanner", "sqlite")
 LAKE_EXTENSIONS = (DUCKLAKE, POSTGRES)
+"""What a lake on a PostgreSQL catalog loads; on a SQLite catalog, `SQLITE` instead."""
 NO_DOWNLOADS: dict[str, Any] = {
     "autoinstall_known_extensions": False,
     "autoload_known_extensions": False,
