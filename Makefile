@@ -43,9 +43,14 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# The two runs at once: the lake's is mostly waits (processes starting, PostgreSQL, the
+# simulator's latency), so side by side they take ~the longer one's time rather than the
+# sum (README, "Development"). The lake run's output follows the main run's.
 test: lint $(CLI) $(LAKE_STAMP)
-	$(BIN)/pytest
-	$(MAKE) --no-print-directory test-lake
+	@$(MAKE) --no-print-directory test-lake > .test-lake.log 2>&1 & lake=$$!; \
+	$(BIN)/pytest; main=$$?; \
+	wait $$lake; status=$$?; cat .test-lake.log; rm -f .test-lake.log; \
+	test $$main -eq 0 && test $$status -eq 0
 
 # The suites marked `kinds` again with `[warehouse] kind = "ducklake"`, and the lake's own.
 test-lake: $(LAKE_STAMP)
@@ -54,12 +59,13 @@ test-lake: $(LAKE_STAMP)
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
-bench: $(STAMP)
+bench: $(STAMP) $(LAKE_STAMP)
 	$(BIN)/python bench/bench.py
 	$(BIN)/python bench/snapshot_bench.py
 	$(BIN)/python bench/analytics_bench.py
 	$(BIN)/python bench/upsert_bench.py
 	$(BIN)/python bench/channels_bench.py
+	$(LAKE)/bin/python bench/lake_bench.py
 
 # The peer (dlt) lives in a virtualenv of its own, so its dependencies never mix with ours.
 PEER := .venv-peer

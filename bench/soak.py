@@ -290,7 +290,7 @@ class Soak:
             code = daemon.wait(timeout=30)
         if code != 0:
             s.problem(f"daemon {index} stopped with exit {code}")
-        opens_cleanly(site.db)
+        opens_cleanly(site)
         s.record(compare(site), f"daemon {index}")
 
     def fault_mix(self, s: Scenario) -> None:
@@ -438,7 +438,7 @@ class Soak:
                     line = (result.stderr.strip().splitlines() or [""])[-1]
                     if result.returncode not in (0, 5) or "Traceback" in result.stderr:
                         s.notes[f"  e.g. {line[:110]}"] += 1
-                    opens_cleanly(site.db)
+                    opens_cleanly(site)
                     after = site.table()
                     changed = sum(1 for i, st in before.items() if after.get(i) != st)
                     if changed or windows_done(site) < windows:

@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
@@ -35,6 +35,7 @@ from rcs_sync.model.errors import (
     EXIT_USAGE,
     RcsSyncError,
     Stopped,
+    WarehouseUnavailable,
     error_kind,
 )
 from rcs_sync.model.events import (
@@ -55,6 +56,10 @@ if TYPE_CHECKING:
     from rcs_sync.session import App
 
 log = structlog.get_logger(__name__)
+NO_SNAPSHOT = (
+    "a lake has no snapshot: readers attach the lake itself, read-only, while it is "
+    'written (README, "Reading a lake")'
+)
 
 Emit = Callable[[PassEvent], None]
 
@@ -160,9 +165,20 @@ def _listener(emit: Emit | None, label: str) -> AbstractContextManager[Listener 
     help="Exit at once (exit 5) if another rcs-sync is writing the warehouse, "
     "instead of waiting for it.",
 )
+@click.option(
+    "--maintain",
+    is_flag=True,
+    help="After the pass, maintain a lake if due ([maintenance] every; what the daemon does).",
+)
 @click.pass_context
 def sync(
-    ctx: click.Context, team: int | None, events: bool, publish_snapshot: bool, no_wait: bool
+    ctx: click.Context,
+    *,
+    team: int | None,
+    events: bool,
+    publish_snapshot: bool,
+    no_wait: bool,
+    maintain: bool,
 ) -> None:
     """One pass: first a backfill from initial_start, later incremental, or a catch-up."""
     from rcs_sync.engine.sync import Scope, sync_streams
@@ -202,6 +218,8 @@ def sync(
                 and not app.stop.is_set()
             ):
                 _publish(app, emit)
+            if maintain and not app.stop.is_set():
+                _maintain_if_due(app)
     except Exception as exc:
         # No `scope` event tells the daemon about this one: say how the pass ended.
         if emit is not None and not isinstance(exc, Stopped):
@@ -242,8 +260,12 @@ def _scope_event(app: App, outcome: ScopeOutcome) -> ScopeFinished:
 
 
 def _publish(app: App, emit: Emit | None) -> None:
+    from rcs_sync.warehouse.duckdb_file import Warehouse
     from rcs_sync.warehouse.snapshot import publish_from
 
+    if not isinstance(app.warehouse, Warehouse):
+        log.info("snapshot_not_used", reason=NO_SNAPSHOT)
+        return
     try:
         published = publish_from(app.warehouse, app.settings.warehouse.snapshot_file)
     except RcsSyncError as exc:
@@ -257,6 +279,51 @@ def _publish(app: App, emit: Emit | None) -> None:
     )
     if emit is not None:
         emit(SnapshotPublished(event="snapshot", seconds=published.seconds, mode=published.mode))
+
+
+def _maintain_if_due(app: App) -> None:
+    """The daemon's maintenance, in the pass that found it due, under its writer lock:
+    logged as one event; a failure is logged and leaves the pass's outcome alone."""
+    from rcs_sync.warehouse import maintenance
+
+    settings = app.settings.maintenance
+    try:
+        with app.warehouse.connect() as con:
+            if not maintenance.due(con, settings, datetime.now(UTC)):
+                return
+            report = maintenance.maintain(con, settings, stop=app.stop)
+    except Stopped:
+        raise
+    except RcsSyncError as exc:
+        log.error("maintenance_failed", error=redact(str(exc)), kind=exc.kind)
+        return
+    log.info("lake_maintained", **report.figures())
+
+
+@cli.command()
+@click.option(
+    "--no-wait",
+    is_flag=True,
+    help="Exit at once (exit 5) if another rcs-sync is writing the warehouse.",
+)
+@click.pass_context
+def maintain(ctx: click.Context, no_wait: bool) -> None:
+    """Maintain a lake now, due or not: compact small files, rewrite files heavy with
+    deletes, expire old snapshots, delete old and orphaned files, within [maintenance]
+    budget (a run the budget cuts short says so; the next continues). A DuckDB file is
+    only checkpointed. Prints what it did: text on a terminal, else one JSON line."""
+    from rcs_sync.warehouse import maintenance
+
+    app = _app(ctx)
+    with app.writer(wait=not no_wait):
+        if not app.warehouse.exists():
+            raise WarehouseUnavailable(
+                f"{app.warehouse.location} does not exist yet: nothing to maintain "
+                "(rcs-sync migrate or a first sync creates it)"
+            )
+        with app.warehouse.held(), app.warehouse.connect() as con:
+            report = maintenance.maintain(con, app.settings.maintenance, stop=app.stop)
+    click.echo(json.dumps(report.figures()) if json_lines() else maintenance.render(report))
 
 
 @cli.command()
@@ -343,20 +410,22 @@ def migrate(ctx: click.Context) -> None:
     A file written in another storage version than [warehouse] storage_version is
     rewritten into it first, and the snapshot is republished in it."""
     from rcs_sync.warehouse import storage
+    from rcs_sync.warehouse.duckdb_file import Warehouse
     from rcs_sync.warehouse.snapshot import publish_from
 
     app = _app(ctx)
+    file = app.warehouse if isinstance(app.warehouse, Warehouse) else None  # a lake: neither
     with app.writer():
-        converted = storage.convert(app.warehouse)
+        converted = storage.convert(file) if file else None
         if converted is not None:
             click.echo(f"storage rewritten: {converted.before} -> {converted.after}")
         applied = app.warehouse.migrate()
         click.echo(f"migrations applied: {applied}" if applied else "schema up to date")
+        if file is None:
+            return
         snapshot = app.settings.warehouse.snapshot_file
-        if snapshot.exists() and storage.file_version(snapshot) != storage.warehouse_version(
-            app.warehouse
-        ):
-            publish_from(app.warehouse, snapshot)
+        if snapshot.exists() and storage.file_version(snapshot) != storage.warehouse_version(file):
+            publish_from(file, snapshot)
             click.echo(f"snapshot republished: {snapshot}")
 
 

@@ -34,6 +34,11 @@ CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"  # set by systemd for LoadCredential=
 CREDENTIAL_NAME = "token"
 NUMBER_KEY_ENV = "RCS_SYNC_NUMBER_KEY"
 NUMBER_KEY_CREDENTIAL = "number_key"
+PGPASS_CREDENTIAL = "pgpass"  # a libpq password file for a lake's PostgreSQL catalog
+WAREHOUSE_KINDS = ("duckdb", "ducklake")
+CATALOG_KINDS = ("postgres:", "sqlite:")
+_CATALOG_PASSWORD = re.compile(r"password\s*=|://[^/@]*:[^/@]*@", re.IGNORECASE)
+_FILE_ONLY = ("path", "snapshot_path", "storage_version")
 # The API rejects modified_since older than 48 hours (server clock).
 MODIFIED_SINCE_LIMIT = timedelta(hours=48)
 
@@ -104,8 +109,11 @@ class SyncSettings:
 
 @dataclass(frozen=True)
 class WarehouseSettings:
+    kind: str = "duckdb"  # "duckdb": one DuckDB file; "ducklake": a DuckLake (catalog, data_path)
     path: Path = Path("rcs.duckdb")  # loaded configs resolve it against the file's directory
-    spool_dir: Path | None = None  # None: see spool_path
+    catalog: str | None = None  # ducklake: "postgres:dbname=… host=… user=…" or "sqlite:PATH"
+    data_path: str | None = None  # ducklake: the Parquet files' directory, shared mount or URL
+    spool_dir: Path | None = None  # None: see spool_path (required for a lake)
     lock_timeout: timedelta = timedelta(seconds=60)
     memory_limit: str = "300MB"
     threads: int = 2
@@ -121,6 +129,19 @@ class WarehouseSettings:
         return self.spool_dir or self.path.with_name(self.path.name + ".spool")
 
     @property
+    def lock_anchor(self) -> Path:
+        """What the one-writer locks are named after (`writer_lock.py`): the file, or a
+        lake's spool directory (the lake has no file on this host)."""
+        return self.spool_path if self.kind == "ducklake" else self.path
+
+    @property
+    def label(self) -> str:
+        """The warehouse as messages name it (a lake's catalog never holds a password)."""
+        if self.kind == "ducklake":
+            return f"lake ducklake:{self.catalog}"
+        return f"warehouse {self.path}"
+
+    @property
     def snapshot_file(self) -> Path:
         """The analysts' read-only copy: ``snapshot_path``, else "<stem>.snapshot.duckdb"."""
         return self.snapshot_path or self.path.with_name(self.path.stem + ".snapshot.duckdb")
@@ -132,11 +153,26 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class MaintenanceSettings:
+    """A lake's upkeep (`warehouse/maintenance.py`); a DuckDB file needs none."""
+
+    enabled: bool = True  # false: the daemon's passes never maintain (another host's do)
+    every: timedelta = timedelta(hours=1)  # run after the daemon's first pass this long since
+    expire_snapshots_after: timedelta = timedelta(days=7)  # time travel reaches back this far
+    remove_files_after: timedelta = timedelta(hours=1)  # unreferenced and orphaned files
+    # are deleted once this old: a reader's query or another writer's open transaction
+    # lasting longer may find a file gone
+    budget: timedelta = timedelta(seconds=60)  # no further DuckLake call starts after this
+    # long (the first always runs, so "0s" is one call per run)
+
+
+@dataclass(frozen=True)
 class Settings:
     api: ApiSettings
     sync: SyncSettings = field(default_factory=SyncSettings)
     warehouse: WarehouseSettings = field(default_factory=WarehouseSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    maintenance: MaintenanceSettings = field(default_factory=MaintenanceSettings)
     source: Path | None = None
     reread: Mapping[str, tuple[Tier, ...]] = field(default_factory=dict)
     """`[streams.NAME] reread`: the re-read tiers of streams without `modified_since`."""
@@ -147,6 +183,7 @@ _SCHEMA = {
     "sync": SyncSettings,
     "warehouse": WarehouseSettings,
     "metrics": MetricsSettings,
+    "maintenance": MaintenanceSettings,
 }
 
 
@@ -179,6 +216,7 @@ def load_settings(path: Path) -> Settings:
         sync=sync,
         warehouse=_warehouse(tables["warehouse"]),
         metrics=_metrics(tables["metrics"]),
+        maintenance=_maintenance(tables["maintenance"]),
         source=source,
         reread=_reread(document.get("streams", {}), sync),
     )
@@ -562,7 +600,18 @@ def _warehouse(table: _Table) -> WarehouseSettings:
         raise table.error(
             "memory_limit", f"expected a size like '1GB', '512MiB' or '50%', got {memory_limit!r}"
         )
+    kind = table.string("kind", WarehouseSettings.kind)
+    if kind not in WAREHOUSE_KINDS:
+        raise table.error("kind", f"expected one of {', '.join(WAREHOUSE_KINDS)}, got {kind!r}")
+    lake = _lake(table) if kind == "ducklake" else None
+    if lake is None:
+        for name in ("catalog", "data_path"):
+            if table.get(name) is not _MISSING:
+                raise table.error(name, 'only for kind = "ducklake"')
     return WarehouseSettings(
+        kind=kind,
+        catalog=lake[0] if lake else None,
+        data_path=lake[1] if lake else None,
         path=table.path("path") or table.base_dir / WarehouseSettings.path,
         spool_dir=table.path("spool_dir"),
         lock_timeout=table.duration(
@@ -575,6 +624,53 @@ def _warehouse(table: _Table) -> WarehouseSettings:
         number_key_file=table.path("number_key_file"),
         storage_version=_storage_version(table),
     )
+
+
+def _lake(table: _Table) -> tuple[str, str]:
+    """A lake's catalog and data path; the keys only a DuckDB file has are refused."""
+    for name in _FILE_ONLY:
+        if table.get(name) is not _MISSING:
+            raise table.error(
+                name, 'means nothing for kind = "ducklake" (readers attach the lake itself)'
+            )
+    for name in ("catalog", "data_path", "spool_dir"):
+        if table.get(name) is _MISSING:
+            raise table.error(name, 'required for kind = "ducklake"')
+    catalog = table.string("catalog", "")
+    # Never echo the value: it may hold the very password refused here.
+    if _CATALOG_PASSWORD.search(catalog):
+        raise table.error(
+            "catalog",
+            "holds a password: leave it out and let libpq read it from PGPASSWORD, "
+            f"PGPASSFILE or a systemd credential named '{PGPASS_CREDENTIAL}' "
+            f"(LoadCredential={PGPASS_CREDENTIAL}:…, a libpq password file)",
+        )
+    if not catalog.startswith(CATALOG_KINDS):
+        raise table.error(
+            "catalog",
+            "expected a DuckLake catalog like 'postgres:dbname=rcs host=db user=rcs' "
+            "or 'sqlite:/var/lib/rcs-sync/catalog.sqlite'",
+        )
+    if catalog.startswith("sqlite:"):
+        sqlite = Path(catalog.removeprefix("sqlite:")).expanduser()
+        catalog = f"sqlite:{sqlite if sqlite.is_absolute() else table.base_dir / sqlite}"
+    data = table.string("data_path", "")
+    if "://" not in data:
+        local = Path(data).expanduser()
+        data = str(local if local.is_absolute() else table.base_dir / local)
+    return catalog, data
+
+
+def libpq_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """What libpq needs set to find a lake catalog's password: nothing when PGPASSWORD
+    or PGPASSFILE is set (or none is needed), else PGPASSFILE at the systemd credential
+    `pgpass` when there is one. Only the file's path is passed on, never its content."""
+    if env.get("PGPASSWORD") or env.get("PGPASSFILE"):
+        return {}
+    credentials = env.get(CREDENTIALS_ENV)
+    if credentials and (passfile := Path(credentials) / PGPASS_CREDENTIAL).is_file():
+        return {"PGPASSFILE": str(passfile)}
+    return {}
 
 
 _STORAGE_VERSION = re.compile(r"v\d+\.\d+\.\d+|latest")
@@ -611,6 +707,21 @@ def _metrics(table: _Table) -> MetricsSettings:
     except ValueError as exc:
         raise table.error("listen", str(exc)) from None
     return MetricsSettings(listen=value)
+
+
+def _maintenance(table: _Table) -> MaintenanceSettings:
+    default = MaintenanceSettings()
+    return MaintenanceSettings(
+        enabled=table.boolean("enabled", default.enabled),
+        every=table.duration("every", default.every, minimum=_SECOND),
+        expire_snapshots_after=table.duration(
+            "expire_snapshots_after", default.expire_snapshots_after, minimum=timedelta()
+        ),
+        remove_files_after=table.duration(
+            "remove_files_after", default.remove_files_after, minimum=timedelta()
+        ),
+        budget=table.duration("budget", default.budget, minimum=timedelta()),
+    )
 
 
 LISTEN_HINT = "expected HOST:PORT like '127.0.0.1:9464' or '[::1]:9464'"

@@ -22,7 +22,9 @@ from rcs_sync.model.streams import Stream, named
 from rcs_sync.model.throttle import Throttle
 from rcs_sync.model.windows import SyncPolicy
 from rcs_sync.source.client import ApiClient, RetryPolicy
-from rcs_sync.warehouse.duckdb_file import Warehouse, failed_run
+from rcs_sync.warehouse.bookkeeping import failed_run
+from rcs_sync.warehouse.duckdb_file import Warehouse
+from rcs_sync.warehouse.lake import Lake
 from rcs_sync.warehouse.privacy import PLAIN, Privacy
 from rcs_sync.writer_lock import WriterLock
 
@@ -34,8 +36,14 @@ class App:
     stop: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
+        self.warehouse = self._backend()
+
+    def _backend(self) -> Warehouse | Lake:
+        """The one place `[warehouse] kind` chooses the backend."""
         wh = self.settings.warehouse
-        self.warehouse = Warehouse(
+        if wh.kind == "ducklake":
+            return Lake.from_settings(wh, streams=self.streams(), env=self.env)
+        return Warehouse(
             wh.path,
             lock_timeout=wh.lock_timeout.total_seconds(),
             memory_limit=wh.memory_limit,
@@ -101,7 +109,10 @@ class App:
         self, *, wait: bool = True, on_wait: Callable[[int | None, float], None] | None = None
     ) -> WriterLock:
         """The one-writer lock of the warehouse (`writer_lock.py`)."""
-        return WriterLock(self.warehouse.path, wait=wait, stop=self.stop, on_wait=on_wait)
+        wh = self.settings.warehouse
+        return WriterLock(
+            wh.lock_anchor, wait=wait, stop=self.stop, on_wait=on_wait, label=wh.label
+        )
 
     def _stop_on_signals(self, *, interrupt: bool) -> None:
         """SIGTERM/SIGINT finish or roll back the window in hand, then exit: this is how

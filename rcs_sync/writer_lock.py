@@ -50,8 +50,11 @@ class WriterLock:
         wait: bool = True,
         stop: threading.Event | None = None,
         on_wait: Callable[[int | None, float], None] | None = None,
+        label: str | None = None,
     ) -> None:
         self.warehouse = warehouse
+        self.label = label or f"warehouse {warehouse}"
+        """The warehouse as messages name it (a lake's lock is named after its spool)."""
         self.path = lock_path(warehouse, role)
         self.role = role
         self.wait = wait
@@ -102,7 +105,7 @@ class WriterLock:
         what = "daemon" if self.role == "daemon" else "rcs-sync"
         if not self.wait:
             raise WarehouseBusy(
-                f"warehouse {self.warehouse} is in use by another {what} "
+                f"{self.label} is in use by another {what} "
                 f"(PID {holder if holder is not None else 'unknown'}); not waiting (--no-wait)"
             )
         log.warning(

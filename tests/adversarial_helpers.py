@@ -115,13 +115,24 @@ def compare(site: Site, clock_us: int | None = None) -> Comparison:
     )
 
 
-def opens_cleanly(db: Path, *, migrated: bool = True) -> None:
-    """The DuckDB file opens read-only, as an analyst's would, and every table reads.
-    With `migrated=False` a file without tables passes too (a process killed while
-    creating the warehouse leaves one; the next run migrates it)."""
-    with duckdb.connect(str(db), read_only=True) as con:
-        tables = [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()]
-        assert "rcs_records" in tables or not migrated, f"tables of {db}: {tables}"
+def opens_cleanly(target: Site | Path, *, migrated: bool = True) -> None:
+    """The warehouse (of a site, whatever its kind) or a DuckDB file (a snapshot) opens
+    read-only, as an analyst's would, and every table reads. With `migrated=False` one
+    without tables passes too (a process killed while creating the warehouse leaves
+    one; the next run migrates it)."""
+    opened = (
+        duckdb.connect(str(target), read_only=True)
+        if isinstance(target, Path)
+        else target.connect(read_only=True)
+    )
+    with opened as con:
+        tables = [
+            r[0]
+            for r in con.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()"
+            ).fetchall()
+        ]
+        assert "rcs_records" in tables or not migrated, f"tables of {target}: {tables}"
         for table in tables:
             con.execute(f'SELECT count(*) FROM "{table}"').fetchone()
 
@@ -132,19 +143,19 @@ def scalar(site: Site, sql: str) -> Any:
 
 
 def _migrated(site: Site) -> bool:
-    if not site.db.exists():
+    if not site.exists():
         return False
     tables = site.query("SELECT table_name FROM duckdb_tables() WHERE table_name = 'sync_windows'")
     return bool(tables)
 
 
 def windows_done(site: Site) -> int:
-    return int(scalar(site, "SELECT count(*) FROM sync_windows")) if site.db.exists() else 0
+    return int(scalar(site, "SELECT count(*) FROM sync_windows")) if site.exists() else 0
 
 
 def spool_leftovers(site: Site) -> int:
     """Response bodies left in the spool directory (beside the DB by default)."""
-    spool = site.db.with_name(site.db.name + ".spool")
+    spool = site.spool
     return sum(1 for _ in spool.iterdir()) if spool.exists() else 0
 
 
@@ -222,8 +233,8 @@ def _strike(site: Site, trial: KillTrial) -> KillTrial:
     code = signal_pass(site, trial.command, trial.after_requests, trial.delay, trial.signal)
     trial.exit_code = code
     trial.killed = code == -signal.SIGKILL if trial.signal == signal.SIGKILL else code == 130
-    if site.db.exists():
-        opens_cleanly(site.db, migrated=False)
+    if site.exists():
+        opens_cleanly(site, migrated=False)
     trial.windows_before = windows_done(site) if _migrated(site) else 0
     before = len(site.sim.sim.requests)
     rerun = site.run(*trial.command)
@@ -231,7 +242,7 @@ def _strike(site: Site, trial: KillTrial) -> KillTrial:
     trial.rerun_stderr = rerun.stderr[-3000:]
     # Requests the server answered in full; a faulted one is retried, not re-read.
     trial.rerun_requests = sum(1 for r in site.sim.sim.requests[before:] if r.fault is None)
-    opens_cleanly(site.db)
+    opens_cleanly(site)
     trial.windows_after = windows_done(site)
     trial.comparison = compare(site)
     return trial

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -22,9 +23,13 @@ import pytest
 
 from rcs_sim.server import RunningSimulator, SimConfig, start_simulator
 from rcs_sync.model.durations import format_instant
+from rcs_sync.model.errors import WarehouseUnavailable
+from rcs_sync.warehouse.lake import Lake
 from tests.postgres import MISSING, PostgresServer, bindir
 
 RCS_SYNC = str(Path(sys.executable).with_name("rcs-sync"))
+KIND = os.environ.get("RCS_SYNC_TEST_KIND", "duckdb")
+"""The warehouse kind the `site` fixture installs: `make test-lake` sets `ducklake`."""
 TOKEN = "tok-3f9a7c1e5b2d"
 """Distinctive, so a test can scan any output for it."""
 
@@ -105,6 +110,27 @@ class Site:
     program: tuple[str, ...] = (RCS_SYNC,)
     """How `rcs-sync` is started: the installed script, or a helper that registers
     another stream first (`tests/widget_stream.py`)."""
+    catalog: str | None = None
+    """A lake's catalog (`kind = "ducklake"`), None for a DuckDB file."""
+    lake: Lake | None = None
+    """The lake as the tests read it: attached once per site (the extensions' load
+    costs ~0.7 s), each query seeing the last commit."""
+
+    @property
+    def data_path(self) -> Path:
+        return self.dir / "lake-data"
+
+    def warehouse_config(self) -> dict[str, Any]:
+        """The `[warehouse]` section of this site's kind."""
+        if self.catalog is None:
+            return {"path": "rcs.duckdb", "lock_timeout": "10s"}
+        return {
+            "kind": "ducklake",
+            "catalog": self.catalog,
+            "data_path": str(self.data_path),
+            "spool_dir": str(self.dir / "spool"),
+            "lock_timeout": "10s",
+        }
 
     @property
     def config(self) -> Path:
@@ -132,7 +158,7 @@ class Site:
                 # The simulator may change any record; keep them all within the horizon.
                 "update_horizon": f"{int(self.sim.sim.config.days) + 2}d",
             },
-            "warehouse": {"path": "rcs.duckdb", "lock_timeout": "10s"},
+            "warehouse": self.warehouse_config(),
         }
         for name, values in self.overrides.items():
             defaults[name] = {**defaults.get(name, {}), **values}
@@ -166,12 +192,54 @@ class Site:
         assert result.returncode == 0, result.stderr[-3000:]
         return result
 
+    @contextmanager
+    def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The warehouse, whichever its kind: the file, or the lake attached and `USE`d."""
+        if self.catalog is None:
+            with duckdb.connect(str(self.db), read_only=read_only) as con:
+                yield con
+            return
+        if self.lake is None:
+            self.lake = Lake(self.catalog, str(self.data_path), spool_dir=self.spool)
+        with self.lake.connect(read_only=read_only) as con:
+            yield con
+
+    def close(self) -> None:
+        """Detach the lake, if this site attached one."""
+        if self.lake is not None:
+            self.lake.close()
+
+    @property
+    def spool(self) -> Path:
+        """Where response bodies are spooled (beside the file by default)."""
+        return self.dir / "spool" if self.catalog else self.db.with_name(self.db.name + ".spool")
+
+    @property
+    def location(self) -> str:
+        """The warehouse as rcs-sync's messages name it."""
+        return f"lake ducklake:{self.catalog}" if self.catalog else f"warehouse {self.db}"
+
+    def lock(self, role: str = "writer") -> Path:
+        """The one-writer lock file of `role` (`writer_lock.py`): named after the file,
+        or after a lake's spool directory."""
+        anchor = self.spool if self.catalog else self.db
+        return anchor.with_name(f".{anchor.name}.{role}.lock")
+
+    def exists(self) -> bool:
+        """Whether a pass has created the warehouse (a lake: its tables)."""
+        if self.catalog is None:
+            return self.db.exists()
+        try:
+            return bool(self.query("SELECT 1 FROM duckdb_tables() WHERE table_name = 'sync_runs'"))
+        except WarehouseUnavailable:  # a catalog not initialised yet
+            return False
+
     def query(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
-        with duckdb.connect(str(self.db), read_only=True) as con:
+        with self.connect(read_only=True) as con:
             return con.execute(sql, params or []).fetchall()
 
     def execute(self, sql: str, params: list[Any] | None = None) -> None:
-        with duckdb.connect(str(self.db)) as con:
+        with self.connect() as con:
             con.execute(sql, params or [])
 
     def table(self) -> dict[int, int]:
@@ -190,16 +258,63 @@ class Site:
         assert not extra & bad, "malformed records reached the table"
 
 
-@pytest.fixture
-def site(tmp_path: Path, make_sim: Callable[..., RunningSimulator]) -> Callable[..., Site]:
+@contextmanager
+def site_factory(
+    tmp_path: Path, make_sim: Callable[..., RunningSimulator], catalog: Callable[[], str | None]
+) -> Iterator[Callable[..., Site]]:
+    """Sites in `tmp_path`, each on a new simulator and, when `catalog` gives one, a
+    lake; their lakes detached after the block."""
+    made: list[Site] = []
+
     def make(
         sync: dict[str, Any] | None = None, api: dict[str, Any] | None = None, **sim_config: Any
     ) -> Site:
-        s = Site(tmp_path, make_sim(**sim_config))
+        s = Site(tmp_path, make_sim(**sim_config), catalog=catalog())
         s.write_config(sync=sync or {}, api=api or {})
+        made.append(s)
         return s
 
-    return make
+    try:
+        yield make
+    finally:
+        for s in made:
+            s.close()
+
+
+@pytest.fixture
+def site(
+    tmp_path: Path, make_sim: Callable[..., RunningSimulator], request: pytest.FixtureRequest
+) -> Iterator[Callable[..., Site]]:
+    """An installation of the kind `RCS_SYNC_TEST_KIND` names (a lake: a new database on
+    the session's PostgreSQL server per site)."""
+
+    def catalog() -> str | None:
+        if KIND != "ducklake":
+            return None
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        return server.catalog(server.create_database())
+
+    with site_factory(tmp_path, make_sim, catalog) as make:
+        yield make
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On a lake, deselect from the suites run on every kind the tests about the DuckDB
+    file itself (`duckdb_only`: damage, snapshot, storage versions, file locks) and those
+    the warehouse's kind changes nothing in (`any_kind`: HTTP, TLS, the API's clock;
+    or no `site` at all): the default run has run them."""
+    if KIND == "duckdb":
+        return
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        once = item.get_closest_marker("duckdb_only") or item.get_closest_marker("any_kind")
+        siteless = "site" not in getattr(item, "fixturenames", ())
+        kinds = item.get_closest_marker("kinds") and not item.get_closest_marker("lake")
+        (dropped if once or (kinds and siteless) else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 @pytest.fixture(scope="session")

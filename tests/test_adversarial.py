@@ -58,6 +58,8 @@ from tests.adversarial_helpers import (
 )
 from tests.conftest import TOKEN, Site, terminal_line, wait_for
 
+pytestmark = pytest.mark.kinds
+
 SiteFactory = Callable[..., Site]
 
 
@@ -166,7 +168,7 @@ def test_a_pass_that_cannot_complete_fails_cleanly_and_keeps_what_it_committed(
     proc = subprocess.Popen(
         s.command("sync"), env=s.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    wait_for(lambda: len(s.sim.sim.requests) >= 4, 30, "4 window requests")
+    wait_for(lambda: len(s.sim.sim.requests) >= 4, 60, "4 window requests")
     s.sim.sim.update_config(fault_rate=1.0, faults=("500", "503", "drop", "html", "null", "text"))
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 4, stderr[-2000:]
@@ -215,7 +217,10 @@ def test_a_pass_that_cannot_complete_fails_cleanly_and_keeps_what_it_committed(
 # --- 2. SIGKILL at seeded moments ---------------------------------------------------------
 
 
-KILL_SEEDS = range(6)
+KILL_SEEDS = [
+    pytest.param(seed, marks=[pytest.mark.any_kind] if seed >= 2 else []) for seed in range(6)
+]
+"""On a lake the first two seeds run (`tests/test_lake.py` kills its commits besides)."""
 
 
 @pytest.mark.parametrize("seed", KILL_SEEDS)
@@ -240,6 +245,7 @@ def test_sigkill_at_a_seeded_moment_of_a_backfill_then_of_an_incremental_pass(
     s.assert_converged()
 
 
+@pytest.mark.any_kind
 def test_a_sync_after_a_backfill_up_to_now_keeps_syncing_changes(site: SiteFactory) -> None:
     """Found here, fixed in c523fa2: with every window of its first pass already read by
     `backfill`, `sync` fetched nothing, so it never earned a checkpoint and never synced
@@ -258,6 +264,7 @@ def test_a_sync_after_a_backfill_up_to_now_keeps_syncing_changes(site: SiteFacto
     s.assert_converged()
 
 
+@pytest.mark.any_kind
 def test_the_first_sync_after_a_backfill_up_to_now_brings_the_changes_since(
     site: SiteFactory,
 ) -> None:
@@ -272,13 +279,14 @@ def test_the_first_sync_after_a_backfill_up_to_now_brings_the_changes_since(
     s.assert_converged()
 
 
+@pytest.mark.any_kind
 def test_a_killed_pass_leaves_no_response_body_behind_after_the_next_pass(
     site: SiteFactory,
 ) -> None:
     """Found here, fixed in 7361a03: a body being spooled at a kill stayed in the spool
     for good (up to a window's body, ~156 MB for 1M records, per kill)."""
     s = site(records=2_000, days=4, latency=0.3)
-    spool = s.db.with_name("rcs.duckdb.spool")
+    spool = s.spool
     for _ in range(2):
         signal_pass(s, ("sync",), after_requests=1, delay=0)
     assert spool_leftovers(s) > 0, "the kills should have caught a body being spooled"
@@ -319,7 +327,7 @@ def _disk_full_setup(
 
 
 def _assert_intact(s: Site, table: dict[int, int], windows: list[Any]) -> None:
-    opens_cleanly(s.db)
+    opens_cleanly(s)
     after = s.table()
     assert {i: after.get(i) for i in table} == table, "data committed before the failure changed"
     assert set(windows) <= set(s.query("SELECT * FROM sync_windows"))
@@ -332,6 +340,7 @@ def _assert_failed_run(s: Site) -> None:
     assert (status, kind) == ("failed", "warehouse")
 
 
+@pytest.mark.duckdb_only
 def test_disk_full_while_committing_fails_cleanly_and_a_rerun_recovers(
     site: SiteFactory, tmp_path: Path
 ) -> None:
@@ -355,6 +364,7 @@ def test_disk_full_while_committing_fails_cleanly_and_a_rerun_recovers(
         s.assert_converged()
 
 
+@pytest.mark.any_kind
 def test_disk_full_while_spooling_a_body_fails_cleanly_and_a_rerun_recovers(
     site: SiteFactory, tmp_path: Path
 ) -> None:
@@ -380,7 +390,11 @@ def test_disk_full_while_spooling_a_body_fails_cleanly_and_a_rerun_recovers(
 # --- 4. clocks and boundaries ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("offset", [900, -900], ids=["server-15min-ahead", "server-15min-behind"])
+@pytest.mark.parametrize(
+    "offset",
+    [pytest.param(900, marks=pytest.mark.any_kind), -900],
+    ids=["server-15min-ahead", "server-15min-behind"],
+)
 def test_server_clock_skewed_by_15_minutes_misses_no_update(site: SiteFactory, offset: int) -> None:
     start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=offset)
     s = site(records=3_000, days=4, start_time=start, arrival_rate=0.05)
@@ -395,6 +409,7 @@ def test_server_clock_skewed_by_15_minutes_misses_no_update(site: SiteFactory, o
         s.assert_converged()
 
 
+@pytest.mark.any_kind
 def test_server_clock_ahead_of_clock_skew_delays_the_newest_records_but_loses_none(
     site: SiteFactory,
 ) -> None:
@@ -424,6 +439,7 @@ def test_server_clock_ahead_of_clock_skew_delays_the_newest_records_but_loses_no
     assert missing <= newer, sorted(missing - newer)[:5]
 
 
+@pytest.mark.any_kind
 @pytest.mark.parametrize("bounds", ["[)", "[]", "()", "(]"])
 def test_records_exactly_on_window_boundaries_under_every_bounds_semantics(
     site: SiteFactory, bounds: str
@@ -633,6 +649,7 @@ def test_fifteen_plus_kinds_of_malformed_records_are_quarantined_and_the_rest_lo
     assert reference_length == 10_000_000
 
 
+@pytest.mark.any_kind
 @pytest.mark.parametrize(
     ("depth", "slow_path"),
     [
@@ -708,6 +725,7 @@ def running_daemon(s: Site, env: dict[str, str], log: Path) -> Iterator[subproce
                 proc.wait()
 
 
+@pytest.mark.duckdb_only
 def test_the_token_is_never_on_a_command_line_in_logs_status_or_the_files(
     site: SiteFactory, tmp_path: Path
 ) -> None:
@@ -767,6 +785,7 @@ def test_the_token_is_never_on_a_command_line_in_logs_status_or_the_files(
             assert not _scan_database(path), path
 
 
+@pytest.mark.any_kind
 def test_redirects_to_another_host_do_not_carry_the_token(site: SiteFactory) -> None:
     s = site(records=10)
     with CraftedApi() as elsewhere:
@@ -799,6 +818,7 @@ def _without_ca_variables(s: Site) -> dict[str, str]:
     return {k: v for k, v in s.env().items() if k not in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")}
 
 
+@pytest.mark.any_kind
 def test_tls_verification_cannot_be_turned_off(
     site: SiteFactory, tls_api: tuple[CraftedApi, Path, datetime]
 ) -> None:
@@ -822,6 +842,7 @@ def test_tls_verification_cannot_be_turned_off(
         del s.overrides["api"][key]
 
 
+@pytest.mark.any_kind
 @pytest.mark.parametrize("ca_variables", [False, True], ids=["clean-env", "ca-env"])
 def test_ca_bundle_trusts_a_private_ca(
     site: SiteFactory, tls_api: tuple[CraftedApi, Path, datetime], ca_variables: bool
@@ -841,6 +862,7 @@ def test_ca_bundle_trusts_a_private_ca(
     assert s.table() == {1: 1}
 
 
+@pytest.mark.any_kind
 @pytest.mark.parametrize(
     "url",
     [
@@ -877,7 +899,7 @@ def test_database_snapshot_and_spool_are_not_world_readable(site: SiteFactory) -
             preexec_fn=partial(os.umask, umask),
         )
         assert result.returncode == 0, result.stderr[-2000:]
-        for path in [*files_under(s.dir), s.db.with_name("rcs.duckdb.spool")]:
+        for path in [*files_under(s.dir), s.spool]:
             if path.suffix == ".toml" or not path.exists():
                 continue
             mode = stat.S_IMODE(path.stat().st_mode)
@@ -885,9 +907,11 @@ def test_database_snapshot_and_spool_are_not_world_readable(site: SiteFactory) -
                 assert mode & 0o007 == 0, (oct(mode), path)
             else:
                 assert mode & ~0o640 == 0, (oct(mode), path, oct(umask))
-    assert s.dir.joinpath("rcs.snapshot.duckdb").exists()
+    # A lake's data are its Parquet files (and its catalog, in PostgreSQL).
+    assert s.dir.joinpath("rcs.snapshot.duckdb" if s.catalog is None else "lake-data").exists()
 
 
+@pytest.mark.duckdb_only
 def test_the_write_ahead_log_is_not_world_readable(site: SiteFactory) -> None:
     """Found here, fixed in d6419f6: DuckDB created rcs.duckdb.wal with 0666 & ~umask,
     0644 under the usual umask 022 (outside systemd's UMask=0027); it holds record data
@@ -914,6 +938,7 @@ def test_the_write_ahead_log_is_not_world_readable(site: SiteFactory) -> None:
     assert stat.S_IMODE(wal.stat().st_mode) & ~0o640 == 0, oct(wal.stat().st_mode)
 
 
+@pytest.mark.any_kind
 def test_a_world_readable_token_file_is_warned_about(site: SiteFactory, tmp_path: Path) -> None:
     s = site(records=100)
     token_file = tmp_path / "token"

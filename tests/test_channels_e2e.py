@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pytest
 import requests
 
 from rcs_sim.endpoints import sibling
@@ -27,6 +28,8 @@ from rcs_sim.server import spawn
 from rcs_sync.model.reread import DEFAULT_BUDGET, DEFAULT_CELL, budget_cells
 from tests.adversarial_helpers import signal_pass
 from tests.conftest import TOKEN, Site
+
+pytestmark = pytest.mark.kinds
 
 SiteFactory = Callable[..., Site]
 SMS = "/j/text_records"
@@ -137,10 +140,15 @@ def test_every_sibling_stream_backfills_and_teams_are_a_dimension(site: SiteFact
     [(calls,)] = s.query("SELECT sum(calls) FROM call_outcomes_daily")
     assert calls == len(sim.endpoint_truth("/j/call_records"))
 
-    # The analysts' snapshot holds the new tables and the views across channels.
+    # The analysts' snapshot (a lake's readers attach the lake) holds the new tables
+    # and the views across channels.
     s.ok("sync", "--publish-snapshot")
     snapshot = s.dir / "rcs.snapshot.duckdb"
-    with duckdb.connect(str(snapshot), read_only=True) as con:
+    with (
+        duckdb.connect(str(snapshot), read_only=True)
+        if s.catalog is None
+        else s.connect(read_only=True)
+    ) as con:
         channels = con.execute(
             "SELECT channel, sum(messages) FROM message_rates_daily GROUP BY ALL ORDER BY 1"
         ).fetchall()
@@ -157,6 +165,7 @@ def test_every_sibling_stream_backfills_and_teams_are_a_dimension(site: SiteFact
     assert by_stream["teams"]["records"] == 3
 
 
+@pytest.mark.any_kind
 def test_sms_changes_are_seen_within_the_tier_bound_never_with_modified_since(
     site: SiteFactory,
 ) -> None:
@@ -205,6 +214,7 @@ def test_sms_changes_are_seen_within_the_tier_bound_never_with_modified_since(
     assert refused.returncode == 2 and "voicemail_drop_records" in refused.stderr
 
 
+@pytest.mark.any_kind
 def test_the_simulator_refuses_modified_since_where_it_is_not_supported(
     site: SiteFactory,
 ) -> None:
@@ -224,6 +234,7 @@ def test_the_simulator_refuses_modified_since_where_it_is_not_supported(
     assert all("body" not in r for r in plain.json())
 
 
+@pytest.mark.any_kind
 def test_a_killed_sms_reread_resumes_to_exactly_the_providers_records(
     site: SiteFactory,
 ) -> None:
@@ -247,6 +258,7 @@ def test_a_killed_sms_reread_resumes_to_exactly_the_providers_records(
     assert all("modified_since" not in r.params for r in sim.requests)
 
 
+@pytest.mark.any_kind
 def test_sms_under_faults_and_every_bounds_semantics_converges(site: SiteFactory) -> None:
     """Faults (429, 5xx, dropped connections, truncated and HTML bodies) and inclusive
     bounds on a stream without modified_since: backfill and tiered re-reads still end
@@ -272,6 +284,7 @@ def test_sms_under_faults_and_every_bounds_semantics_converges(site: SiteFactory
     assert all("modified_since" not in r.params for r in sim.requests)
 
 
+@pytest.mark.any_kind
 def test_every_personal_field_of_calls_and_sms_is_hashed(site: SiteFactory, tmp_path: Path) -> None:
     s = channel_site(site, ["text_records", "call_records"], records=300)
     key_file = tmp_path / "number_key"

@@ -14,10 +14,12 @@ from hypothesis import strategies as st
 from rcs_sync.config import (
     ApiSettings,
     ConfigError,
+    MaintenanceSettings,
     Settings,
     SyncSettings,
     WarehouseSettings,
     config_path,
+    libpq_environment,
     load_settings,
     read_token,
 )
@@ -189,11 +191,12 @@ def test_example_config_loads_and_documents_the_defaults() -> None:
     assert settings.api == ApiSettings(base_url="https://api.example.com")
     assert settings.sync == SyncSettings()
     assert settings.warehouse == WarehouseSettings(path=EXAMPLE.parent / "rcs.duckdb")
+    assert settings.maintenance == MaintenanceSettings()
 
 
 def test_example_config_mentions_every_key() -> None:
     text = EXAMPLE.read_text(encoding="utf-8")
-    for schema in (ApiSettings, SyncSettings, WarehouseSettings):
+    for schema in (ApiSettings, SyncSettings, WarehouseSettings, MaintenanceSettings):
         for name in schema.__dataclass_fields__:
             assert f"\n{name} = " in text or f"\n# {name} = " in text, name
 
@@ -358,6 +361,27 @@ def test_unknown_top_level_key(tmp_path: Path) -> None:
     assert "top-level" in str(error)
 
 
+def test_maintenance_settings_and_their_defaults(tmp_path: Path) -> None:
+    assert load_text(tmp_path, MINIMAL).maintenance == MaintenanceSettings(
+        enabled=True,
+        every=timedelta(hours=1),
+        expire_snapshots_after=timedelta(days=7),
+        remove_files_after=timedelta(hours=1),
+        budget=timedelta(seconds=60),
+    )
+    text = (
+        MINIMAL + '[maintenance]\nenabled = false\nevery = "30m"\nexpire_snapshots_after = "2d"\n'
+        'remove_files_after = "0s"\nbudget = "0s"\n'
+    )
+    assert load_text(tmp_path, text).maintenance == MaintenanceSettings(
+        enabled=False,
+        every=timedelta(minutes=30),
+        expire_snapshots_after=timedelta(days=2),
+        remove_files_after=timedelta(),
+        budget=timedelta(),
+    )
+
+
 def test_section_that_is_not_a_table(tmp_path: Path) -> None:
     error = config_error(tmp_path, 'sync = "daily"\n' + MINIMAL)
     assert error.key == "[sync]"
@@ -415,6 +439,12 @@ def test_section_that_is_not_a_table(tmp_path: Path) -> None:
         ("warehouse", "memory_limit", "1", "expected a non-empty string"),
         ("warehouse", "threads", "0", "must be at least 1"),
         ("warehouse", "threads", "false", "expected an integer"),
+        ("maintenance", "enabled", '"no"', "expected true or false"),
+        ("maintenance", "every", '"0s"', "must be at least 1s"),
+        ("maintenance", "expire_snapshots_after", "7", "expected a duration like"),
+        ("maintenance", "remove_files_after", '"-1h"', "expected a duration like"),
+        ("maintenance", "budget", '"soon"', "expected a duration like"),
+        ("maintenance", "budgett", '"1s"', "unknown key; did you mean 'budget'?"),
     ],
 )
 def test_bad_values_name_their_key(
@@ -613,3 +643,80 @@ def test_reread_tiers_per_stream(tmp_path: Path) -> None:
     assert "without modified_since" in str(config_error(tmp_path, base + rcs))
     typo = "[streams.text_records]\nrerad = []\n"
     assert "unknown key" in str(config_error(tmp_path, base + typo))
+
+
+# --- a lake (kind = "ducklake") --------------------------------------------------------
+
+LAKE = MINIMAL + '[warehouse]\nkind = "ducklake"\n'
+CATALOG = 'catalog = "postgres:dbname=rcs host=db.internal user=rcs_sync"\n'
+LAKE_OK = LAKE + CATALOG + 'data_path = "lake"\nspool_dir = "spool"\n'
+
+
+def test_a_lake_config_resolves_its_paths_and_names_the_lake(tmp_path: Path) -> None:
+    warehouse = load_text(tmp_path, LAKE_OK).warehouse
+    assert (warehouse.kind, warehouse.catalog) == (
+        "ducklake",
+        "postgres:dbname=rcs host=db.internal user=rcs_sync",
+    )
+    assert warehouse.data_path == str(tmp_path / "lake")
+    assert warehouse.lock_anchor == warehouse.spool_path == tmp_path / "spool"
+    assert warehouse.label == "lake ducklake:postgres:dbname=rcs host=db.internal user=rcs_sync"
+    sqlite = load_text(
+        tmp_path,
+        LAKE + 'catalog = "sqlite:c.sqlite"\ndata_path = "s3://b/p"\nspool_dir = "spool"\n',
+    ).warehouse
+    assert (sqlite.catalog, sqlite.data_path) == (f"sqlite:{tmp_path / 'c.sqlite'}", "s3://b/p")
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "problem"),
+    [
+        (LAKE + 'data_path = "d"\nspool_dir = "s"\n', "[warehouse] catalog", "required"),
+        (LAKE + CATALOG + 'spool_dir = "s"\n', "[warehouse] data_path", "required"),
+        (LAKE + CATALOG + 'data_path = "d"\n', "[warehouse] spool_dir", "required"),
+        (LAKE_OK + 'path = "rcs.duckdb"\n', "[warehouse] path", "means nothing"),
+        (LAKE_OK + 'snapshot_path = "s.duckdb"\n', "[warehouse] snapshot_path", "means nothing"),
+        (LAKE_OK + 'storage_version = "v1.1.0"\n', "[warehouse] storage_version", "nothing"),
+        (MINIMAL + "[warehouse]\n" + CATALOG, "[warehouse] catalog", 'only for kind = "ducklake"'),
+        (MINIMAL + '[warehouse]\nkind = "lake"\n', "[warehouse] kind", "expected one of duckdb"),
+        (
+            LAKE + 'catalog = "mysql:db=x"\ndata_path = "d"\nspool_dir = "s"\n',
+            "[warehouse] catalog",
+            "expected a DuckLake catalog",
+        ),
+    ],
+)
+def test_lake_config_errors_name_their_key(
+    tmp_path: Path, text: str, key: str, problem: str
+) -> None:
+    error = config_error(tmp_path, text)
+    assert error.key == key and problem in str(error), str(error)
+
+
+@pytest.mark.parametrize(
+    "catalog",
+    [
+        "postgres:dbname=rcs host=db user=rcs password=hunter2-secret",
+        "postgres:dbname=rcs PASSWORD = hunter2-secret",
+        "postgres:postgresql://rcs:hunter2-secret@db/rcs",
+    ],
+)
+def test_a_password_in_the_catalog_is_refused_without_echoing_it(
+    tmp_path: Path, catalog: str
+) -> None:
+    error = config_error(
+        tmp_path, LAKE + f'catalog = "{catalog}"\ndata_path = "d"\nspool_dir = "s"\n'
+    )
+    assert error.key == "[warehouse] catalog"
+    assert "hunter2-secret" not in str(error)
+    assert "PGPASSWORD" in str(error) and "pgpass" in str(error)
+
+
+def test_libpq_finds_the_password_in_a_systemd_credential(tmp_path: Path) -> None:
+    (tmp_path / "pgpass").write_text("db:5432:rcs:rcs:secret\n", encoding="utf-8")
+    credentials = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
+    assert libpq_environment(credentials) == {"PGPASSFILE": str(tmp_path / "pgpass")}
+    # What the operator set for libpq wins; nothing at all leaves libpq to its defaults.
+    assert libpq_environment({**credentials, "PGPASSWORD": "x"}) == {}
+    assert libpq_environment({**credentials, "PGPASSFILE": "/etc/pgpass"}) == {}
+    assert libpq_environment({"CREDENTIALS_DIRECTORY": str(tmp_path / "none")}) == {}

@@ -9,7 +9,11 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+import pytest
+
 from tests.conftest import Site, log_lines, terminal_line, wait_for
+
+pytestmark = pytest.mark.kinds
 
 SiteFactory = Callable[..., Site]
 
@@ -25,7 +29,7 @@ def full_windows(s: Site) -> Counter[tuple[str, str]]:
 
 def holding(s: Site) -> bool:
     """Whether some rcs-sync has written its PID into the writer lock file."""
-    path = s.dir / ".rcs.duckdb.writer.lock"
+    path = s.lock()
     return path.exists() and path.read_text().strip().isdigit()
 
 
@@ -53,6 +57,7 @@ def test_two_syncs_at_once_read_each_window_once(site: SiteFactory) -> None:
     s.assert_converged()
 
 
+@pytest.mark.any_kind
 def test_no_wait_exits_5_at_once_with_one_line(site: SiteFactory) -> None:
     s = site(records=2_000, days=6, latency=1.0)  # ~7 s: outlasts the refused commands
     first = subprocess.Popen(
@@ -70,7 +75,7 @@ def test_no_wait_exits_5_at_once_with_one_line(site: SiteFactory) -> None:
             assert time.monotonic() - began < 10
             assert len(refused.stderr.splitlines()) == 1, refused.stderr
             assert terminal_line(refused.stderr) == (
-                f"rcs-sync: error: warehouse {s.db} is in use by another rcs-sync "
+                f"rcs-sync: error: {s.location} is in use by another rcs-sync "
                 f"(PID {first.pid}); not waiting (--no-wait)"
             )
         # Readers never wait for the writer lock.
@@ -95,6 +100,7 @@ def test_a_holder_killed_with_sigkill_leaves_no_stale_lock(site: SiteFactory) ->
     s.assert_converged()
 
 
+@pytest.mark.any_kind
 def test_a_second_daemon_on_the_same_warehouse_waits_or_exits_5(site: SiteFactory) -> None:
     s = site(records=500, sync={"interval": "1s"})
     log = s.dir / "daemon.log"
@@ -106,7 +112,7 @@ def test_a_second_daemon_on_the_same_warehouse_waits_or_exits_5(site: SiteFactor
         assert refused.returncode == 5, refused.stderr
         assert len(refused.stderr.splitlines()) == 1, refused.stderr
         assert terminal_line(refused.stderr) == (
-            f"rcs-sync: error: warehouse {s.db} is in use by another daemon "
+            f"rcs-sync: error: {s.location} is in use by another daemon "
             f"(PID {first.pid}); not waiting (--no-wait)"
         )
         second = subprocess.Popen(
@@ -118,7 +124,7 @@ def test_a_second_daemon_on_the_same_warehouse_waits_or_exits_5(site: SiteFactor
             first.send_signal(signal.SIGTERM)
             assert first.wait(timeout=20) == 0
             wait_for(
-                lambda: (s.dir / ".rcs.duckdb.daemon.lock").read_text().strip() == str(second.pid),
+                lambda: s.lock("daemon").read_text().strip() == str(second.pid),
                 30,
                 "the second daemon to take over",
             )

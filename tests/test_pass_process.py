@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import duckdb
 import pytest
 
 from rcs_sync.cli import pass_entry
@@ -19,6 +18,8 @@ from rcs_sync.daemon.service import PASS
 from rcs_sync.model.errors import EXIT_STOPPED, EXIT_USAGE
 from tests.adversarial_helpers import cmdline, descendants
 from tests.conftest import Site, wait_for
+
+pytestmark = pytest.mark.kinds
 
 SiteFactory = Callable[..., Site]
 
@@ -46,8 +47,7 @@ def test_a_forked_pass_syncs_reports_its_events_and_is_named_for_ps(site: SiteFa
     assert title.startswith("rcs-sync --config ") and title.rstrip("\0").endswith(" ".join(PASS))
     scopes = [e for e in events if e["event"] == "scope"]
     assert [e["outcome"] for e in scopes] == ["ok"]
-    with duckdb.connect(str(s.db), read_only=True) as con:
-        assert con.execute("SELECT count(*) FROM rcs_records").fetchone() == (400,)
+    assert s.query("SELECT count(*) FROM rcs_records") == [(400,)]
 
 
 def test_a_forked_pass_exits_with_the_commands_code(site: SiteFactory) -> None:
@@ -75,6 +75,7 @@ def test_a_stop_at_any_early_moment_of_a_forked_pass_exits_130(
     assert all(e["event"] != "scope" or e["outcome"] == "stopped" for e in events)
 
 
+@pytest.mark.any_kind
 def test_a_dead_server_is_started_again_for_the_next_pass(site: SiteFactory) -> None:
     s = site(records=50, days=1)
     assert finish(forked(s, *PASS))[0] == 0

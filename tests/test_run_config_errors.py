@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from rcs_sync.model.errors import EXIT_USAGE
+from rcs_sync.model.errors import EXIT_INSTALL, EXIT_USAGE
 from tests.conftest import Site, terminal_line
 
 SiteFactory = Callable[..., Site]
@@ -89,3 +89,19 @@ def test_a_missing_token_file_is_a_config_error(site: SiteFactory) -> None:
     run_fails_with(
         s, f"rcs-sync: config: [api] token_file: token file {missing} not found", env=env
     )
+
+
+def test_a_lake_without_the_lake_extra_is_one_line_naming_the_fix(site: SiteFactory) -> None:
+    """The default install (current DuckDB, no extension wheels) asked for a lake: exit 7,
+    one line saying what to install, no traceback, nothing requested from the API."""
+    s = site(records=10)
+    s.catalog = "postgres:dbname=rcs host=127.0.0.1 user=rcs"
+    s.write_config()
+    for command in ("sync", "status"):
+        result = s.run(command, timeout=60)
+        assert result.returncode == EXIT_INSTALL, result.stderr[-2000:]
+        line = terminal_line(result.stderr)
+        assert line.startswith("rcs-sync: error: DuckDB extension ducklake "), line
+        assert "pip install 'rcs-sync[lake]'" in line
+        assert "Traceback" not in result.stderr
+    assert not s.sim.sim.requests

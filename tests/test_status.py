@@ -12,7 +12,8 @@ from rcs_sync.model.durations import parse_instant
 from rcs_sync.model.errors import EXIT_UNHEALTHY, ApiUnavailable, WarehouseLocked
 from rcs_sync.model.streams import RCS_RECORDS
 from rcs_sync.warehouse import status
-from rcs_sync.warehouse.duckdb_file import Warehouse, failed_run
+from rcs_sync.warehouse.bookkeeping import failed_run
+from rcs_sync.warehouse.duckdb_file import Warehouse
 from tests.conftest import RCS_SYNC
 from tests.fixtures import build_warehouse
 from tests.widget_stream import WIDGETS

@@ -16,8 +16,14 @@ from rcs_sync.model.errors import WarehouseUnavailable
 from rcs_sync.model.responses import Spool
 from rcs_sync.model.streams import RCS_RECORDS, Field, History, Stream, register, registered
 from rcs_sync.warehouse.duckdb_file import Warehouse
-from rcs_sync.warehouse.migrations import MIGRATIONS
-from rcs_sync.warehouse.tables import stream_tables
+from rcs_sync.warehouse.migrations import MIGRATIONS, VIEWS_ONLY
+from rcs_sync.warehouse.tables import (
+    BOOKKEEPING,
+    SCHEMA_MIGRATIONS,
+    SCHEMA_STREAMS,
+    check,
+    stream_tables,
+)
 from tests.widget_stream import WIDGETS
 
 TYPE_NAMES = {"TIMESTAMPTZ": "TIMESTAMP WITH TIME ZONE"}
@@ -251,3 +257,21 @@ def test_declarations_are_checked_and_names_registered_once() -> None:
             ),
             history=History("bad_history", meanings=MappingProxyType({0: "new"})),
         )
+
+
+def test_the_declared_bookkeeping_is_what_the_migrations_made(tmp_path: Path) -> None:
+    """A lake's schema is created from the declarations (`Dialect.from_declarations`):
+    they must be the tables migrations 1-3 and 5 made, and the migrations it replays
+    instead (`VIEWS_ONLY`) must make nothing but views."""
+    path = tmp_path / "rcs.duckdb"
+    Warehouse(path).migrate()
+    with duckdb.connect(str(path), read_only=True) as con:
+        for table in (SCHEMA_MIGRATIONS, SCHEMA_STREAMS, *BOOKKEEPING, *stream_tables(RCS_RECORDS)):
+            check(con, table, "the declarations")
+    only_views = set()
+    for version, _name, sql in MIGRATIONS:
+        code = "\n".join(line for line in sql.splitlines() if not line.strip().startswith("--"))
+        statements = [s.strip().upper() for s in code.split(";") if s.strip()]
+        if all(s.startswith(("CREATE VIEW", "CREATE OR REPLACE VIEW")) for s in statements):
+            only_views.add(version)
+    assert only_views == VIEWS_ONLY

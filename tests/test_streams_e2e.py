@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import duckdb
+import pytest
 
 from tests.adversarial_helpers import signal_pass
 from tests.conftest import Site
@@ -30,6 +31,8 @@ STREAM_TABLES = (
     "rcs_quarantine",
     "rcs_state_changes",
 )
+
+pytestmark = pytest.mark.kinds
 
 
 def widget_site(site: SiteFactory, streams: list[str], **sim_config: Any) -> Site:
@@ -62,6 +65,7 @@ def assert_snapshot_holds(s: Site, tables: tuple[str, ...]) -> None:
             assert row is not None and row[1:] == (0, 0), (table, row)
 
 
+@pytest.mark.any_kind
 def test_a_stream_declared_by_a_test_alone_backfills_then_syncs_changes(
     site: SiteFactory,
 ) -> None:
@@ -151,7 +155,7 @@ def test_a_backfill_of_the_test_stream_killed_mid_way_resumes_to_exactly_its_rec
     assert code == -signal.SIGKILL
     done_sql = "SELECT count(*) FROM sync_windows WHERE stream = 'test_widget_records'"
     [(done,)] = s.query(done_sql)
-    assert 3 <= done <= 6
+    assert (3 if s.catalog is None else 1) <= done <= 6  # a lake's commits lag further
     # The requests the killed pass had in flight reach the simulator's log once their
     # latency has passed: let them, so that only the rerun's requests are counted.
     time.sleep(0.5)

@@ -17,6 +17,8 @@ from rcs_sync.model.durations import format_instant
 from tests.adversarial_helpers import compare
 from tests.conftest import TOKEN, Site, log_lines, terminal_line, wait_for
 
+pytestmark = pytest.mark.kinds
+
 SiteFactory = Callable[..., Site]
 
 
@@ -96,7 +98,9 @@ def test_backfill_killed_mid_way_resumes_and_loses_nothing(site: SiteFactory) ->
     proc.wait(timeout=10)
     assert proc.returncode == -signal.SIGKILL
     [(done,)] = s.query("SELECT count(*) FROM sync_windows")
-    assert 10 <= done < 42
+    # A lake's commits (catalog round trips to PostgreSQL) lag further behind the
+    # requests in flight: fewer windows are in when the 15th request is served.
+    assert (10 if s.catalog is None else 3) <= done < 42
     before = len(s.sim.sim.requests)
     rerun = s.ok("backfill", "--start", start, "--end", end)
     assert "backfill" in summary(rerun)
@@ -112,6 +116,7 @@ def test_backfill_killed_mid_way_resumes_and_loses_nothing(site: SiteFactory) ->
     assert len(s.sim.sim.requests) - before <= 2
 
 
+@pytest.mark.any_kind
 def test_one_incremental_pass_brings_the_newest_records_of_a_server_15_min_ahead(
     site: SiteFactory,
 ) -> None:
@@ -135,6 +140,7 @@ def test_one_incremental_pass_brings_the_newest_records_of_a_server_15_min_ahead
     assert server_now - timedelta(seconds=2) <= checkpoint <= server_now
 
 
+@pytest.mark.any_kind
 def test_token_rejected_exits_3_with_one_line(site: SiteFactory) -> None:
     s = site(records=100)
     result = s.run("sync", env=s.env(RCS_SYNC_TOKEN="wrong-token-123"))
@@ -186,6 +192,7 @@ def test_api_failing_past_the_retry_budget_exits_4_and_keeps_committed_work(
     s.assert_converged()
 
 
+@pytest.mark.any_kind
 def test_fault_storm_with_state_changes_converges_exactly(site: SiteFactory) -> None:
     """The bar: >= 200k records over >= 30 windows plus 3 incremental passes, 10 % faults."""
     s = site(
@@ -207,6 +214,7 @@ def test_fault_storm_with_state_changes_converges_exactly(site: SiteFactory) -> 
     assert sum(1 for r in s.sim.sim.requests if r.fault) >= 3
 
 
+@pytest.mark.any_kind
 def test_malformed_records_are_quarantined_and_valid_ones_converge(site: SiteFactory) -> None:
     s = site(records=5_000, bad_fraction=0.03, extra_fields=True)
     result = s.ok("sync")
@@ -234,6 +242,7 @@ def test_truncating_server_makes_windows_split_until_nothing_is_lost(site: SiteF
     assert any(e["event"] == "window_split" for e in log_lines(result.stderr))
 
 
+@pytest.mark.duckdb_only
 def test_a_reader_holding_the_file_delays_a_pass_or_fails_it_with_exit_5(
     site: SiteFactory,
 ) -> None:
@@ -273,6 +282,7 @@ def test_a_reader_holding_the_file_delays_a_pass_or_fails_it_with_exit_5(
     assert not list(s.dir.glob(".rcs.duckdb.runs/*.json"))
 
 
+@pytest.mark.any_kind
 def test_teams_are_synced_as_separate_scopes(site: SiteFactory) -> None:
     s = site(records=3_000, teams=3)
     s.write_config(api={"teams": [1, 3], "include_content": True})
@@ -309,6 +319,7 @@ def test_status_reports_checkpoints_windows_and_runs(site: SiteFactory) -> None:
     assert "rcs_records / all: checkpoint" in text
 
 
+@pytest.mark.any_kind
 def test_the_token_never_appears_in_any_output(site: SiteFactory) -> None:
     s = site(records=2_000, fault_rate=0.2, faults=("429", "500", "drop"))
     outputs = [s.run("-v", "sync"), s.run("-v", "sync"), s.run("status", "--json")]
@@ -318,6 +329,7 @@ def test_the_token_never_appears_in_any_output(site: SiteFactory) -> None:
     assert not s.query("SELECT count(*) FROM sync_runs WHERE error LIKE ?", [f"%{TOKEN}%"])[0][0]
 
 
+@pytest.mark.any_kind
 def test_config_errors_exit_2_naming_the_key(site: SiteFactory) -> None:
     s = site(records=10)
     s.write_config(sync={"window": "soon"})
@@ -330,6 +342,7 @@ def test_config_errors_exit_2_naming_the_key(site: SiteFactory) -> None:
     assert "Traceback" not in bad_cli.stderr
 
 
+@pytest.mark.any_kind
 def test_an_unknown_stream_is_a_config_error_naming_the_key(site: SiteFactory) -> None:
     s = site(records=10)
     s.write_config(sync={"streams": ["emails"]})
@@ -343,6 +356,7 @@ def test_an_unknown_stream_is_a_config_error_naming_the_key(site: SiteFactory) -
     assert not s.db.exists()
 
 
+@pytest.mark.any_kind
 @pytest.mark.parametrize(
     ("layout", "gzipped", "content"),
     [("compact", True, False), ("pretty", False, True), ("lines", True, True)],
@@ -361,6 +375,7 @@ def test_every_body_layout_and_encoding_loads_exactly_the_records_served(
     assert (with_content > 0) == content
 
 
+@pytest.mark.any_kind
 def test_a_wrong_base_url_fails_within_15s_with_one_line_naming_it(site: SiteFactory) -> None:
     s = site(records=10)
     with socket.socket() as probe:

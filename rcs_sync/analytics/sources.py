@@ -12,6 +12,10 @@ is open returns the *old* instance, even after the snapshot was replaced. An `AT
 from a fresh in-memory connection opens the file anew, so every call sees the newest
 published data, whatever connections are still open.
 
+A lake (`[warehouse] kind = "ducklake"`) has neither: it is attached itself, read-only,
+as `lake`, while the daemon writes it; each query sees the last commit. Its `as_of` is
+the time of the lake's latest snapshot (its last commit).
+
 The connection also has a temporary table `rcs_source` (one row: `source`, `path`,
 `as_of`, `last_pass`) saying what it reads.
 """
@@ -30,6 +34,7 @@ from rcs_sync.config import WarehouseSettings
 from rcs_sync.model.durations import format_instant
 from rcs_sync.model.errors import WarehouseLocked, WarehouseUnavailable
 from rcs_sync.warehouse.duckdb_file import Warehouse
+from rcs_sync.warehouse.lake import LAKE_ALIAS, Lake
 
 SourceName = Literal["auto", "snapshot", "live"]
 SOURCES: tuple[SourceName, ...] = ("auto", "snapshot", "live")
@@ -42,20 +47,25 @@ _PROBE = "_rcs_probe"
 class Source:
     """The file a connection reads, and how fresh its data is."""
 
-    path: Path
+    path: Path | str
+    """The file, or a lake's catalog (`Lake.location`)."""
     snapshot: bool
     as_of: datetime | None
     """For a snapshot, `snapshot_info.as_of` (everything committed before it is in the
     file); for the live file, its last successful pass."""
     last_pass: datetime | None = None
     """When the last successful pass recorded in the file finished."""
+    lake: bool = False
 
     @property
     def name(self) -> str:
-        return "snapshot" if self.snapshot else "live"
+        return "lake" if self.lake else "snapshot" if self.snapshot else "live"
 
     def describe(self) -> str:
         when = format_instant(self.as_of) if self.as_of else None
+        if self.lake:
+            last = format_instant(self.last_pass) if self.last_pass else "never"
+            return f"{self.path} (last commit {when or 'none'}, last successful pass {last})"
         if self.snapshot:
             return f"{self.path} (snapshot as of {when or 'unknown'})"
         return f"{self.path} (live file, last successful pass {when or 'never'})"
@@ -80,13 +90,23 @@ def open_source(
     """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
-    con = duckdb.connect(
-        config={"memory_limit": settings.memory_limit, "threads": settings.threads}
+    lake = settings.kind == "ducklake"
+    if lake and source == "snapshot":
+        raise WarehouseUnavailable(
+            "a lake has no snapshot: read it with source 'auto' or 'live' (it is attached "
+            "read-only, and each query sees the last commit)"
+        )
+    con = (
+        Lake.from_settings(settings).reader()
+        if lake
+        else duckdb.connect(
+            config={"memory_limit": settings.memory_limit, "threads": settings.threads}
+        )
     )
     try:
-        chosen = _choose(con, settings, source, stream)
-        con.execute(f"USE {ALIAS}")
-        _inspector(settings, chosen.path, snapshot=chosen.snapshot).check(con)
+        chosen = (
+            _lake_source(con, settings, stream) if lake else _file(con, settings, source, stream)
+        )
         con.execute(
             "CREATE TEMP TABLE rcs_source AS SELECT ?::VARCHAR AS source, ?::VARCHAR AS path, "
             "?::TIMESTAMPTZ AS as_of, ?::TIMESTAMPTZ AS last_pass",
@@ -96,6 +116,25 @@ def open_source(
         con.close()
         raise
     return con, chosen
+
+
+def _file(
+    con: duckdb.DuckDBPyConnection, settings: WarehouseSettings, source: str, stream: str | None
+) -> Source:
+    chosen = _choose(con, settings, source, stream)
+    con.execute(f"USE {ALIAS}")
+    _inspector(settings, Path(chosen.path), snapshot=chosen.snapshot).check(con)
+    return chosen
+
+
+def _lake_source(
+    con: duckdb.DuckDBPyConnection, settings: WarehouseSettings, stream: str | None
+) -> Source:
+    """The lake itself, attached read-only (`auto` and `live` are the same on a lake); its
+    `as_of` is its last commit."""
+    as_of = _optional(con, f"SELECT max(snapshot_time) FROM ducklake_snapshots({LAKE_ALIAS!r})")
+    last = _last_pass(con, LAKE_ALIAS, stream)
+    return Source(settings.label, False, as_of, last, lake=True)
 
 
 def _choose(

@@ -1,11 +1,13 @@
 """The daemon behind `rcs-sync run`: a schedule, signals, systemd, metrics.
 
-Each pass runs as a child process (`rcs-sync sync --events --publish-snapshot`, forked
-by `passes.py`) whose JSON lines on stdout (`model/events.py`) tell this process what
-happened. The daemon itself never loads DuckDB, requests, the engine, source, warehouse
-or analytics packages, the charts or the simulator, nor holds a byte of record data, so
-it idles small and a pass's memory is returned to the system when the pass ends; a
-crash inside a pass cannot take down the schedule (`tests/test_daemon_footprint.py`
+Each pass runs as a child process (`rcs-sync sync --events --publish-snapshot`, or on a
+lake `--maintain` instead, forked by `passes.py`) whose JSON lines on stdout
+(`model/events.py`) tell this process what happened; a lake's pass maintains it when due
+(`warehouse/maintenance.py`).
+The daemon itself never loads DuckDB, requests, the engine, source, warehouse or
+analytics packages, the charts or the simulator, nor holds a byte of record data, so it
+idles small and a pass's memory is returned to the system when the pass ends; a crash
+inside a pass cannot take down the schedule (`tests/test_daemon_footprint.py`
 checks the running process, import-linter the imports). A failing API or a locked file
 fails the pass, never the daemon.
 
@@ -47,6 +49,9 @@ from rcs_sync.writer_lock import WriterLock
 log = structlog.get_logger(__name__)
 
 PASS = ["sync", "--events", "--publish-snapshot"]
+LAKE_PASS = ["sync", "--events", "--maintain"]
+"""A lake has no snapshot: its readers attach it (said once, in `daemon_started`); its
+passes maintain it when due (`warehouse/maintenance.py`)."""
 STOP_GRACE = 8.0
 MAX_JITTER = timedelta(seconds=30)
 
@@ -133,8 +138,9 @@ class Service:
         try:
             # One daemon per warehouse: a second one waits here for the first to exit
             # (it would also find the metrics port taken).
+            wh = self.settings.warehouse
             self._lock = WriterLock(
-                self.settings.warehouse.path, role="daemon", wait=self.wait, stop=self.stop
+                wh.lock_anchor, role="daemon", wait=self.wait, stop=self.stop, label=wh.label
             )
             self._lock.acquire()
             # A listen address that cannot be bound is a configuration error: report it
@@ -143,7 +149,12 @@ class Service:
             self._migrate()
             scheduler = self._start_scheduler()
             self.notifier.ready("warehouse ready; first pass running")
-            log.info("daemon_started", interval_s=self.interval.total_seconds())
+            lake = self.settings.warehouse.kind == "ducklake"
+            log.info(
+                "daemon_started",
+                interval_s=self.interval.total_seconds(),
+                **({"snapshot": "none: readers attach the lake itself"} if lake else {}),
+            )
             try:
                 self._supervise()
             finally:
@@ -312,7 +323,8 @@ class Service:
     def _run_pass(self) -> PassReport:
         report = PassReport()
         started = time.monotonic()
-        process = PassProcess(self.entry, [*self.command, *PASS], os.environ)
+        one = LAKE_PASS if self.settings.warehouse.kind == "ducklake" else PASS
+        process = PassProcess(self.entry, [*self.command, *one], os.environ)
         self._process = process
         for line in process.lines:
             self._progress_at = time.monotonic()

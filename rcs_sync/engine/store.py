@@ -1,8 +1,9 @@
 """What a pass needs of the warehouse, as a Protocol: the engine never names a backend.
 
-`rcs_sync.warehouse.duckdb_file.Warehouse` is the one `session.py` passes in. A second
-backend (DuckLake, say) implements these calls with the same promise: `commit_batch`
-loads a body and writes its `Commit` in one transaction, or neither.
+`session.py` passes in a DuckDB file (`warehouse/duckdb_file.py`) or a DuckLake
+(`warehouse/lake.py`); both implement these calls once, in `warehouse/bookkeeping.py`,
+with the same promise: `commit_batch` loads a body and writes its `Commit` in one
+transaction, or neither.
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """DuckDB extensions from installed wheels, never from the network.
 
-The lake extra (`pip install 'rcs-sync[lake]'`) installs `duckdb-extension-ducklake` and
-`duckdb-extension-postgres`: binaries built for one DuckDB release, shipped in
+The lake extra (`pip install 'rcs-sync[lake]'`) installs `duckdb-extension-ducklake`,
+`-postgres` and `-sqlite`: binaries built for one DuckDB release, shipped in
 `duckdb_extension_<package>/extensions/<version>/<package>.duckdb_extension`. DuckDB
 names an extension's entry point after its file name, and the postgres binary's internal
-name is `postgres_scanner`, so it cannot be loaded from the wheel's path as it is: each
-file is linked under its internal name into a private extension directory, which the
-connection also uses as its `extension_directory`. Autoinstall and autoload stay off, so
-nothing is ever fetched at run time.
+name is `postgres_scanner` (sqlite's `sqlite_scanner`), so it cannot be loaded from the
+wheel's path as it is: each file is linked under its internal name into a private
+extension directory, which the connection also uses as its `extension_directory`.
+Autoinstall and autoload stay off, so nothing is ever fetched at run time.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import secrets
+import stat
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,7 @@ from typing import Any
 
 import duckdb
 
-from rcs_sync.model.errors import WarehouseUnavailable
+from rcs_sync.model.errors import EXIT_INSTALL, WarehouseUnavailable
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,9 @@ class Extension:
 
 DUCKLAKE = Extension("ducklake", "ducklake")
 POSTGRES = Extension("postgres_scanner", "postgres")
+SQLITE = Extension("sqlite_scanner", "sqlite")
 LAKE_EXTENSIONS = (DUCKLAKE, POSTGRES)
+"""What a lake on a PostgreSQL catalog loads; on a SQLite catalog, `SQLITE` instead."""
 NO_DOWNLOADS: dict[str, Any] = {
     "autoinstall_known_extensions": False,
     "autoload_known_extensions": False,
@@ -44,7 +48,11 @@ NO_DOWNLOADS: dict[str, Any] = {
 
 
 class ExtensionMissing(WarehouseUnavailable):
-    """The environment lacks an extension's wheel for this DuckDB release."""
+    """The environment lacks an extension's wheel for this DuckDB release: a problem of
+    the installation, not of the warehouse, hence an exit code of its own."""
+
+    exit_code = EXIT_INSTALL
+    kind = "install"
 
 
 def wheel_file(extension: Extension, version: str) -> Path:
@@ -89,3 +97,21 @@ def _link(source: Path, link: Path) -> Path:
     temporary.symlink_to(source)
     os.replace(temporary, link)
     return link
+
+
+def private_directory() -> Path:
+    """This user's extension directory: `rcs-sync-<uid>-extensions` in the temporary
+    directory, made 0700 and refused unless it is ours, so nobody else can plant a
+    link in it. It holds only links to the wheels' files, remade when missing."""
+    path = Path(tempfile.gettempdir()) / f"rcs-sync-{os.getuid()}-extensions"
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        info = os.lstat(path)
+    except OSError as exc:
+        raise WarehouseUnavailable(f"cannot create the extension directory {path}: {exc}") from None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+        raise WarehouseUnavailable(
+            f"the extension directory {path} is not a directory of this user's alone: "
+            "remove it (rcs-sync recreates it)"
+        )
+    return path

@@ -219,3 +219,8 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         ";\n".join(views_sql({"rcs_records"})) + ";",
     ),
 )
+
+VIEWS_ONLY = frozenset({4, 6, 7})
+"""Migrations that only create views. A schema created from the declarations (a lake:
+`Dialect.from_declarations`) runs these as they are, in order; the tables the others
+created are declared in `tables.py` (tests/test_stream_tables.py holds both equal)."""

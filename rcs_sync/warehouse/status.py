@@ -16,7 +16,7 @@ from rcs_sync.model.errors import WarehouseDamaged
 from rcs_sync.model.health import Health, ScopeRuns, evaluate
 from rcs_sync.model.streams import Stream
 from rcs_sync.model.windows import Window, merge
-from rcs_sync.warehouse.duckdb_file import Warehouse
+from rcs_sync.warehouse.bookkeeping import Bookkeeping
 from rcs_sync.warehouse.tables import table_names
 from rcs_sync.warehouse.validation import quote
 
@@ -44,13 +44,13 @@ def _json_value(value: Any) -> Any:
 
 
 def collect(
-    warehouse: Warehouse, interval: timedelta, now: datetime | None = None
+    warehouse: Bookkeeping, interval: timedelta, now: datetime | None = None
 ) -> dict[str, Any]:
     now = now or datetime.now(UTC)
-    if not warehouse.path.exists():
+    if not warehouse.exists():
         return _report(
             warehouse,
-            Health(False, [f"warehouse {warehouse.path} does not exist yet: run a sync"]),
+            Health(False, [f"warehouse {warehouse.location} does not exist yet: run a sync"]),
             None,
             [],
             [],
@@ -69,7 +69,7 @@ def collect(
 
 
 def _collect(
-    warehouse: Warehouse,
+    warehouse: Bookkeeping,
     interval: timedelta,
     now: datetime,
     *,
@@ -160,7 +160,7 @@ def _collect(
 
 
 def _report(
-    warehouse: Warehouse,
+    warehouse: Bookkeeping,
     verdict: Health,
     version: int | None,
     entries: list[dict[str, Any]],
@@ -171,7 +171,7 @@ def _report(
         "healthy": verdict.healthy,
         "health": verdict.state,
         "problems": verdict.reasons,
-        "warehouse": str(warehouse.path),
+        "warehouse": warehouse.location,
         "schema_version": version,
         "records": first.get("records") or 0,
         "quarantined": first.get("quarantined") or 0,

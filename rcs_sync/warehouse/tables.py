@@ -27,13 +27,6 @@ from rcs_sync.warehouse.validation import quote
 
 log = structlog.get_logger(__name__)
 
-REGISTRY_DDL = (
-    "CREATE TABLE IF NOT EXISTS schema_streams ("
-    "stream VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)"
-)
-"""Streams whose tables `ensure` created or adopted; like `schema_migrations`, created
-by `migrate` itself."""
-
 
 @dataclass(frozen=True)
 class Column:
@@ -41,19 +34,119 @@ class Column:
     sql_type: str
     not_null: bool = False
     primary_key: bool = False
+    default: str | None = None
 
-    def ddl(self) -> str:
-        constraint = " PRIMARY KEY" if self.primary_key else " NOT NULL" if self.not_null else ""
-        return f"{quote(self.name)} {self.sql_type}{constraint}"
+    def ddl(self, *, constraints: bool = True) -> str:
+        """Without `constraints` (a backend without keys: DuckLake) a key column is only
+        NOT NULL."""
+        if self.primary_key and constraints:
+            constraint = " PRIMARY KEY"
+        elif self.primary_key or self.not_null:
+            constraint = " NOT NULL"
+        else:
+            constraint = ""
+        default = f" DEFAULT {self.default}" if self.default is not None else ""
+        return f"{quote(self.name)} {self.sql_type}{default}{constraint}"
 
 
 @dataclass(frozen=True)
 class Table:
     name: str
     columns: tuple[Column, ...]
+    key: tuple[str, ...] = ()
+    """A primary key of several columns (one column's is `Column.primary_key`)."""
 
-    def ddl(self) -> str:
-        return f"CREATE TABLE {quote(self.name)} ({', '.join(c.ddl() for c in self.columns)})"
+    @property
+    def key_columns(self) -> tuple[str, ...]:
+        return self.key or tuple(c.name for c in self.columns if c.primary_key)
+
+    def ddl(self, *, constraints: bool = True, if_not_exists: bool = False) -> str:
+        parts = [c.ddl(constraints=constraints) for c in self.columns]
+        if self.key and constraints:
+            parts.append(f"PRIMARY KEY ({', '.join(quote(k) for k in self.key)})")
+        exists = " IF NOT EXISTS" if if_not_exists else ""
+        return f"CREATE TABLE{exists} {quote(self.name)} ({', '.join(parts)})"
+
+    def column(self, name: str) -> Column:
+        return next(c for c in self.columns if c.name == name)
+
+
+def _key(*names: str) -> tuple[Column, ...]:
+    return tuple(Column(n, "VARCHAR", not_null=True) for n in names)
+
+
+SCHEMA_MIGRATIONS = Table(
+    "schema_migrations",
+    (
+        Column("version", "INTEGER", primary_key=True),
+        Column("name", "VARCHAR", not_null=True),
+        Column("applied_at", "TIMESTAMPTZ", not_null=True),
+    ),
+)
+"""The numbered migrations applied (`migrations.py`); created by `migrate` itself."""
+SCHEMA_STREAMS = Table(
+    "schema_streams",
+    (Column("stream", "VARCHAR", primary_key=True), Column("applied_at", "TIMESTAMPTZ", True)),
+)
+"""Streams whose tables `ensure` created or adopted; like `schema_migrations`, created
+by `migrate` itself."""
+SYNC_CHECKPOINTS = Table(
+    "sync_checkpoints",
+    (
+        *_key("stream", "scope"),
+        Column("checkpoint", "TIMESTAMPTZ", not_null=True),
+        Column("updated_at", "TIMESTAMPTZ", not_null=True),
+    ),
+    key=("stream", "scope"),
+)
+SYNC_WINDOWS = Table(
+    "sync_windows",
+    (
+        *_key("stream", "scope"),
+        Column("window_start", "TIMESTAMPTZ", not_null=True),
+        Column("window_end", "TIMESTAMPTZ", not_null=True),
+        Column("fetched_at", "TIMESTAMPTZ", not_null=True),
+        Column("records", "BIGINT", not_null=True),
+        Column("run_id", "BIGINT"),
+        Column("completed_at", "TIMESTAMPTZ", not_null=True),
+    ),
+)
+SYNC_RUNS = Table(
+    "sync_runs",
+    (
+        Column("run_id", "BIGINT", primary_key=True),
+        *_key("stream", "scope", "command"),
+        Column("mode", "VARCHAR"),
+        Column("pid", "INTEGER"),
+        Column("started_at", "TIMESTAMPTZ", not_null=True),
+        Column("finished_at", "TIMESTAMPTZ"),
+        Column("status", "VARCHAR", not_null=True),
+        Column("windows", "INTEGER", not_null=True, default="0"),
+        Column("received", "BIGINT", not_null=True, default="0"),
+        Column("inserted", "BIGINT", not_null=True, default="0"),
+        Column("updated", "BIGINT", not_null=True, default="0"),
+        Column("quarantined", "BIGINT", not_null=True, default="0"),
+        Column("checkpoint", "TIMESTAMPTZ"),
+        Column("error", "VARCHAR"),
+        Column("error_kind", "VARCHAR"),
+    ),
+)
+"""Its `run_id` comes from `Dialect.next_run_id` (a sequence in a DuckDB file)."""
+SYNC_SPLITS = Table(
+    "sync_splits",
+    (
+        *_key("stream", "scope"),
+        Column("period_start", "TIMESTAMPTZ", not_null=True),
+        Column("period_end", "TIMESTAMPTZ", not_null=True),
+        Column("span", "INTERVAL", not_null=True),
+        Column("reason", "VARCHAR", not_null=True),
+        Column("recorded_at", "TIMESTAMPTZ", not_null=True),
+    ),
+    key=("stream", "scope", "period_start", "period_end"),
+)
+BOOKKEEPING = (SYNC_CHECKPOINTS, SYNC_WINDOWS, SYNC_RUNS, SYNC_SPLITS)
+"""The sync's own tables as migrations 1, 2 and 5 left them; a schema created from the
+declarations (`Dialect.from_declarations`) starts with these."""
 
 
 def records_table(stream: Stream) -> Table:
@@ -116,16 +209,18 @@ def table_names(con: duckdb.DuckDBPyConnection) -> set[str]:
     }
 
 
-def ensure(con: duckdb.DuckDBPyConnection, stream: Stream, now: datetime) -> list[str]:
+def ensure(
+    con: duckdb.DuckDBPyConnection, stream: Stream, now: datetime, *, constraints: bool = True
+) -> list[str]:
     """Create the stream's missing tables and check the others, then record the stream;
     return the tables created. The caller runs it in a transaction, once per stream."""
     existing = table_names(con)
     created = []
     for table in stream_tables(stream):
         if table.name in existing:
-            _check(con, stream, table)
+            check(con, table, f"stream {stream.name}", constraints=constraints)
         else:
-            con.execute(table.ddl())
+            con.execute(table.ddl(constraints=constraints))
             created.append(table.name)
     con.execute("INSERT INTO schema_streams VALUES (?, ?)", [stream.name, now])
     if created:
@@ -133,9 +228,12 @@ def ensure(con: duckdb.DuckDBPyConnection, stream: Stream, now: datetime) -> lis
     return created
 
 
-def _check(con: duckdb.DuckDBPyConnection, stream: Stream, table: Table) -> None:
-    """The existing table has the declared columns, types, NOT NULLs and primary key (in
-    any order: a later migration's ALTER TABLE appends)."""
+def check(
+    con: duckdb.DuckDBPyConnection, table: Table, owner: str, *, constraints: bool = True
+) -> None:
+    """The existing table has the declared columns, types, NOT NULLs and (with
+    `constraints`) primary key, in any order: a later migration's ALTER TABLE appends.
+    `owner` names the declaration in the message ("stream rcs_records")."""
     types = con.execute(
         "SELECT " + ", ".join(f"typeof(NULL::{c.sql_type})" for c in table.columns)
     ).fetchone()
@@ -159,11 +257,11 @@ def _check(con: duckdb.DuckDBPyConnection, stream: Stream, table: Table) -> None
         [table.name],
     ).fetchall()
     found_key = [list(r[0]) for r in keys]
-    declared_key = [c.name for c in table.columns if c.primary_key]
+    declared_key = list(table.key_columns) if constraints else []
     if found != declared or found_key != ([declared_key] if declared_key else []):
         differing = sorted({name for name, *_ in found ^ declared})
         raise WarehouseUnavailable(
-            f"table {table.name} does not match the declaration of stream {stream.name} "
+            f"table {table.name} does not match the declaration of {owner} "
             f"(columns differing: {', '.join(differing) or 'none'}; primary key "
             f"{found_key or 'none'}, declared {declared_key or 'none'}): a migration must "
             "bring it in line"
