@@ -35,8 +35,8 @@ from rcs_sync.model.errors import (
 from rcs_sync.model.responses import Spool
 from rcs_sync.model.streams import RCS_RECORDS, Stream
 from rcs_sync.model.windows import Fetch, Split, Window
-from rcs_sync.warehouse.channels import views_sql
 from rcs_sync.warehouse import ledger
+from rcs_sync.warehouse.channels import views_sql
 from rcs_sync.warehouse.dialect import Dialect
 from rcs_sync.warehouse.loader import load
 from rcs_sync.warehouse.migrations import MIGRATIONS, VIEWS_ONLY
