@@ -12,6 +12,9 @@ the DuckDB file, on this machine, with a PostgreSQL server of its own on 127.0.0
   the 1M-row lake, a reader's query latency (p50/p95 of BENCH_READER_QUERIES [40]):
   on a connection kept attached, and attaching afresh for each query (what a BI tool
   opening a connection per query pays); and the catalog's PostgreSQL connections.
+- passes: BENCH_LAKE_PASSES [1000] small passes (25 records each, maintained every 100):
+  the most live data files maintenance leaves (the issue's target: at most 20) and the
+  most 100 passes leave before it (once: the run takes a few minutes).
 
 Every figure is the median of RUNS runs. Prints one labelled line per figure, then all
 figures as one JSON line.
@@ -40,6 +43,7 @@ from rcs_sim.server import spawn
 from rcs_sync.config import MaintenanceSettings
 from rcs_sync.warehouse import maintenance
 from rcs_sync.warehouse.extensions import LAKE_EXTENSIONS, NO_DOWNLOADS, load
+from tests.lake_passes import small_passes
 from tests.postgres import PostgresServer, bindir
 
 RECORDS = int(os.environ.get("BENCH_LAKE_RECORDS", "1000000"))
@@ -48,6 +52,7 @@ SIZES = tuple(int(n) for n in os.environ.get("BENCH_UPSERT_SIZES", "1000000,2000
 READER_PAUSE = float(os.environ.get("BENCH_READER_PAUSE", "0.2"))
 READER_QUERIES = int(os.environ.get("BENCH_READER_QUERIES", "40"))
 EXTENSIONS = Path(tempfile.gettempdir()) / "rcs-lake-bench-extensions"
+PASSES = int(os.environ.get("BENCH_LAKE_PASSES", "1000"))
 READER_SQL = "SELECT state, count(*) FROM records GROUP BY state ORDER BY state"
 
 TABLE = (
@@ -325,6 +330,26 @@ def bench_readers(pg: PostgresServer, tmp: Path, figures: dict[str, object]) -> 
     report(figures, "  PostgreSQL connections: writer + 1 reader", "pg_connections", connections)
 
 
+def bench_passes(pg: PostgresServer, tmp: Path, figures: dict[str, object]) -> None:
+    started = time.perf_counter()
+    reports, _records = small_passes(pg.catalog(pg.create_database()), tmp / "passes", PASSES)
+    elapsed = time.perf_counter() - started
+    label = f"{PASSES:,} small passes"
+    report(
+        figures,
+        f"{label}: live data files after maintenance, most",
+        "passes_files_max",
+        max(r.data_files_after for r in reports),
+    )
+    report(
+        figures,
+        f"{label}: live data files before maintenance, most",
+        "passes_files_before",
+        max(r.data_files_before for r in reports),
+    )
+    report(figures, f"{label}: seconds per pass", "passes_s_per_pass", round(elapsed / PASSES, 3))
+
+
 def main() -> None:
     found = bindir()
     if found is None:
@@ -339,13 +364,15 @@ def main() -> None:
     pg = PostgresServer(found).start()
     try:
         with tempfile.TemporaryDirectory(prefix="rcs-lake-bench-") as tmp:
-            parts = os.environ.get("BENCH_LAKE_PARTS", "backfill,upsert,readers").split(",")
+            parts = os.environ.get("BENCH_LAKE_PARTS", "backfill,upsert,readers,passes").split(",")
             if "backfill" in parts:
                 bench_backfill(pg, env, figures)
             if "upsert" in parts:
                 bench_upserts(pg, Path(tmp), figures)
             if "readers" in parts:
                 bench_readers(pg, Path(tmp), figures)
+            if "passes" in parts:
+                bench_passes(pg, Path(tmp), figures)
     finally:
         pg.stop()
     figures["load_after"] = os.getloadavg()

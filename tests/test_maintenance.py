@@ -21,11 +21,9 @@ from rcs_sync.config import MaintenanceSettings
 from rcs_sync.warehouse import maintenance
 from rcs_sync.warehouse.extensions import LAKE_EXTENSIONS, NO_DOWNLOADS, load
 from tests.conftest import Site, wait_for
+from tests.lake_passes import NOW, small_passes
 from tests.postgres import PostgresServer
 from tests.test_service import daemon, passes_ok
-
-NOW = MaintenanceSettings(expire_snapshots_after=timedelta(), remove_files_after=timedelta())
-"""Everything old enough at once: what a test can wait for."""
 
 
 def _lake(catalog: str, data: Path, extensions: Path) -> duckdb.DuckDBPyConnection:
@@ -170,51 +168,21 @@ def test_a_tiny_budget_stops_early_says_so_and_the_next_run_is_due(
     assert not maintenance.due(lake, off, datetime.now(UTC) + timedelta(days=1))
 
 
-PASS_SQL = (
-    """MERGE INTO rcs_records USING (
-        SELECT $n * 15 + range AS id, 7 AS campaign, 70 AS job, 2 AS team,
-               '+33612345678' AS number, 'ref' AS reference, NULL AS portal,
-               ($n + range) % 5 AS state, now() AS ts
-        FROM range(25)) s ON rcs_records.id = s.id
-    WHEN MATCHED THEN UPDATE SET state = s.state, updated_at = s.ts
-    WHEN NOT MATCHED THEN INSERT (id, campaign, job, team, number, reference, portal, state,
-        "timestamp", first_seen_at, updated_at)
-        VALUES (s.id, s.campaign, s.job, s.team, s.number, s.reference, s.portal, s.state,
-        s.ts, s.ts, s.ts)""",
-    "INSERT INTO rcs_state_changes SELECT $n * 15 + range, NULL, 1, now() FROM range(25)",
-    "UPDATE sync_checkpoints SET checkpoint = now(), updated_at = now()",
-)
-"""One small incremental pass as the loader commits it: a few records upserted (10 of
-them updated), their state changes, the checkpoint, in one transaction (`Lake.commit_batch`
-does the same with staging, at several times the cost: too slow for 1,000 of them here)."""
+PASSES = 300
 
 
 @pytest.mark.lake
-def test_after_1000_small_passes_the_live_data_files_stay_at_most_20(
+def test_after_many_small_passes_the_live_data_files_stay_at_most_20(
     tmp_path: Path, catalog: str
 ) -> None:
-    from rcs_sync.warehouse.lake import Lake  # noqa: PLC0415 - the lake venv's
+    reports, records = small_passes(catalog, tmp_path, PASSES)
 
-    # One thread: a commit this small costs half as much without a second one to wake.
-    lake = Lake(catalog, str(tmp_path / "data"), spool_dir=tmp_path / "spool", threads=1)
-    lake.migrate()
-    reports = []
-    with lake.held(), lake.connect() as con:
-        con.execute("INSERT INTO sync_checkpoints VALUES ('rcs_records', 'all', now(), now())")
-        for n in range(1000):
-            con.execute("BEGIN")
-            for sql in PASS_SQL:
-                con.execute(sql, {"n": n} if "$n" in sql else {})
-            con.execute("COMMIT")
-            if n % 100 == 99:  # [maintenance] every = 100 intervals
-                reports.append(maintenance.maintain(con, NOW))
-        records = con.execute("SELECT count(*), max(id) FROM rcs_records").fetchone()
-
-    assert records == (15 * 999 + 25, 15 * 999 + 24)
+    assert records == (15 * (PASSES - 1) + 25, 15 * (PASSES - 1) + 24)
+    assert len(reports) == PASSES // 100
     assert all(r.complete for r in reports)
     assert max(r.data_files_before for r in reports) > 20  # what 100 passes leave
     assert [r.data_files_after for r in reports if r.data_files_after > 20] == []
-    assert sum(r.snapshots_expired for r in reports) >= 1000
+    assert sum(r.snapshots_expired for r in reports) >= PASSES
 
 
 def test_a_duckdb_file_is_only_checkpointed(tmp_path: Path) -> None:
