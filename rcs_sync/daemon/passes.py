@@ -9,8 +9,11 @@ and forks every pass from it; the daemon itself still never loads DuckDB.
 
 The server is started with SIGTERM/SIGINT blocked and keeps them blocked (it dies with
 the daemon, when its pipe to it closes), so a forked pass starts with them blocked too:
-a stop sent in its first instant waits for the early stop handler (`early_stop.py`),
-then exits 130.
+a SIGTERM (what the daemon forwards to stop a pass) sent in its first instant waits for
+the early stop handler (`early_stop.py`), then exits 130. SIGINT is not held so: the
+server ignores it (CPython's forkserver protects itself from Ctrl-C) and a child
+ignores it too until the server's code in it restores the handlers, so a SIGINT in that
+instant is dropped. Ctrl-C reaches a pass only with its daemon, which forwards SIGTERM.
 """
 
 from __future__ import annotations
