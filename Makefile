@@ -43,12 +43,13 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# The two runs at once: the lake's is mostly waits (processes starting, PostgreSQL, the
-# simulator's latency), so side by side they take ~the longer one's time rather than the
-# sum (README, "Development"). The lake run's output follows the main run's.
+# The two runs at once, the main one on two workers (pytest-xdist): the suites are mostly
+# waits (processes starting, PostgreSQL, the simulator's latency; ~1.1 cores busy run
+# serially), so side by side they take ~the longer one's time rather than the sum
+# (README, "Development"). The lake run's output follows the main run's.
 test: lint $(CLI) $(LAKE_STAMP)
 	@$(MAKE) --no-print-directory test-lake > .test-lake.log 2>&1 & lake=$$!; \
-	$(BIN)/pytest; main=$$?; \
+	$(BIN)/pytest -n 2; main=$$?; \
 	wait $$lake; status=$$?; cat .test-lake.log; rm -f .test-lake.log; \
 	test $$main -eq 0 && test $$status -eq 0
 
