@@ -210,17 +210,7 @@ def bench_backfill(
     for _ in range(RUNS):
         with tempfile.TemporaryDirectory(prefix="rcs-bench-") as tmp:
             config = write_config(Path(tmp), base_url, window, defaults=defaults, api=api)
-            cmd = [
-                RCS_SYNC,
-                "--config",
-                str(config),
-                "backfill",
-                "--start",
-                span[0],
-                "--end",
-                span[1],
-            ]
-            run = run_measured(cmd, env, per_window=per_window)
+            run = run_measured(backfill_command(config, span), env, per_window=per_window)
             if run.peak_rss_mb <= own_peak_rss_mb():
                 sys.exit("bench: the peak RSS measured is the bench's own; keep heavy work out")
             runs.append(run)
@@ -279,6 +269,11 @@ def banner(name: str, sizes: str) -> None:
         f" Python {platform.python_version()}, duckdb {duckdb.__version__}",
         flush=True,
     )
+
+
+def backfill_command(config: Path, span: tuple[str, str]) -> list[str]:
+    """`rcs-sync backfill` of `span` (start, end) with `config`."""
+    return [RCS_SYNC, "--config", str(config), "backfill", "--start", span[0], "--end", span[1]]
 
 
 def report(figures: dict[str, object], label: str, key: str, value: object) -> None:

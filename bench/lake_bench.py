@@ -38,7 +38,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from upsert_bench import COLUMNS
 
-from bench import RCS_SYNC, RUNS, TOKEN, banner, median, report, run_measured, stop, write_config
+from bench import (
+    RUNS,
+    TOKEN,
+    backfill_command,
+    banner,
+    median,
+    report,
+    run_measured,
+    stop,
+    write_config,
+)
 from rcs_sim.server import spawn
 from rcs_sync.config import MaintenanceSettings
 from rcs_sync.warehouse import maintenance
@@ -103,10 +113,10 @@ def bench_backfill(pg: PostgresServer, env: dict[str, str], figures: dict[str, o
     sim, base_url = spawn(["--records", str(RECORDS), "--days", "0.5"], env)
     try:
         now = datetime.now(UTC)
-        span = [
+        span = (
             (now - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
             (now + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        ]
+        )
         for kind in ("file", "lake"):
             runs, files, rows = [], [], []
             for _ in range(RUNS):
@@ -120,17 +130,7 @@ def bench_backfill(pg: PostgresServer, env: dict[str, str], figures: dict[str, o
                             'data_path = "lake-data"\nspool_dir = "spool"\n',
                         )
                         config.write_text(text, encoding="utf-8")
-                    cmd = [
-                        RCS_SYNC,
-                        "--config",
-                        str(config),
-                        "backfill",
-                        "--start",
-                        span[0],
-                        "--end",
-                        span[1],
-                    ]
-                    runs.append(run_measured(cmd, env))
+                    runs.append(run_measured(backfill_command(config, span), env))
                     if kind == "lake":
                         files.append(parquet_files(Path(tmp) / "lake-data"))
                         rows.append(catalog_rows(pg, database))
