@@ -271,6 +271,15 @@ def banner(name: str, sizes: str) -> None:
     )
 
 
+def last_day_span() -> tuple[str, str]:
+    """From a day ago to an hour ahead: a simulator of `--days 0.5` holds all of it."""
+    now = datetime.now(UTC)
+    return (
+        (now - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        (now + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+
+
 def backfill_command(config: Path, span: tuple[str, str]) -> list[str]:
     """`rcs-sync backfill` of `span` (start, end) with `config`."""
     return [RCS_SYNC, "--config", str(config), "backfill", "--start", span[0], "--end", span[1]]
@@ -292,11 +301,7 @@ def bench_one_window(env: dict[str, str], figures: dict[str, object]) -> None:
     bytes, (6) the idle daemon."""
     sim, base_url = spawn(["--records", str(RECORDS), "--days", "0.5"], env)
     try:
-        now = datetime.now(UTC)
-        span = (
-            (now - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            (now + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        )
+        span = last_day_span()
         backfill = bench_backfill(base_url, env, span)
         rate = median([RECORDS / r.seconds for r in backfill])
         report(

@@ -29,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -43,6 +42,7 @@ from bench import (
     TOKEN,
     backfill_command,
     banner,
+    last_day_span,
     median,
     report,
     run_measured,
@@ -112,11 +112,7 @@ def parquet_files(data: Path) -> int:
 def bench_backfill(pg: PostgresServer, env: dict[str, str], figures: dict[str, object]) -> None:
     sim, base_url = spawn(["--records", str(RECORDS), "--days", "0.5"], env)
     try:
-        now = datetime.now(UTC)
-        span = (
-            (now - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            (now + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        )
+        span = last_day_span()
         for kind in ("file", "lake"):
             runs, files, rows = [], [], []
             for _ in range(RUNS):
