@@ -26,7 +26,7 @@ from __future__ import annotations
 import io
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -108,8 +108,13 @@ def check_directory(path: Path, option: str) -> None:
 
 def write(report: Report, path: Path) -> None:
     """Draw the report's chart into `path`, in the format its extension names."""
+    _write(path, lambda: draw(report))
+
+
+def _write(path: Path, make: Callable[[], Figure]) -> None:
+    """Check `path` before drawing (a bad path fails before the work), then save."""
     fmt = check_path(path)
-    figure = draw(report)
+    figure = make()
     try:
         _save(figure, path, fmt)
     except OSError as exc:
@@ -426,9 +431,4 @@ def channels(
 
 def write_channels(reports: Sequence[Report], path: Path) -> None:
     """Draw every channel's panel into `path`, in the format its extension names."""
-    fmt = check_path(path)
-    figure = channels(reports)
-    try:
-        _save(figure, path, fmt)
-    except OSError as exc:
-        raise BadChartPath(f"--chart {path}: {exc.strerror or exc}") from None
+    _write(path, lambda: channels(reports))
