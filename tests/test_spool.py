@@ -99,6 +99,20 @@ def test_every_layout_is_cut_into_arrays_of_its_records(tmp_path: Path) -> None:
         assert spool.whole().read_bytes() == body
 
 
+def test_after_a_cut_at_a_line_break_only_line_breaks_are_cut_at(tmp_path: Path) -> None:
+    """Strings are no longer followed once a cut fell at a line break: a later run of
+    compact records, strings full of `},{`, is left whole rather than cut blind."""
+    first, rest = flat(40, ["plain"]), flat(80, ['"},{"', "},{"])[40:]
+    lines = per_line(first, "\n,")
+    compact = json.dumps(rest, separators=(",", ":")).encode()
+    body = lines[:-1] + b"\n," + compact[1:]
+    spool = spooled(tmp_path, body, chunk=97, part_bytes=300)
+    parts = [json.loads(p.read_bytes()) for p in spool.parts]
+    assert len(parts) > 3
+    assert [r for part in parts for r in part] == first + rest
+    assert parts[-1][-len(rest) :] == rest, "the compact tail is not cut"
+
+
 def test_the_loader_reads_a_cut_body_like_the_whole_one(tmp_path: Path) -> None:
     body = per_line(records(300), "\n,")
     spool = spooled(tmp_path, body, chunk=4096, part_bytes=4096)

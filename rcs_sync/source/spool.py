@@ -11,7 +11,11 @@ line `}\n,{`, indented objects `},\n    {`. Such a comma can also sit inside a s
 which costs a `bytes.count` per chunk: outside strings a `"` toggles the state, and
 JSON only allows a backslash inside strings, where it escapes the next character, so
 dropping every backslash pair (`re.sub`, only on chunks that hold a backslash) leaves
-exactly the quotes that count. A candidate inside a string is skipped.
+exactly the quotes that count. A candidate inside a string is skipped. A separator
+whose whitespace holds a line break needs no such check: JSON strings cannot hold a raw
+line break. So once the body has been cut at one (one record per line, indented
+objects), the writer stops following strings and cuts only at such separators, which
+spares it a pass over every byte.
 
 What the writer does not follow is nesting: a record holding an array of objects
 (`{"x":[{…},{…}]}`) has separators one level down. A cut there, or anywhere else that
@@ -63,6 +67,8 @@ class SpoolWriter:
         """Whether the bytes written so far end inside a JSON string."""
         self._escaped = False
         """Whether they end on a backslash inside a string (the next byte is escaped)."""
+        self._following = True
+        """Whether strings are followed; off once a cut fell at a line break."""
 
     def __enter__(self) -> SpoolWriter:
         return self
@@ -88,7 +94,8 @@ class SpoolWriter:
         if comma < 0:
             self._out.write(chunk)
             self._written += len(chunk)
-            self._advance(chunk)
+            if self._following:
+                self._advance(chunk)
             return
         self._out.write(chunk[:comma])
         self._out.write(b"]")
@@ -99,7 +106,8 @@ class SpoolWriter:
         self._out.write(rest)
         self._written = len(rest)
         self._in_string, self._escaped = False, False  # a separator is outside strings
-        self._advance(rest)
+        if self._following:
+            self._advance(rest)
 
     def _advance(self, data: bytes) -> None:
         """Follow the string state over `data`, written after the current state."""
@@ -111,6 +119,11 @@ class SpoolWriter:
             if tried >= CANDIDATES:
                 break
             comma = found.start(1)
+            if b"\n" in found.group(0):
+                self._following = False
+                return comma
+            if not self._following:
+                continue
             inside, _ = _string_state(chunk[:comma], self._in_string, self._escaped)
             if not inside:
                 return comma
