@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -203,29 +204,61 @@ def bench_backfill(
     defaults: bool = False,
     api: str = "",
     stored: list[int] | None = None,
+    runs: int = RUNS,
 ) -> list[Run]:
-    """RUNS backfills of `span` through the CLI, each into a new warehouse (the rows it
+    """`runs` backfills of `span` through the CLI, each into a new warehouse (the rows it
     ends up holding appended to `stored`)."""
-    runs = []
-    for _ in range(RUNS):
+    done = []
+    for _ in range(runs):
         with tempfile.TemporaryDirectory(prefix="rcs-bench-") as tmp:
             config = write_config(Path(tmp), base_url, window, defaults=defaults, api=api)
             run = run_measured(backfill_command(config, span), env, per_window=per_window)
             if run.peak_rss_mb <= own_peak_rss_mb():
                 sys.exit("bench: the peak RSS measured is the bench's own; keep heavy work out")
-            runs.append(run)
+            done.append(run)
             if stored is not None:
                 with duckdb.connect(str(Path(tmp) / "rcs.duckdb"), read_only=True) as con:
                     row = con.execute("SELECT count(*) FROM rcs_records").fetchone()
                 stored.append(int(row[0]) if row else 0)
-    return runs
+    return done
 
 
-def bench_bare(base_url: str, env: dict[str, str], span: tuple[str, str]) -> list[Run]:
-    """RUNS runs of bench/bare_limit.py, each a process of its own like the backfill's
+def bench_bare(
+    base_url: str, env: dict[str, str], span: tuple[str, str], runs: int = RUNS
+) -> list[Run]:
+    """`runs` runs of bench/bare_limit.py, each a process of its own like the backfill's
     (its stdout: the seconds without start-up and imports)."""
     cmd = [sys.executable, str(Path(__file__).with_name("bare_limit.py")), base_url, *span]
-    return [run_measured(cmd, env) for _ in range(RUNS)]
+    return [run_measured(cmd, env) for _ in range(runs)]
+
+
+def side_by_side(
+    base_url: str, env: dict[str, str], span: tuple[str, str], window: str, *, defaults: bool
+) -> tuple[list[Run], list[Run]]:
+    """RUNS backfills and RUNS bare-limit runs of `span`, taken in turn after one request
+    nobody times. A simulator just started answers its first request of a span 0.5-1 s
+    slower than the next ones (curl: 1.09 s against 0.30 s for 1M records one per line),
+    and a cold start paid by whichever side runs first, or a machine that slows down
+    during the part, would tilt the ratio; in turn, both see the same server."""
+    warm_up(base_url, env, span)
+    backfill: list[Run] = []
+    bare: list[Run] = []
+    for _ in range(RUNS):
+        backfill += bench_backfill(base_url, env, span, window, defaults=defaults, runs=1)
+        bare += bench_bare(base_url, env, span, runs=1)
+    return backfill, bare
+
+
+def warm_up(base_url: str, env: dict[str, str], span: tuple[str, str]) -> None:
+    """Fetch `span` once and throw the body away."""
+    query = urllib.parse.urlencode({"start": span[0], "end": span[1]})
+    request = urllib.request.Request(
+        f"{base_url}/j/rcs_records?{query}",
+        headers={"Authorization": f"Bearer {env['RCS_SIM_TOKEN']}"},
+    )
+    with urllib.request.urlopen(request, timeout=120) as resp:
+        while resp.read(1 << 20):
+            pass
 
 
 def idle_daemon_rss(base_url: str, env: dict[str, str]) -> list[tuple[float, float]]:
@@ -302,7 +335,7 @@ def bench_one_window(env: dict[str, str], figures: dict[str, object]) -> None:
     sim, base_url = spawn(["--records", str(RECORDS), "--days", "0.5"], env)
     try:
         span = last_day_span()
-        backfill = bench_backfill(base_url, env, span)
+        backfill, bare = side_by_side(base_url, env, span, ONE_WINDOW, defaults=False)
         rate = median([RECORDS / r.seconds for r in backfill])
         report(
             figures,
@@ -316,7 +349,6 @@ def bench_one_window(env: dict[str, str], figures: dict[str, object]) -> None:
             "backfill_peak_rss_mb",
             median([r.peak_rss_mb for r in backfill]),
         )
-        bare = bench_bare(base_url, env, span)
         bare_rate = median([RECORDS / r.seconds for r in bare])
         bare_inner_rate = median([RECORDS / float(r.stdout) for r in bare])
         report(
@@ -389,10 +421,8 @@ def bench_layouts(env: dict[str, str], figures: dict[str, object]) -> None:
         try:
             now = datetime.now(UTC)
             span = span_from(now - timedelta(days=1), timedelta(days=1, hours=1))
-            backfill = checked(
-                bench_backfill(base_url, env, span, ONE_WINDOW, defaults=True), RECORDS
-            )
-            bare = bench_bare(base_url, env, span)
+            backfill, bare = side_by_side(base_url, env, span, ONE_WINDOW, defaults=True)
+            checked(backfill, RECORDS)
         finally:
             stop(sim)
         rate = median([RECORDS / r.seconds for r in backfill])
