@@ -407,42 +407,28 @@ class Syncer:
         back), each on a thread of its own that streams to a spool file; this thread
         is the single writer and commits each window in its own transaction as its
         body arrives, in whatever order they come. A window waiting for its load frees
-        its download slot, so downloads overlap loads; at most `concurrency` bodies
-        wait on disk.
+        its download slot, and the next download starts right then, from the thread
+        handing its body over, not once this thread is done with the load in hand; at
+        most `concurrency` bodies wait on disk.
 
         The first failure stops new windows from starting; the windows in flight still
         finish (their loads are good data), then the failure is raised. A stop request
         ends the downloads at once, and loads not yet begun are not begun."""
-        writer = _Writer(self.warehouse.release, self.stop)
-        pending = deque(todo)
-        running: dict[Future[None], Window] = {}
-        failure: BaseException | None = None
-        throttle = self.api.throttle
         most = 2 * self.options.concurrency
         with ThreadPoolExecutor(most, thread_name_prefix="fetch") as pool:
+            flight = _Flight(self, ctx, deque(todo), pool, most)
+            writer = _Writer(self.warehouse.release, self.stop, handed=flight.top_up)
+            flight.writer = writer
             try:
-                while running or (pending and failure is None):
-                    if self.stop.is_set() and failure is None:
-                        failure = Stopped("stop requested between windows")
-                    limit = min(self.options.concurrency, throttle.limit)
-                    while (
-                        pending
-                        and failure is None
-                        and len(running) - writer.waiting < limit
-                        and len(running) < most
-                    ):
-                        window = self._next(ctx, pending)
-                        running[pool.submit(self._read, ctx, window, writer.run, [])] = window
+                flight.top_up()
+                while not flight.over():
                     writer.serve(timeout=0.05)
-                    for future in [f for f in running if f.done()]:
-                        del running[future]
-                        error = future.exception()
-                        if error is not None and failure is None:
-                            failure = error
+                    flight.reap()
+                    flight.top_up()
             finally:
                 writer.close()
-        if failure is not None:
-            raise failure
+        if flight.failure is not None:
+            raise flight.failure
 
     def _deadline(self, ctx: _Pass, window: Window) -> Deadline:
         """A window that keeps failing in a way a smaller one may avoid gives up after
@@ -571,6 +557,64 @@ class _Job:
     error: BaseException | None = None
 
 
+class _Flight:
+    """The windows of a concurrent pass: those waiting, those downloading, the first
+    failure. `top_up` is called from the pass's thread and from fetch threads handing
+    their body to the writer, hence the lock."""
+
+    def __init__(
+        self,
+        syncer: Syncer,
+        ctx: _Pass,
+        pending: deque[Window],
+        pool: ThreadPoolExecutor,
+        most: int,
+    ) -> None:
+        self._syncer = syncer
+        self._ctx = ctx
+        self._pending = pending
+        self._pool = pool
+        self._most = most
+        self._running: dict[Future[None], Window] = {}
+        self._lock = threading.Lock()
+        self.failure: BaseException | None = None
+        self.writer: _Writer | None = None
+
+    def top_up(self) -> None:
+        """Start windows while a download slot is free."""
+        syncer, writer = self._syncer, self.writer
+        assert writer is not None
+        with self._lock:
+            if syncer.stop.is_set() and self.failure is None:
+                self.failure = Stopped("stop requested between windows")
+            limit = min(syncer.options.concurrency, syncer.api.throttle.limit)
+            try:
+                while (
+                    self._pending
+                    and self.failure is None
+                    and len(self._running) - writer.waiting < limit
+                    and len(self._running) < self._most
+                ):
+                    window = syncer._next(self._ctx, self._pending)
+                    future = self._pool.submit(syncer._read, self._ctx, window, writer.run, [])
+                    self._running[future] = window
+            except Exception as exc:  # a fetch thread calling must not lose its own body
+                self.failure = exc
+
+    def reap(self) -> None:
+        """Forget finished downloads; keep the first failure."""
+        with self._lock:
+            for future in [f for f in self._running if f.done()]:
+                del self._running[future]
+                error = future.exception()
+                if error is not None and self.failure is None:
+                    self.failure = error
+
+    def over(self) -> bool:
+        with self._lock:
+            return not self._running and (not self._pending or self.failure is not None)
+
+
 class _Writer:
     """The one thread that touches the warehouse while fetch threads download.
 
@@ -586,10 +630,18 @@ class _Writer:
     LINGER = 0.5
     """Seconds without a commit after which the file is let go."""
 
-    def __init__(self, release: Callable[[], None], stop: threading.Event) -> None:
+    def __init__(
+        self,
+        release: Callable[[], None],
+        stop: threading.Event,
+        *,
+        handed: Callable[[], None] = lambda: None,
+    ) -> None:
         self._jobs: queue.Queue[_Job] = queue.Queue()
         self._release = release
         self._stop = stop
+        self._handed = handed
+        """Told (on the fetch thread) each time a body is handed in."""
         self._closed = False
         self._last = time.monotonic()
         """When the last commit ended (or the writer started)."""
@@ -603,6 +655,7 @@ class _Writer:
             self.waiting += 1
         try:
             self._jobs.put(job)
+            self._handed()
             if self._closed:
                 self._drain()
             job.done.wait()
