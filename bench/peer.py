@@ -29,6 +29,7 @@ from bench import (  # bench/bench.py: this script's directory is on sys.path
     run_measured,
     span_from,
     stop,
+    warm_up,
 )
 from rcs_sim.server import spawn
 
@@ -46,6 +47,7 @@ def main() -> None:
     try:
         now = datetime.now(UTC).replace(microsecond=0)
         span = span_from(now - timedelta(days=2, hours=6), timedelta(days=2, hours=7))
+        warm_up(base_url, env, span)
         ours = checked(bench_backfill(base_url, env, span, "1d", defaults=True), RECORDS)
         peer: list[Run] = []
         for _ in range(RUNS):
