@@ -21,8 +21,6 @@ from pathlib import Path
 from rcs_sync.model.errors import BadBody
 
 WHITESPACE = " \t\r\n"
-SAMPLE_BYTES = 2 * 1024 * 1024
-"""How much of a body's head `sample_keys` reads (some 10,000 records)."""
 RAW_LIMIT = 100_000
 """Characters of a rejected element kept in quarantine (a 10 MB string is not kept whole)."""
 DECODER = json.JSONDecoder(parse_int=str, parse_float=str)
@@ -103,31 +101,6 @@ def _container_end(text: str, pos: int) -> int:
             if depth == 0:
                 return index + 1
     raise BadBody(f"body ends inside a value starting at character {pos}")
-
-
-def sample_keys(body: Path) -> set[str] | None:
-    """The keys of the complete objects at the head of a body (a JSON array or NDJSON),
-    or None when not one object fits in the sample (then the caller asks DuckDB).
-
-    Reading ~2 MB in Python costs a few milliseconds; DuckDB's schema sampling of a
-    large body costs a quarter of a second."""
-    with body.open("rb") as handle:
-        text = handle.read(SAMPLE_BYTES).decode("utf-8", "replace")
-    keys: set[str] = set()
-    found = False
-    pos = 0
-    while True:
-        while pos < len(text) and text[pos] in WHITESPACE + "[,":
-            pos += 1
-        try:
-            item, pos = DECODER.raw_decode(text, pos)
-        except json.JSONDecodeError:
-            return keys if found else None
-        except RecursionError:
-            return None  # a record too deep for Python: its keys are unknown
-        if isinstance(item, dict):
-            keys.update(item)
-            found = True
 
 
 def _check(item: object, key: str) -> tuple[str | None, str | None]:

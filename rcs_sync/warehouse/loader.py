@@ -29,7 +29,7 @@ from rcs_sync.model.commits import LoadResult
 from rcs_sync.model.errors import SuspectedTruncation
 from rcs_sync.model.responses import Spool
 from rcs_sync.model.streams import Stream
-from rcs_sync.warehouse.bodies import SAMPLE_BYTES, Rejected, sample_keys, sanitize_body
+from rcs_sync.warehouse.bodies import Rejected, sanitize_body
 from rcs_sync.warehouse.privacy import Privacy
 from rcs_sync.warehouse.validation import (
     literal,
@@ -42,8 +42,8 @@ from rcs_sync.warehouse.validation import (
 )
 
 SAMPLE_SIZE = 20_480
-"""Records DuckDB samples for undocumented fields when the head of a body holds no
-complete record (one record larger than `bodies.SAMPLE_BYTES`)."""
+"""Records at the head of a body whose keys are looked at for undocumented fields
+(as many as DuckDB's own schema detection samples)."""
 
 REFUSED = (duckdb.InvalidInputException, duckdb.ConversionException)
 """What DuckDB raises for a body it cannot read as records of the declared shape."""
@@ -366,32 +366,17 @@ def _find_known(con: duckdb.DuckDBPyConnection, stream: Stream) -> tuple[object,
 def _extra_fields(
     con: duckdb.DuckDBPyConnection, stream: Stream, files: tuple[Path, ...], fmt: str
 ) -> tuple[str, ...]:
-    """Undocumented fields found in the head of the body (e.g. `portal` once was)."""
+    """Undocumented fields (e.g. `portal` once was) among the keys of the first
+    `SAMPLE_SIZE` records. DuckDB reads them (and stops there) without holding Python's
+    lock, which a Python parse of the head held for ~20 ms a body, more while fetch
+    threads spooled other bodies: that stalled the one writer."""
     known = {f.name for f in stream.all_fields()}
-    keys = _head_keys(files)
-    if keys is None:
-        rows = con.execute(
-            f"DESCRIBE SELECT * FROM read_json(?, format={literal(fmt)}, "
-            f"sample_size={SAMPLE_SIZE})",
-            [[str(f) for f in files]],
-        ).fetchall()
-        keys = {str(r[0]) for r in rows}
-    return tuple(sorted(keys - known))
-
-
-def _head_keys(files: tuple[Path, ...]) -> set[str] | None:
-    """`sample_keys` over the head of the body, however it was cut into parts."""
-    keys: set[str] = set()
-    offset = 0
-    for part in files:
-        if offset >= SAMPLE_BYTES:
-            break
-        found = sample_keys(part)
-        if found is None:
-            return None
-        keys |= found
-        offset += part.stat().st_size
-    return keys
+    rows = con.execute(
+        f"SELECT DISTINCT unnest(json_keys(json)) FROM (SELECT json FROM "
+        f"read_json_objects(?, format={literal(fmt)}) LIMIT {SAMPLE_SIZE})",
+        [[str(f) for f in files]],
+    ).fetchall()
+    return tuple(sorted({str(r[0]) for r in rows} - known))
 
 
 def _stage(
