@@ -237,6 +237,7 @@ def _attach(con: duckdb.DuckDBPyConnection, file: Warehouse, alias: str) -> None
         if damage is not None:
             raise damage from None
         raise WarehouseUnavailable(f"cannot open {path}: {message.splitlines()[0]}") from None
+    file.check_length(con, alias)
 
 
 def _last_pass(con: duckdb.DuckDBPyConnection, alias: str, stream: str | None) -> datetime | None:

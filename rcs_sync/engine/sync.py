@@ -417,8 +417,7 @@ class Syncer:
         most = 2 * self.options.concurrency
         with ThreadPoolExecutor(most, thread_name_prefix="fetch") as pool:
             flight = _Flight(self, ctx, deque(todo), pool, most)
-            writer = _Writer(self.warehouse.release, self.stop, handed=flight.top_up)
-            flight.writer = writer
+            writer = flight.writer
             try:
                 flight.top_up()
                 while not flight.over():
@@ -578,12 +577,11 @@ class _Flight:
         self._running: dict[Future[None], Window] = {}
         self._lock = threading.Lock()
         self.failure: BaseException | None = None
-        self.writer: _Writer | None = None
+        self.writer = _Writer(syncer.warehouse.release, syncer.stop, handed=self.top_up)
 
     def top_up(self) -> None:
         """Start windows while a download slot is free."""
         syncer, writer = self._syncer, self.writer
-        assert writer is not None
         with self._lock:
             if syncer.stop.is_set() and self.failure is None:
                 self.failure = Stopped("stop requested between windows")
@@ -635,7 +633,7 @@ class _Writer:
         release: Callable[[], None],
         stop: threading.Event,
         *,
-        handed: Callable[[], None] = lambda: None,
+        handed: Callable[[], None],
     ) -> None:
         self._jobs: queue.Queue[_Job] = queue.Queue()
         self._release = release

@@ -214,22 +214,25 @@ class Warehouse(Bookkeeping):
         if created:
             os.chmod(self.path, FILE_MODE)
         try:
-            self._check_length(con)
+            self.check_length(con)
         except BaseException:
             con.close()
             raise
         return con
 
-    def _check_length(self, con: duckdb.DuckDBPyConnection) -> None:
+    def check_length(self, con: duckdb.DuckDBPyConnection, database: str | None = None) -> None:
         """A file shorter than the blocks its header counts in use was truncated (a copy cut
-        short, a full disk): say so before any block is read, or written. Skipped while
-        a WAL is pending, whose replay may count blocks not yet on disk."""
+        short, a full disk): say so before any block is read, or written. `database`:
+        the name `con` attached this file as (default: its current database). Skipped
+        while a WAL is pending, whose replay may count blocks not yet on disk."""
         if self.path.with_name(self.path.name + ".wal").exists():
             return
         rows = con.execute("PRAGMA database_size").fetchall()
-        current = con.execute("SELECT current_database()").fetchone()
+        if database is None:
+            current = con.execute("SELECT current_database()").fetchone()
+            database = str(current[0]) if current else None
         for name, _size, block_size, _total, used_blocks, *_rest in rows:
-            if current is None or name != current[0]:
+            if name != database:
                 continue
             # Free blocks at the end may have been cut off by DuckDB itself; used ones not.
             expected = HEADER_BYTES + int(block_size) * int(used_blocks)
@@ -240,7 +243,7 @@ class Warehouse(Bookkeeping):
     def check(self, con: duckdb.DuckDBPyConnection) -> None:
         """Both checks, on a connection whose current database is this file (one that
         attached it and `USE`d it, as analysts' connections do)."""
-        self._check_length(con)
+        self.check_length(con)
         self.verify(con)
 
     def verify(self, con: duckdb.DuckDBPyConnection) -> None:
