@@ -123,7 +123,7 @@ def _file(
 ) -> Source:
     chosen = _choose(con, settings, source, stream)
     con.execute(f"USE {ALIAS}")
-    _inspector(settings, Path(chosen.path), snapshot=chosen.snapshot).check(con)
+    _inspector(settings, Path(chosen.path), snapshot=chosen.snapshot).verify(con)
     return chosen
 
 
@@ -225,6 +225,8 @@ def _inspector(settings: WarehouseSettings, path: Path, *, snapshot: bool) -> Wa
 
 
 def _attach(con: duckdb.DuckDBPyConnection, file: Warehouse, alias: str) -> None:
+    """Attach `file` read-only as `alias`; its length is checked before any query reads
+    a block, so a truncated file is named damaged whichever query would hit the gap."""
     path = file.path
     try:
         con.execute(f"ATTACH ? AS {alias} (READ_ONLY)", [str(path)])

@@ -240,12 +240,6 @@ class Warehouse(Bookkeeping):
             if actual < expected:
                 raise self._damaged(f"truncated: {actual} bytes of the {expected} it should hold")
 
-    def check(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Both checks, on a connection whose current database is this file (one that
-        attached it and `USE`d it, as analysts' connections do)."""
-        self.check_length(con)
-        self.verify(con)
-
     def verify(self, con: duckdb.DuckDBPyConnection) -> None:
         """Read every column of every table, so DuckDB checks each data block's checksum:
         garbage anywhere in the data raises `WarehouseDamaged` here, before a pass
