@@ -151,14 +151,15 @@ def test_a_backfill_of_the_test_stream_killed_mid_way_resumes_to_exactly_its_rec
     s = widget_site(site, [WIDGETS.name], records=100, latency=0.1)
 
     # A body handed to the writer starts the next request before its commit, and at
-    # most 2 x concurrency (8) windows are started and not committed: the ninth request
-    # comes after a commit, however slow the commits (a lake's, under load).
-    code = signal_pass(s, ("sync",), after_requests=9, delay=0.05)
+    # most 2 x concurrency (8) windows are started and not committed: on a lake, whose
+    # commits lag, only the ninth request is sure to come after a commit.
+    after = 5 if s.catalog is None else 9
+    code = signal_pass(s, ("sync",), after_requests=after, delay=0.05)
 
     assert code == -signal.SIGKILL
     done_sql = "SELECT count(*) FROM sync_windows WHERE stream = 'test_widget_records'"
     [(done,)] = s.query(done_sql)
-    assert done >= 1
+    assert (3 if s.catalog is None else 1) <= done <= 6  # a lake's commits lag further
     # The requests the killed pass had in flight reach the simulator's log once their
     # latency has passed: let them, so that only the rerun's requests are counted.
     time.sleep(0.5)
@@ -166,7 +167,6 @@ def test_a_backfill_of_the_test_stream_killed_mid_way_resumes_to_exactly_its_rec
     rerun = s.ok("sync")
     assert rerun.stdout.startswith("all: backfill, "), rerun.stdout  # one stream: no name
     [(total,)] = s.query(done_sql)
-    assert done < total, "the kill came after the last commit"
     assert len(widget_requests(s, before)) <= total - done + 1  # at most one window twice
     assert widgets(s) == s.sim.sim.endpoint_truth(ENDPOINT.path)
     assert s.query("SELECT count(*) FROM test_widget_quarantine") == [(0,)]
