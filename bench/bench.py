@@ -252,13 +252,16 @@ def side_by_side(
 def warm_up(base_url: str, env: dict[str, str], span: tuple[str, str]) -> None:
     """Fetch `span` once and throw the body away."""
     query = urllib.parse.urlencode({"start": span[0], "end": span[1]})
-    request = urllib.request.Request(
-        f"{base_url}/j/rcs_records?{query}",
-        headers={"Authorization": f"Bearer {env['RCS_SIM_TOKEN']}"},
-    )
-    with urllib.request.urlopen(request, timeout=120) as resp:
+    with urllib.request.urlopen(
+        sim_request(f"{base_url}/j/rcs_records?{query}", env), timeout=120
+    ) as resp:
         while resp.read(1 << 20):
             pass
+
+
+def sim_request(url: str, env: dict[str, str]) -> urllib.request.Request:
+    """A GET of the simulator with its token."""
+    return urllib.request.Request(url, headers={"Authorization": f"Bearer {env['RCS_SIM_TOKEN']}"})
 
 
 def idle_daemon_rss(base_url: str, env: dict[str, str]) -> list[tuple[float, float]]:
@@ -404,10 +407,7 @@ def bench_one_window(env: dict[str, str], figures: dict[str, object]) -> None:
 
 def served(base_url: str, env: dict[str, str]) -> list[dict[str, Any]]:
     """The simulator's request log (records and body bytes of each response)."""
-    request = urllib.request.Request(
-        f"{base_url}/_sim/requests", headers={"Authorization": f"Bearer {env['RCS_SIM_TOKEN']}"}
-    )
-    with urllib.request.urlopen(request, timeout=30) as resp:
+    with urllib.request.urlopen(sim_request(f"{base_url}/_sim/requests", env), timeout=30) as resp:
         entries: list[dict[str, Any]] = json.load(resp)
     return [e for e in entries if e["path"] == "/j/rcs_records" and e["status"] == 200]
 
