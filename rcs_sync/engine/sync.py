@@ -618,6 +618,7 @@ class _Flight:
                     window = syncer._next(self._ctx, self._pending)
                     future = self._pool.submit(syncer._read, self._ctx, window, writer.run, [])
                     self._running[future] = window
+                    future.add_done_callback(lambda _future: writer.wake())
             except Exception as exc:  # a fetch thread calling must not lose its own body
                 self.failure = exc
 
@@ -664,7 +665,8 @@ class _Writer:
         *,
         handed: Callable[[], None],
     ) -> None:
-        self._jobs: queue.Queue[_Job] = queue.Queue()
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        """Commits handed in, and None for a download that ended (`wake`)."""
         self._release = release
         self._stop = stop
         self._handed = handed
@@ -714,6 +716,8 @@ class _Writer:
             if time.monotonic() - self._last >= self.LINGER:
                 self._release()
             return
+        if job is None:
+            return
         job.taken()
         if self._stop.is_set():
             job.error = Stopped("stop requested before this window was loaded")
@@ -724,6 +728,11 @@ class _Writer:
                 job.error = exc
         self._last = time.monotonic()
         job.done.set()
+
+    def wake(self) -> None:
+        """A download ended: `serve` returns now, not at the end of its wait, so the
+        pass's thread sees at once that the flight is over (or a slot is free)."""
+        self._jobs.put(None)
 
     def close(self) -> None:
         """No more commits: any handed in from now on (or waiting) fail with Stopped."""
@@ -736,6 +745,8 @@ class _Writer:
                 job = self._jobs.get_nowait()
             except queue.Empty:
                 return
+            if job is None:
+                continue
             job.taken()
             job.error = Stopped("the pass ended before this window was loaded")
             job.done.set()
