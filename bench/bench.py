@@ -22,7 +22,10 @@ the cores. Sizes (environment, defaults in brackets):
   `concurrency = 1` and at the default, against what the link allows.
 - BENCH_HUGE [2000000]: records of the `huge_response` part: one window, one response
   (a fresh backfill's first request over data of unknown density), its peak RSS.
-- BENCH_PARTS [one_window,layouts,big_days,huge_response,slow_link,scale,noop]: which parts to run,
+- BENCH_MONTH_RECORDS [1500000]: records of the `fast_month` part, a 30-day backfill from
+  the simulator on this machine (the writer is what it waits for).
+- BENCH_PARTS [one_window,layouts,big_days,huge_response,slow_link,fast_month,scale,noop]:
+  which parts to run,
   e.g. `one_window,noop` to set the backfill and the no-op pass of two trees side by side.
 """
 
@@ -65,8 +68,9 @@ SCALE_RECORDS = int(os.environ.get("BENCH_SCALE_RECORDS", "4000000"))
 SCALE_WINDOWS = int(os.environ.get("BENCH_SCALE_WINDOWS", "20"))
 SWEEP = tuple(int(n) for n in os.environ.get("BENCH_SWEEP", "250000,500000,1000000").split(","))
 NOOP_RECORDS = int(os.environ.get("BENCH_NOOP_RECORDS", "100000"))
+MONTH = int(os.environ.get("BENCH_MONTH_RECORDS", "1500000"))
 PARTS = os.environ.get(
-    "BENCH_PARTS", "one_window,layouts,big_days,huge_response,slow_link,scale,noop"
+    "BENCH_PARTS", "one_window,layouts,big_days,huge_response,slow_link,fast_month,scale,noop"
 ).split(",")
 LAYOUTS = os.environ.get("BENCH_LAYOUTS", "lines,compact,pretty").split(",")
 BIG_DAY = int(os.environ.get("BENCH_BIG_DAY", "800000"))
@@ -524,6 +528,34 @@ def bench_huge_response(env: dict[str, str], figures: dict[str, object]) -> None
     )
 
 
+def bench_fast_month(env: dict[str, str], figures: dict[str, object]) -> None:
+    """A 30-day backfill of MONTH records from the simulator on this machine, default
+    configuration: daily windows that arrive faster than they load, so the writer is
+    what the backfill waits for (and staging ahead what helps it)."""
+    day = timedelta(days=1)
+    history = 30 * day + SPAWN_SLACK
+    sim, base_url = spawn(["--records", str(MONTH), "--days", f"{history / day:.6f}"], env)
+    try:
+        span = span_from(datetime.now(UTC) - 30 * day, 30 * day + timedelta(hours=1))
+        warm_up(base_url, env, span)
+        runs = checked(bench_backfill(base_url, env, span, "1d", defaults=True), MONTH)
+    finally:
+        stop(sim)
+    label = f"30 days of {MONTH:,}, fast server"
+    report(
+        figures,
+        f"{label} (records/s)",
+        "month_records_per_s",
+        round(median([r.received / r.seconds for r in runs])),
+    )
+    report(
+        figures,
+        f"{label}: peak RSS (MB)",
+        "month_peak_rss_mb",
+        median([r.peak_rss_mb for r in runs]),
+    )
+
+
 def bench_slow_link(env: dict[str, str], figures: dict[str, object]) -> None:
     """A 30-day backfill over a slow link at `concurrency = 1` and at the default,
     against what the link allows: (body bytes / bandwidth + server time + one round
@@ -893,6 +925,7 @@ def main() -> None:
         "big_days": bench_big_days,
         "huge_response": bench_huge_response,
         "slow_link": bench_slow_link,
+        "fast_month": bench_fast_month,
         "scale": bench_scale,
         "noop": bench_noop,
     }
