@@ -542,18 +542,10 @@ def bench_fast_month(env: dict[str, str], figures: dict[str, object]) -> None:
     finally:
         stop(sim)
     label = f"30 days of {MONTH:,}, fast server"
-    report(
-        figures,
-        f"{label} (records/s)",
-        "month_records_per_s",
-        round(median([r.received / r.seconds for r in runs])),
-    )
-    report(
-        figures,
-        f"{label}: peak RSS (MB)",
-        "month_peak_rss_mb",
-        median([r.peak_rss_mb for r in runs]),
-    )
+    rate = round(median([r.received / r.seconds for r in runs]))
+    peak = median([r.peak_rss_mb for r in runs])
+    report(figures, f"{label} (records/s)", "month_records_per_s", rate)
+    report(figures, f"{label}: peak RSS (MB)", "month_peak_rss_mb", peak)
 
 
 def bench_slow_link(env: dict[str, str], figures: dict[str, object]) -> None:
