@@ -567,15 +567,14 @@ class _Job:
     ahead: threading.Semaphore | None = None
     """The writer's one place for a body staged ahead, while this job holds it."""
     done: threading.Event = field(default_factory=threading.Event)
+    result: LoadResult | None = None
+    error: BaseException | None = None
 
     def taken(self) -> None:
         """The writer took the job (or never will): the place ahead is free again."""
         ahead, self.ahead = self.ahead, None
         if ahead is not None:
             ahead.release()
-
-    result: LoadResult | None = None
-    error: BaseException | None = None
 
 
 class _Flight:

@@ -247,10 +247,11 @@ class Warehouse(Bookkeeping):
         """Checkpoint once the WAL passes `CHECKPOINT_BYTES`, with no body being staged.
 
         DuckDB's commit checkpoints by itself past that size, but only when no other
-        connection is in a statement, and during a backfill one nearly always is: the
-        next body being staged ahead (`Bookkeeping.stage`). The WAL then grew for the
-        whole pass, its rows held in memory (30 days of 50k records: 148 MB of WAL, peak
-        RSS 370 MB against 240)."""
+        connection has a transaction open (a statement running, or a result not read to
+        its end), and during a backfill one nearly always has: the next body being
+        staged ahead (`Bookkeeping.stage`). The WAL then grew for the whole pass, its
+        rows held in memory (30 days of 50k records: 148 MB of WAL, peak RSS 370 MB
+        against 240)."""
         try:
             size = self.path.with_name(self.path.name + ".wal").stat().st_size
         except FileNotFoundError:
