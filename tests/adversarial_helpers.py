@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import duckdb
 
-from rcs_sim.server import SimConfig, start_simulator
+from rcs_sim.server import RequestLog, SimConfig, start_simulator
 from rcs_sync.model.durations import format_instant
 from tests.conftest import TOKEN, Site
 
@@ -177,16 +177,20 @@ class KillTrial:
     windows_before: int = 0  # completed window reads after the signal
     windows_after: int = 0  # completed window reads after the rerun
     rerun_requests: int = 0
+    rereads: int = 0  # rerun requests inside a window the signalled pass committed
     rerun_exit: int | None = None
     rerun_stderr: str = ""
     comparison: Comparison | None = None
 
     @property
     def resumed(self) -> bool:
-        """The rerun read at most the windows still missing, plus the one in flight."""
+        """The rerun read no window again that the signalled pass had committed (an
+        incremental pass: one request at most). Counted on the server's log, not on
+        `sync_windows` rows, which the ledger folds together (`warehouse/ledger.py`):
+        a catch-up's re-reads of old windows replace their rows."""
         if self.kind == "incremental":
             return self.rerun_requests <= 1
-        return self.rerun_requests <= self.windows_after - self.windows_before + 1
+        return self.rereads == 0
 
     def __str__(self) -> str:
         return (
@@ -194,7 +198,7 @@ class KillTrial:
             f" after {self.after_requests} requests + {self.delay * 1000:.0f} ms (landed:"
             f" {self.killed}, exit {self.exit_code}); windows {self.windows_before} ->"
             f" {self.windows_after}; rerun exit {self.rerun_exit}, {self.rerun_requests}"
-            f" requests; {self.comparison}"
+            f" requests, {self.rereads} inside committed windows; {self.comparison}"
         )
 
 
@@ -228,20 +232,48 @@ def signal_pass(
             proc.wait()
 
 
+COMMITTED_MARGIN = timedelta(hours=6)
+"""Ledger rows read this long before the signalled pass began (by the server's clock)
+are older reads: the catch-up trial ages them by 50 hours."""
+
+
+def _committed_since(site: Site, since: datetime) -> list[tuple[datetime, datetime]]:
+    """The windows the ledger says were read since `since` (the signalled pass's)."""
+    rows = site.query(
+        "SELECT window_start, window_end FROM sync_windows WHERE fetched_at >= ?", [since]
+    )
+    return [(start, end) for start, end in rows]
+
+
+def _inside(request: RequestLog, windows: list[tuple[datetime, datetime]]) -> bool:
+    """A full-window read (not an incremental one) whose middle lies in one of
+    `windows` (requests are padded a little beyond their window)."""
+    if "modified_since" in request.params or "start" not in request.params:
+        return False
+    start = datetime.fromisoformat(request.params["start"])
+    end = datetime.fromisoformat(request.params["end"])
+    middle = start + (end - start) / 2
+    return any(low <= middle < high for low, high in windows)
+
+
 def _strike(site: Site, trial: KillTrial) -> KillTrial:
     """Signal the pass as the trial says, then rerun the same command and compare."""
+    began = site.sim.sim.now()
     code = signal_pass(site, trial.command, trial.after_requests, trial.delay, trial.signal)
     trial.exit_code = code
     trial.killed = code == -signal.SIGKILL if trial.signal == signal.SIGKILL else code == 130
     if site.exists():
         opens_cleanly(site, migrated=False)
     trial.windows_before = windows_done(site) if _migrated(site) else 0
+    committed = _committed_since(site, began - COMMITTED_MARGIN) if _migrated(site) else []
     before = len(site.sim.sim.requests)
     rerun = site.run(*trial.command)
     trial.rerun_exit = rerun.returncode
     trial.rerun_stderr = rerun.stderr[-3000:]
     # Requests the server answered in full; a faulted one is retried, not re-read.
-    trial.rerun_requests = sum(1 for r in site.sim.sim.requests[before:] if r.fault is None)
+    answered = [r for r in site.sim.sim.requests[before:] if r.fault is None]
+    trial.rerun_requests = len(answered)
+    trial.rereads = sum(1 for r in answered if _inside(r, committed))
     opens_cleanly(site)
     trial.windows_after = windows_done(site)
     trial.comparison = compare(site)
