@@ -80,6 +80,11 @@ class Bookkeeping(ABC):
         self._quiet = threading.Lock()
         """Held while a connection staging ahead opens, stages or closes, and by what
         must not run meanwhile (`_committed`)."""
+        self._lifecycle = threading.Lock()
+        """Held while any connection opens or closes. Closing a file's last connection
+        checkpoints it and ends DuckDB's database; with bodies staged on fetch threads,
+        connections open and close on several threads, and none may open the file
+        while another thread's close is still ending it."""
 
     @property
     @abstractmethod
@@ -131,13 +136,21 @@ class Bookkeeping(ABC):
     def _drop_held(self) -> None:
         con, self._held = self._held, None
         if con is not None:
+            self._end_connection(con)
+
+    def _new_connection(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        with self._lifecycle:
+            return self._open_connection(read_only)
+
+    def _end_connection(self, con: duckdb.DuckDBPyConnection) -> None:
+        with self._lifecycle:
             con.close()
 
     @contextmanager
     def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection whose current database is the warehouse (or the one `held`
         keeps); a DuckDB error on it is raised as `_failure` words it."""
-        con = self._held or self._open_connection(read_only)
+        con = self._held or self._new_connection(read_only)
         if self._holding and not read_only:
             self._held = con
         try:
@@ -148,7 +161,7 @@ class Bookkeeping(ABC):
             raise
         finally:
             if con is not self._held:
-                con.close()
+                self._end_connection(con)
 
     @contextmanager
     def _using(self, con: duckdb.DuckDBPyConnection) -> Iterator[None]:
@@ -471,7 +484,7 @@ class Bookkeeping(ABC):
         if body.size > AHEAD_BYTES or not stream.windowed:
             return None
         with self._quiet:
-            con = self._open_connection(False)
+            con = self._new_connection(False)
         with self._staging_lock:
             self._staging.add(con)
         try:
@@ -490,7 +503,7 @@ class Bookkeeping(ABC):
         with self._staging_lock:
             self._staging.discard(con)
         with self._quiet:  # closing drops the connection's temp tables: a write
-            con.close()
+            self._end_connection(con)
 
     def commit_batch(
         self,
