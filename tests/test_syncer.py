@@ -39,7 +39,6 @@ from rcs_sync.model.windows import (
     checkpoint_after_full_pass,
 )
 from rcs_sync.source.client import ApiClient, RetryPolicy
-from rcs_sync.warehouse import duckdb_file
 from rcs_sync.warehouse.duckdb_file import Warehouse
 from tests.fake_transport import Answer, FakeTransport, Reply, Sent, json_reply
 
@@ -719,86 +718,6 @@ def test_a_stop_during_a_concurrent_backfill_ends_it_with_whole_windows_only(
     assert rig.ids() >= set().union(*by_window.values())
     [(status,)] = rig.query("SELECT status FROM sync_runs")
     assert status == "stopped"
-
-
-class Observed:
-    """The warehouse, with what passes through `stage` and `commit_batch` recorded."""
-
-    def __init__(self, warehouse: Warehouse) -> None:
-        self.warehouse = warehouse
-        self.lock = threading.Lock()
-        self.staging_threads: set[str] = set()
-        self.committed_staged: list[bool] = []
-        self.alive = self.most_alive = 0
-        self.staged: dict[int, Any] = {}
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.warehouse, name)
-
-    def stage(self, *args: Any, **kwargs: Any) -> Any:
-        staged: Any = self.warehouse.stage(*args, **kwargs)
-        if staged is None:
-            return None
-        with self.lock:
-            self.staging_threads.add(threading.current_thread().name)
-            self.alive += 1
-            self.most_alive = max(self.most_alive, self.alive)
-        observed = self
-
-        class Closing:
-            def close(self) -> None:
-                with observed.lock:
-                    observed.alive -= 1
-                staged.close()
-
-        self.staged[id(closing := Closing())] = staged
-        return closing
-
-    def commit_batch(self, *args: Any, staged: Any = None, **kwargs: Any) -> Any:
-        with self.lock:
-            self.committed_staged.append(staged is not None)
-        inner = None if staged is None else self.staged.pop(id(staged))
-        return self.warehouse.commit_batch(*args, staged=inner, **kwargs)
-
-
-def test_bodies_are_staged_ahead_on_fetch_threads_and_one_waits_at_most(
-    make: Make, warehouse: Warehouse
-) -> None:
-    records = days(12)
-    rig = make(then=InFlight(Api(records), 0.01), concurrency=4)
-    observed = Observed(warehouse)
-    syncer = Syncer(RCS_RECORDS, rig.syncer.api, observed, rig.syncer.options, stop=rig.stop)
-    syncer.backfill(Scope(), Window(DAY, DAY + timedelta(days=12)), force=False)
-    assert observed.committed_staged == [True] * 12, "each body was staged before its commit"
-    assert observed.staging_threads
-    assert all(n.startswith("fetch") for n in observed.staging_threads), "not the writer"
-    assert observed.most_alive <= 2, "the body the writer applies, and one waiting"
-    assert observed.alive == 0, "every staged body was let go"
-    assert rig.ids() == {r["id"] for r in records}
-    assert len(warehouse.fetches(RCS_RECORDS, "all")) == 12
-
-
-def test_the_wal_is_checkpointed_while_bodies_are_staged_ahead(
-    make: Make, warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """DuckDB's commit skips its own checkpoint while another connection stages a body,
-    so without the warehouse's own the WAL would hold the whole backfill (~3 MB here)."""
-    monkeypatch.setattr(duckdb_file, "CHECKPOINT_BYTES", 256 << 10)
-    records = [record(i, DAY + i * timedelta(seconds=30)) for i in range(1, 12 * 2880)]
-    wal = warehouse.path.with_name(warehouse.path.name + ".wal")
-    sizes: list[int] = []
-    committed = warehouse._committed
-
-    def watched(con: Any) -> None:
-        committed(con)
-        sizes.append(wal.stat().st_size if wal.exists() else 0)
-
-    monkeypatch.setattr(warehouse, "_committed", watched)
-    rig = make(then=InFlight(Api(records), 0.01), concurrency=4)
-    rig.syncer.backfill(Scope(), Window(DAY, DAY + timedelta(days=12)), force=False)
-    assert rig.ids() == {r["id"] for r in records}
-    assert len(sizes) == 12
-    assert max(sizes) < 256 << 10, f"WAL sizes after each commit: {sizes}"
 
 
 def test_a_429_halves_the_requests_in_flight_and_responses_raise_it_again(make: Make) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
-from rcs_sync.model.commits import Commit, LoadResult, Prepared
+from rcs_sync.model.commits import Commit, LoadResult
 from rcs_sync.model.responses import Spool
 from rcs_sync.model.streams import Stream
 from rcs_sync.model.windows import Fetch, Split
@@ -46,13 +46,6 @@ class Store(Protocol):
 
     def finish_run(self, run_id: int, error: BaseException | None) -> None: ...
 
-    def stage(
-        self, body: Spool, stream: Stream, *, server_limit: int | None, privacy: Privacy
-    ) -> Prepared | None:
-        """Parse `body` now, outside any transaction, on the calling thread: a `Prepared`
-        for `commit_batch`, or None when the body is better staged by the commit itself."""
-        ...
-
     def commit_batch(
         self,
         body: Spool,
@@ -61,10 +54,8 @@ class Store(Protocol):
         include_optional: bool,
         server_limit: int | None,
         privacy: Privacy,
-        staged: Prepared | None = None,
     ) -> LoadResult:
-        """Load `body` (parsed already when `staged`, what `stage` returned) and write
-        `commit` in one transaction."""
+        """Load `body` and write `commit` in one transaction."""
         ...
 
     def release(self) -> None:

@@ -21,7 +21,7 @@ import structlog
 
 from rcs_sync.engine.source import Source
 from rcs_sync.engine.store import Store
-from rcs_sync.model.commits import Commit, LoadResult, Prepared
+from rcs_sync.model.commits import Commit, LoadResult
 from rcs_sync.model.durations import format_instant
 from rcs_sync.model.errors import (
     ApiUnavailable,
@@ -462,7 +462,7 @@ class Syncer:
         if self.options.include_optional and self.stream.optional_fields:
             params["include"] = ",".join(f.name for f in self.stream.optional_fields)
 
-        def commit(response: Response, staged: Prepared | None) -> LoadResult:
+        def commit(response: Response) -> LoadResult:
             # Without a Date header, our clock minus the skew margin stands in for the server's.
             skew = self.options.policy.clock_skew
             fetched_at = response.server_sent_at or response.sent_at - skew
@@ -482,7 +482,6 @@ class Syncer:
                 include_optional=self.options.include_optional,
                 server_limit=self.options.server_limit,
                 privacy=self.options.privacy,
-                staged=staged,
             )
             ctx.coverage.fetches.append(fetch)
             ctx.observed.append(Fetch(window, fetched_at, loaded.received))
@@ -494,16 +493,8 @@ class Syncer:
             self._loaded(ctx, window, loaded)
             return loaded
 
-        def stage(response: Response) -> Prepared | None:
-            return self.warehouse.stage(
-                response.body,
-                self.stream,
-                server_limit=self.options.server_limit,
-                privacy=self.options.privacy,
-            )
-
         def consume(response: Response) -> LoadResult:
-            return run(lambda staged: commit(response, staged), lambda: stage(response))
+            return run(lambda: commit(response))
 
         if run is _here:
             self.warehouse.release()  # not held while the response downloads
@@ -548,33 +539,21 @@ class Syncer:
         self._listen(event)
 
 
-Work = Callable[[Prepared | None], LoadResult]
-"""A window's commit, given its body as staged ahead (or None: the commit stages it)."""
-Run = Callable[[Work, Callable[[], Prepared | None]], LoadResult]
-"""Runs the warehouse's share of a window on the writer's thread: the commit (`Work`),
-after the staging that may be done ahead, on the calling thread."""
+Run = Callable[[Callable[[], LoadResult]], LoadResult]
+"""Runs the warehouse's share of a window (its commit) on the writer's thread."""
 
 
-def _here(work: Work, _stage: Callable[[], Prepared | None]) -> LoadResult:
-    """The writer is the calling thread: one window at a time, nothing to stage ahead of."""
-    return work(None)
+def _here(work: Callable[[], LoadResult]) -> LoadResult:
+    """The writer is the calling thread: one window at a time."""
+    return work()
 
 
 @dataclass
 class _Job:
-    work: Work
-    staged: Prepared | None = None
-    ahead: threading.Semaphore | None = None
-    """The writer's one place for a body staged ahead, while this job holds it."""
+    work: Callable[[], LoadResult]
     done: threading.Event = field(default_factory=threading.Event)
     result: LoadResult | None = None
     error: BaseException | None = None
-
-    def taken(self) -> None:
-        """The writer took the job (or never will): the place ahead is free again."""
-        ahead, self.ahead = self.ahead, None
-        if ahead is not None:
-            ahead.release()
 
 
 class _Flight:
@@ -636,23 +615,16 @@ class _Flight:
 
 
 class _Writer:
-    """The one thread that commits while fetch threads download.
+    """The one thread that touches the warehouse while fetch threads download.
 
     Fetch threads hand it their commits (`run`, blocking until done); the pass's own
-    thread executes them one at a time (`serve`), so each window is still its own
-    transaction, and a stop signal's `interrupt` reaches the statement in hand.
-
-    Before handing its commit in, a fetch thread stages its body (parses and checks it,
-    outside any transaction, on a connection of its own: `Store.stage`), one body
-    ahead at a time, so the next body is parsed while the writer applies and commits
-    the one before; its connection is the writer's from the hand-over until the commit
-    is done, then the fetch thread closes it. On a fast server the writer is what a
-    backfill waits for: 30 days of 50k records went from 179k to 259k records/s.
-
-    Once no commit has come for `LINGER`, the file is let go, so readers get in while
-    the pass waits on the network; not sooner, as closing DuckDB's connection
-    checkpoints the file: bodies arriving back to back would pay one checkpoint each
-    (~25 ms at 50k records, growing with the primary-key index)."""
+    thread executes them one at a time (`serve`), so the DuckDB connection is never
+    used from two threads, each window is still its own transaction, and a stop
+    signal's `interrupt` reaches the statement in hand. Once no commit has come for
+    `LINGER`, the file is let go, so readers get in while the pass waits on the network;
+    not sooner, as closing DuckDB's connection checkpoints the file: bodies arriving
+    back to back would pay one checkpoint each (~25 ms at 50k records, growing with the
+    primary-key index)."""
 
     LINGER = 0.5
     """Seconds without a commit after which the file is let go."""
@@ -674,33 +646,22 @@ class _Writer:
         self._last = time.monotonic()
         """When the last commit ended (or the writer started)."""
         self._lock = threading.Lock()
-        self._ahead = threading.Semaphore(1)
-        """One body is staged ahead at a time, and waits staged for the writer: from
-        the staging thread's start until the writer takes the job. So one parse runs
-        beside the writer's load, and at most one staged body waits in memory."""
         self.waiting = 0
         """Fetch threads whose body is downloaded and waits for (or is in) its load."""
 
-    def run(self, work: Work, stage: Callable[[], Prepared | None]) -> LoadResult:
+    def run(self, work: Callable[[], LoadResult]) -> LoadResult:
         job = _Job(work)
         with self._lock:
             self.waiting += 1
         try:
-            self._handed()
-            if not self._closed and not self._stop.is_set():
-                self._ahead.acquire()
-                job.ahead = self._ahead
-                job.staged = stage()
             self._jobs.put(job)
+            self._handed()
             if self._closed:
                 self._drain()
             job.done.wait()
         finally:
-            job.taken()
             with self._lock:
                 self.waiting -= 1
-            if job.staged is not None:
-                job.staged.close()
         if job.error is not None:
             raise job.error
         assert job.result is not None
@@ -717,12 +678,11 @@ class _Writer:
             return
         if job is None:
             return
-        job.taken()
         if self._stop.is_set():
             job.error = Stopped("stop requested before this window was loaded")
         else:
             try:
-                job.result = job.work(job.staged)
+                job.result = job.work()
             except BaseException as exc:  # handed to the fetch thread, which raises it
                 job.error = exc
         self._last = time.monotonic()
@@ -746,7 +706,6 @@ class _Writer:
                 return
             if job is None:
                 continue
-            job.taken()
             job.error = Stopped("the pass ended before this window was loaded")
             job.done.set()
 

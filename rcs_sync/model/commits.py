@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
 
 from rcs_sync.model.streams import Stream
 from rcs_sync.model.windows import Window
@@ -34,10 +33,3 @@ class LoadResult:
     inserted: int
     updated: int
     quarantined: int
-
-
-class Prepared(Protocol):
-    """A body parsed ahead of its commit (`Store.stage`), by a thread other than the
-    writer's; closed once it was committed, or is not going to be."""
-
-    def close(self) -> None: ...

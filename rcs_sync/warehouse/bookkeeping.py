@@ -11,12 +11,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -26,7 +24,7 @@ import duckdb
 import structlog
 
 from rcs_sync.logs import redact
-from rcs_sync.model.commits import Commit, LoadResult, Prepared
+from rcs_sync.model.commits import Commit, LoadResult
 from rcs_sync.model.errors import (
     Stopped,
     WarehouseDamaged,
@@ -40,7 +38,7 @@ from rcs_sync.model.windows import Fetch, Split, Window
 from rcs_sync.warehouse import ledger
 from rcs_sync.warehouse.channels import views_sql
 from rcs_sync.warehouse.dialect import Dialect
-from rcs_sync.warehouse.loader import AHEAD_BYTES, Staged, load, stage
+from rcs_sync.warehouse.loader import load
 from rcs_sync.warehouse.migrations import MIGRATIONS, VIEWS_ONLY
 from rcs_sync.warehouse.privacy import PLAIN, Privacy
 from rcs_sync.warehouse.tables import (
@@ -74,17 +72,6 @@ class Bookkeeping(ABC):
         self._active: duckdb.DuckDBPyConnection | None = None
         self._holding = False
         self._held: duckdb.DuckDBPyConnection | None = None
-        self._staging: set[duckdb.DuckDBPyConnection] = set()
-        """Connections staging a body ahead of its commit (`stage`), on fetch threads."""
-        self._staging_lock = threading.Lock()
-        self._quiet = threading.Lock()
-        """Held while a connection staging ahead opens, stages or closes, and by what
-        must not run meanwhile (`_committed`)."""
-        self._lifecycle = threading.Lock()
-        """Held while any connection opens or closes. Closing a file's last connection
-        checkpoints it and ends DuckDB's database; with bodies staged on fetch threads,
-        connections open and close on several threads, and none may open the file
-        while another thread's close is still ending it."""
 
     @property
     @abstractmethod
@@ -113,14 +100,11 @@ class Bookkeeping(ABC):
         """Let go of what readers would wait for, while the pass waits on the network."""
 
     def interrupt(self) -> None:
-        """Abort the statements running on the open connection and on those staging
-        bodies ahead, if any (for shutdown): a transaction rolls back and the callers
-        see `Stopped`."""
-        with self._staging_lock:
-            running = [self._active, *self._staging]
-        for con in running:
-            if con is not None:
-                con.interrupt()
+        """Abort the statement running on the open connection, if any (for shutdown):
+        its transaction rolls back and the caller sees `Stopped`."""
+        con = self._active
+        if con is not None:
+            con.interrupt()
 
     @contextmanager
     def held(self) -> Iterator[None]:
@@ -136,46 +120,31 @@ class Bookkeeping(ABC):
     def _drop_held(self) -> None:
         con, self._held = self._held, None
         if con is not None:
-            self._end_connection(con)
-
-    def _new_connection(self, read_only: bool) -> duckdb.DuckDBPyConnection:
-        with self._lifecycle:
-            return self._open_connection(read_only)
-
-    def _end_connection(self, con: duckdb.DuckDBPyConnection) -> None:
-        with self._lifecycle:
             con.close()
 
     @contextmanager
     def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection whose current database is the warehouse (or the one `held`
         keeps); a DuckDB error on it is raised as `_failure` words it."""
-        con = self._held or self._new_connection(read_only)
+        con = self._held or self._open_connection(read_only)
         if self._holding and not read_only:
             self._held = con
+        self._active = con
         try:
-            with self._using(con):
-                yield con
+            yield con
+        except duckdb.InterruptException:
+            self._discard(con)
+            raise Stopped("stop requested: the running statement was interrupted") from None
+        except duckdb.Error as exc:
+            self._discard(con)
+            raise self._failure(exc) from None
         except BaseException:
             self._discard(con)
             raise
         finally:
-            if con is not self._held:
-                self._end_connection(con)
-
-    @contextmanager
-    def _using(self, con: duckdb.DuckDBPyConnection) -> Iterator[None]:
-        """`con` is the one `interrupt` aborts; its DuckDB errors are raised as
-        `_failure` words them."""
-        self._active = con
-        try:
-            yield
-        except duckdb.InterruptException:
-            raise Stopped("stop requested: the running statement was interrupted") from None
-        except duckdb.Error as exc:
-            raise self._failure(exc) from None
-        finally:
             self._active = None
+            if con is not self._held:
+                con.close()
 
     def _discard(self, con: duckdb.DuckDBPyConnection) -> None:
         """After a failure a connection is not shared any further: it is closed."""
@@ -473,38 +442,6 @@ class Bookkeeping(ABC):
                 ],
             )
 
-    def stage(
-        self, body: Spool, stream: Stream, *, server_limit: int | None, privacy: Privacy
-    ) -> StagedBody | None:
-        """Parse `body` now, on a connection of its own and outside any transaction, so
-        that a fetch thread does it while the writer commits an earlier window; the
-        caller passes the result to `commit_batch` and closes it after. None (the writer
-        stages the body itself) for a body too big to hold beside another
-        (`AHEAD_BYTES`) and for a stream read whole."""
-        if body.size > AHEAD_BYTES or not stream.windowed:
-            return None
-        with self._quiet:
-            con = self._new_connection(False)
-        with self._staging_lock:
-            self._staging.add(con)
-        try:
-            with self._quiet:
-                staged = stage(con, stream, body, server_limit=server_limit, privacy=privacy)
-        except BaseException as exc:
-            self._end_staging(con)
-            if isinstance(exc, duckdb.InterruptException):
-                raise Stopped("stop requested: the body being staged was interrupted") from None
-            if isinstance(exc, duckdb.Error):
-                raise self._failure(exc) from None
-            raise
-        return StagedBody(staged, con, self._end_staging)
-
-    def _end_staging(self, con: duckdb.DuckDBPyConnection) -> None:
-        with self._staging_lock:
-            self._staging.discard(con)
-        with self._quiet:  # closing drops the connection's temp tables: a write
-            self._end_connection(con)
-
     def commit_batch(
         self,
         body: Spool,
@@ -513,57 +450,22 @@ class Bookkeeping(ABC):
         include_optional: bool,
         server_limit: int | None,
         privacy: Privacy = PLAIN,
-        staged: Prepared | None = None,
     ) -> LoadResult:
         """Load one response and its bookkeeping in ONE transaction: after a crash at any
-        instant either both are in the warehouse or neither is. `staged`: the body as
-        `stage` left it, applied on the connection that staged it."""
-        work = partial(
-            self._load,
-            body=body,
-            commit=commit,
-            include_optional=include_optional,
-            server_limit=server_limit,
-            privacy=privacy,
-        )
-        if staged is None:
-            with self.connect() as con:
-                return work(con, None)
-        if not isinstance(staged, StagedBody):
-            raise TypeError(f"not a body this warehouse staged: {staged!r}")
-        with self._using(staged.con):
-            return work(staged.con, staged.staged)
-
-    def _load(
-        self,
-        con: duckdb.DuckDBPyConnection,
-        staged: Staged | None,
-        *,
-        body: Spool,
-        commit: Commit,
-        include_optional: bool,
-        server_limit: int | None,
-        privacy: Privacy,
-    ) -> LoadResult:
-        result = load(
-            con,
-            commit.stream,
-            body,
-            server_limit=server_limit,
-            privacy=privacy,
-            run_id=commit.run_id,
-            observed_at=commit.fetched_at,
-            include_optional=include_optional,
-            transaction=partial(self.transaction, con),
-            record=partial(self._record, con, commit),
-            staged=staged,
-        )
-        self._committed(con)
-        return result
-
-    @abstractmethod
-    def _committed(self, con: duckdb.DuckDBPyConnection) -> None:
-        """What the backend does after a window's commit, on its connection."""
+        instant either both are in the warehouse or neither is."""
+        with self.connect() as con:
+            return load(
+                con,
+                commit.stream,
+                body,
+                server_limit=server_limit,
+                privacy=privacy,
+                run_id=commit.run_id,
+                observed_at=commit.fetched_at,
+                include_optional=include_optional,
+                transaction=partial(self.transaction, con),
+                record=partial(self._record, con, commit),
+            )
 
     def _record(
         self, con: duckdb.DuckDBPyConnection, commit: Commit, result: LoadResult, now: datetime
@@ -602,19 +504,6 @@ class Bookkeeping(ABC):
         """A read-only query for status and reports."""
         with self.connect(read_only=True) as con:
             return con.execute(sql, params or []).fetchall()
-
-
-@dataclass(frozen=True)
-class StagedBody:
-    """A body `Bookkeeping.stage` parsed ahead, on the connection that holds it."""
-
-    staged: Staged
-    con: duckdb.DuckDBPyConnection
-    end: Callable[[duckdb.DuckDBPyConnection], None]
-
-    def close(self) -> None:
-        """Drop the parsed body with its connection: after the commit, or instead of it."""
-        self.end(self.con)
 
 
 RUN_COLUMNS = (

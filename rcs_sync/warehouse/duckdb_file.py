@@ -48,9 +48,6 @@ LOCK_WAIT_WARNING = 3.0
 naming the holder, once per wait), like PostgreSQL's `log_lock_waits`."""
 HEADER_BYTES = 3 * 4096
 """DuckDB's file header and its two database headers, before the first block."""
-CHECKPOINT_BYTES = 16 << 20
-"""The WAL size past which a commit checkpoints the file: DuckDB's own default
-`checkpoint_threshold` (see `_committed`)."""
 DAMAGE = re.compile(
     r"Corrupt database file|does not match stored checksum|Could not read enough bytes|"
     r"not a valid DuckDB database file|database file is truncated",
@@ -242,27 +239,6 @@ class Warehouse(Bookkeeping):
             actual = self.path.stat().st_size
             if actual < expected:
                 raise self._damaged(f"truncated: {actual} bytes of the {expected} it should hold")
-
-    def _committed(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Checkpoint once the WAL passes `CHECKPOINT_BYTES`, with no body being staged.
-
-        DuckDB's commit checkpoints by itself past that size, but only when no other
-        connection has a transaction open (a statement running, or a result not read to
-        its end), and during a backfill one nearly always has: the next body being
-        staged ahead (`Bookkeeping.stage`). The WAL then grew for the whole pass, its
-        rows held in memory (30 days of 50k records: 148 MB of WAL, peak RSS 370 MB
-        against 240)."""
-        try:
-            size = self.path.with_name(self.path.name + ".wal").stat().st_size
-        except FileNotFoundError:
-            return
-        if size < CHECKPOINT_BYTES:
-            return
-        with self._quiet:
-            try:
-                con.execute("CHECKPOINT")
-            except duckdb.TransactionException as exc:  # another statement after all
-                log.debug("checkpoint_deferred", path=str(self.path), reason=str(exc))
 
     def verify(self, con: duckdb.DuckDBPyConnection) -> None:
         """Read every column of every table, so DuckDB checks each data block's checksum:

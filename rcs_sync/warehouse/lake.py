@@ -141,9 +141,6 @@ class Lake(Bookkeeping):
         """Nothing: readers never wait for a lake's writer, so the pass keeps its
         connection (and saves an attach per window)."""
 
-    def _committed(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Nothing: a lake's commit writes its data files and catalog rows, no WAL."""
-
     def verify(self, con: duckdb.DuckDBPyConnection) -> None:
         """The data directory is there (a shared mount that is not mounted would make
         every read of an existing file fail mid-pass)."""

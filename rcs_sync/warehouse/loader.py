@@ -59,13 +59,6 @@ on 1M records, 270k against 326k records/s), and the windows the planner sizes
 (`[sync] target_records_per_request`, 500k) stay well under it."""
 
 
-AHEAD_BYTES = 64 << 20
-"""Bodies up to this size (~400k records) may be staged ahead of their commit, beside the
-batch the writer is applying (`Bookkeeping.stage`), which costs the memory of one more
-such batch; bigger ones are staged by the writer itself. Below `GROUP_BYTES`: a body
-staged ahead is never one to load in groups."""
-
-
 class _Repeated(Exception):
     """A key of this group was applied by an earlier group of the same body."""
 
@@ -114,23 +107,20 @@ def load(
     include_optional: bool,
     transaction: Callable[[], AbstractContextManager[None]],
     record: Callable[[LoadResult, datetime], None],
-    staged: Staged | None = None,
 ) -> LoadResult:
-    """Load `body` and write the caller's bookkeeping (`record`) in one `transaction`;
-    `staged`: the body already staged on `con` (`stage`, called ahead).
+    """Load `body` and write the caller's bookkeeping (`record`) in one `transaction`.
 
     A body of several groups (see `GROUP_BYTES`) is applied group by group; a group
     DuckDB refuses rolls that back and the body is loaded whole, by the slow path if
     need be."""
     loading = _Loading(con, stream, privacy, run_id, observed_at, include_optional)
-    if staged is None:
-        groups = _groups(body.parts)
-        if len(groups) > 1 and stream.windowed:
-            try:
-                return loading.groups(groups, server_limit, transaction, record)
-            except REFUSED:
-                body = Spool.of(body.whole())
-        staged = stage(con, stream, body, server_limit=server_limit, privacy=privacy)
+    groups = _groups(body.parts)
+    if len(groups) > 1 and stream.windowed:
+        try:
+            return loading.groups(groups, server_limit, transaction, record)
+        except REFUSED:
+            body = Spool.of(body.whole())
+    staged = stage(con, stream, body, server_limit=server_limit, privacy=privacy)
     now = datetime.now(UTC)
     with transaction():
         result = loading.apply(staged, now)
@@ -433,8 +423,6 @@ def _stage(
         """,
         [[str(f) for f in files]],
     )
-    # fetchall, not fetchone: a result left unread keeps its statement's transaction
-    # open, and the writer's checkpoint waits for none (`duckdb_file._committed`).
     [(count,)] = con.execute("SELECT count(*) FROM _batch").fetchall()
     return int(count)
 
