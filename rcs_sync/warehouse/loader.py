@@ -423,10 +423,8 @@ def _stage(
         """,
         [[str(f) for f in files]],
     )
-    # Read whole: a result left unread keeps its statement's transaction open, and
-    # DuckDB's commit skips its automatic checkpoint while any other one is open.
-    [(count,)] = con.execute("SELECT count(*) FROM _batch").fetchall()
-    return int(count)
+    row = con.execute("SELECT count(*) FROM _batch").fetchone()
+    return int(row[0]) if row else 0
 
 
 def _quarantine_invalid(
