@@ -25,8 +25,8 @@ the cores. Sizes (environment, defaults in brackets):
 - BENCH_MONTH_RECORDS [1500000]: records of the `fast_month` part, a 30-day backfill from
   the simulator on this machine (the writer is what it waits for).
 - BENCH_PARTS [one_window,layouts,big_days,huge_response,slow_link,fast_month,scale,noop]:
-  which parts to run,
-  e.g. `one_window,noop` to set the backfill and the no-op pass of two trees side by side.
+  which parts to run, e.g. `one_window,noop` to set the backfill and the no-op pass of two
+  trees side by side.
 """
 
 from __future__ import annotations
@@ -531,7 +531,7 @@ def bench_huge_response(env: dict[str, str], figures: dict[str, object]) -> None
 def bench_fast_month(env: dict[str, str], figures: dict[str, object]) -> None:
     """A 30-day backfill of MONTH records from the simulator on this machine, default
     configuration: daily windows that arrive faster than they load, so the writer is
-    what the backfill waits for (and staging ahead what helps it)."""
+    what the backfill waits for."""
     day = timedelta(days=1)
     history = 30 * day + SPAWN_SLACK
     sim, base_url = spawn(["--records", str(MONTH), "--days", f"{history / day:.6f}"], env)
