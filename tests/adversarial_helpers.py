@@ -246,7 +246,7 @@ def _committed_since(site: Site, since: datetime) -> list[tuple[datetime, dateti
     return [(start, end) for start, end in rows]
 
 
-def _inside(request: RequestLog, windows: list[tuple[datetime, datetime]]) -> bool:
+def inside_read(request: RequestLog, windows: list[tuple[datetime, datetime]]) -> bool:
     """A full-window read (not an incremental one) that lies within one of `windows`:
     nothing in it was left to read. A window that reaches past what was read (the
     current day, whose end moves with the clock) is read again, rightly."""
@@ -274,7 +274,7 @@ def _strike(site: Site, trial: KillTrial) -> KillTrial:
     # Requests the server answered in full; a faulted one is retried, not re-read.
     answered = [r for r in site.sim.sim.requests[before:] if r.fault is None]
     trial.rerun_requests = len(answered)
-    trial.rereads = sum(1 for r in answered if _inside(r, committed))
+    trial.rereads = sum(1 for r in answered if inside_read(r, committed))
     opens_cleanly(site)
     trial.windows_after = windows_done(site)
     trial.comparison = compare(site)

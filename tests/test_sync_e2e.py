@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from rcs_sync.model.durations import format_instant
-from tests.adversarial_helpers import compare
+from tests.adversarial_helpers import compare, inside_read
 from tests.conftest import TOKEN, Site, log_lines, terminal_line, wait_for
 
 pytestmark = pytest.mark.kinds
@@ -108,15 +108,7 @@ def test_backfill_killed_mid_way_resumes_and_loses_nothing(site: SiteFactory) ->
     # Resumed: no window the killed run committed is read again, but for the last one,
     # whose end the server's clock has moved (the ledger's pruning folds such rows, so
     # counting rows before and after says nothing; the requests themselves do).
-    again = [
-        r.params
-        for r in s.sim.sim.requests[before:]
-        if any(
-            a <= datetime.fromisoformat(r.params["start"])
-            and datetime.fromisoformat(r.params["end"]) <= b
-            for a, b in committed
-        )
-    ]
+    again = [r.params for r in s.sim.sim.requests[before:] if inside_read(r, committed)]
     assert len(again) <= 1, again
     s.assert_converged()
     assert s.query("SELECT count(*) = count(DISTINCT id) FROM rcs_records") == [(True,)]
