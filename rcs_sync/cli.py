@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 import click
 import structlog
 
-from rcs_sync import early_stop
+from rcs_sync import early_stop, startup
 from rcs_sync.config import ConfigError, Settings, config_path, load_settings, read_token
 from rcs_sync.logs import configure_logging, json_lines, redact
 from rcs_sync.model.durations import format_instant, parse_instant
@@ -124,7 +124,8 @@ def _settings(ctx: click.Context) -> Settings:
 
 
 def _app(ctx: click.Context) -> App:
-    from rcs_sync.session import App
+    with startup.loading():
+        from rcs_sync.session import App
 
     return App(_settings(ctx))
 
