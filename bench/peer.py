@@ -23,6 +23,7 @@ from bench import (  # bench/bench.py: this script's directory is on sys.path
     Run,
     banner,
     bench_backfill,
+    byte_compile,
     checked,
     median,
     report,
@@ -41,6 +42,7 @@ def main() -> None:
     if not Path(PEER_PYTHON).exists():
         sys.exit(f"bench-peer: {PEER_PYTHON} not found (make bench-peer creates it)")
     env = {**os.environ, "RCS_SIM_TOKEN": TOKEN, "RCS_SYNC_TOKEN": TOKEN}
+    byte_compile()
     banner("bench-peer", f"{RECORDS:,} records")
     figures: dict[str, object] = {"records": RECORDS, "runs": RUNS}
     sim, base_url = spawn(["--records", str(RECORDS), "--days", "2.1"], env)
