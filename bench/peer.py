@@ -4,7 +4,9 @@ BENCH_PEER_RECORDS [200000] records over two days from the simulator; each tool 
 them into a new DuckDB file, RUNS times (BENCH_RUNS [3]); the wall time and peak RSS of
 each process (from wait4), their medians, and how many times faster rcs-sync is. dlt
 runs in its own virtualenv (PEER_PYTHON, which the Makefile target creates in
-.venv-peer): its dependencies never mix with ours.
+.venv-peer): its dependencies never mix with ours. Beside them, the bare limit of
+`make bench` on the same span (`bare_limit.py`: one request, one `read_json` + `INSERT`,
+nothing else): what any loader on this machine can reach, as a multiple of dlt too.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from bench import (  # bench/bench.py: this script's directory is on sys.path
     Run,
     banner,
     bench_backfill,
+    bench_bare,
     byte_compile,
     checked,
     median,
@@ -51,6 +54,7 @@ def main() -> None:
         span = span_from(now - timedelta(days=2, hours=6), timedelta(days=2, hours=7))
         warm_up(base_url, env, span)
         ours = checked(bench_backfill(base_url, env, span, "1d", defaults=True), RECORDS)
+        bare = bench_bare(base_url, env, span)
         peer: list[Run] = []
         for _ in range(RUNS):
             with tempfile.TemporaryDirectory(prefix="rcs-peer-") as tmp:
@@ -70,6 +74,9 @@ def main() -> None:
     report(figures, "dlt merge into DuckDB (records/s)", "dlt_records_per_s", round(peer_rate))
     report(figures, "dlt peak RSS (MB)", "dlt_peak_rss_mb", median([r.peak_rss_mb for r in peer]))
     report(figures, "rcs-sync / dlt, records/s", "ratio", round(ours_rate / peer_rate, 1))
+    bare_rate = median([RECORDS / r.seconds for r in bare])
+    report(figures, "bare limit, same span (records/s)", "bare_records_per_s", round(bare_rate))
+    report(figures, "bare limit / dlt, records/s", "bare_ratio", round(bare_rate / peer_rate, 1))
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
 """Imports with the garbage collector held off, and what they made frozen out of its sight.
 
 The CLI and the libraries a command loads (structlog, click, requests, DuckDB) make
-some hundred thousand objects that live as long as the process: modules, classes,
-functions. With the collector on, making them triggers collections that walk them
-again and again, and the last collection at exit walks them once more. Held off while
-they load, then frozen (`gc.freeze()`: moved where no collection looks), they cost
-neither: ~60 ms of a one-second backfill of 200k records (README, "Performance"). What
-a command makes afterwards is collected as always.
+~66k objects that live as long as the process: modules, classes, functions. With the
+collector on, making them triggers collections that walk them again and again, and the
+last collection at exit walks them once more. Held off while they load, then frozen
+(`gc.freeze()`: moved where no collection looks), they cost neither: ~60 ms of a
+one-second backfill of 200k records (README, `make bench-peer`). What a command makes
+afterwards is collected as always.
 """
 
 from __future__ import annotations
