@@ -24,9 +24,13 @@ the cores. Sizes (environment, defaults in brackets):
   (a fresh backfill's first request over data of unknown density), its peak RSS.
 - BENCH_MONTH_RECORDS [1500000]: records of the `fast_month` part, a 30-day backfill from
   the simulator on this machine (the writer is what it waits for).
-- BENCH_PARTS [one_window,layouts,big_days,huge_response,slow_link,fast_month,scale,noop]:
-  which parts to run, e.g. `one_window,noop` to set the backfill and the no-op pass of two
-  trees side by side.
+- `nginx_link`: the slow link's bandwidth from a server we did not write: nginx
+  (`tests/nginx.py`) serving BENCH_SLOW_RECORDS over 30 days, a body per day laid out
+  by DuckDB's JSON writer, each connection capped at BENCH_SLOW_BANDWIDTH (no latency,
+  no server time: nginx has neither); skipped, saying so, without nginx.
+- BENCH_PARTS [one_window,layouts,big_days,huge_response,slow_link,nginx_link,fast_month,
+  scale,noop]: which parts to run, e.g. `one_window,noop` to set the backfill and the
+  no-op pass of two trees side by side.
 """
 
 from __future__ import annotations
@@ -58,7 +62,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rcs_sim.server import spawn
 from rcs_sync.model.durations import format_duration, format_instant
-from rcs_sync.model.windows import GRID_ANCHOR
+from rcs_sync.model.windows import GRID_ANCHOR, Window, cut
+from tests import nginx
 from tests.adversarial_helpers import children, cmdline
 
 RCS_SYNC = str(Path(sys.executable).with_name("rcs-sync"))
@@ -71,7 +76,8 @@ SWEEP = tuple(int(n) for n in os.environ.get("BENCH_SWEEP", "250000,500000,10000
 NOOP_RECORDS = int(os.environ.get("BENCH_NOOP_RECORDS", "100000"))
 MONTH = int(os.environ.get("BENCH_MONTH_RECORDS", "1500000"))
 PARTS = os.environ.get(
-    "BENCH_PARTS", "one_window,layouts,big_days,huge_response,slow_link,fast_month,scale,noop"
+    "BENCH_PARTS",
+    "one_window,layouts,big_days,huge_response,slow_link,nginx_link,fast_month,scale,noop",
 ).split(",")
 LAYOUTS = os.environ.get("BENCH_LAYOUTS", "lines,compact,pretty").split(",")
 BIG_DAY = int(os.environ.get("BENCH_BIG_DAY", "800000"))
@@ -618,6 +624,63 @@ def bench_slow_link(env: dict[str, str], figures: dict[str, object]) -> None:
     )
 
 
+def bench_nginx_link(env: dict[str, str], figures: dict[str, object]) -> None:
+    """`slow_link`'s 30 days at `concurrency = 1` and at the default, from nginx capping
+    each connection at SLOW_BANDWIDTH, each against what that link allows: the body
+    bytes nginx logged ÷ the bandwidth, summed, ÷ the concurrency."""
+    if nginx.binary() is None:
+        print(f"nginx link: skipped, {nginx.MISSING}")
+        return
+    day = timedelta(days=1)
+    span = Window(datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 10, 31, tzinfo=UTC))
+    seconds: dict[int, float] = {}
+    allowed: dict[int, float] = {}
+    with tempfile.TemporaryDirectory(prefix="rcs-nginx-") as tmp:
+        server = nginx.Nginx(Path(tmp), TOKEN, routed=True, limit_rate=round(SLOW_BANDWIDTH))
+        windows = cut(span, day)
+        daily = SLOW_RECORDS // len(windows)
+        for index, window in enumerate(windows):
+            # A day at a time: the bench's own peak RSS must stay under the backfill's.
+            rows = nginx.records(daily, window.start, day, seed=index, first_id=index * daily + 1)
+            nginx.duckdb_writer(rows, server.window_body(window))
+        server.start()
+        try:
+            bounds = span_from(span.start, span.span)
+            for concurrency in (1, DEFAULT_CONCURRENCY):
+                before = len(server.served())
+                api = "" if concurrency == DEFAULT_CONCURRENCY else f"concurrency = {concurrency}\n"
+                runs = checked(
+                    bench_backfill(server.base_url, env, bounds, "1d", defaults=True, api=api),
+                    daily * len(windows),
+                )
+                sent = sum(int(line[3]) for line in server.served()[before:])
+                seconds[concurrency] = median([r.seconds for r in runs])
+                allowed[concurrency] = sent / SLOW_BANDWIDTH / RUNS / concurrency
+        finally:
+            server.stop()
+    for concurrency, taken in seconds.items():
+        label = f"nginx link, 30 days, concurrency {concurrency}"
+        report(figures, f"{label} (s)", f"nginx_c{concurrency}_s", taken)
+        report(
+            figures,
+            f"{label}: what the link allows (s)",
+            f"nginx_c{concurrency}_link_s",
+            round(allowed[concurrency], 3),
+        )
+        report(
+            figures,
+            f"{label}: time / what the link allows",
+            f"nginx_c{concurrency}_ratio_to_link",
+            round(taken / allowed[concurrency], 2),
+        )
+    report(
+        figures,
+        f"nginx link: concurrency 1 / concurrency {DEFAULT_CONCURRENCY}",
+        "nginx_speedup",
+        round(seconds[1] / seconds[DEFAULT_CONCURRENCY], 2),
+    )
+
+
 def packed(durations: list[float], slots: int) -> float:
     """When the last of these requests ends, each sent in turn as soon as one of
     `slots` is free: whole requests cannot be shared out evenly (29 days in 4 slots
@@ -928,6 +991,7 @@ def main() -> None:
         "big_days": bench_big_days,
         "huge_response": bench_huge_response,
         "slow_link": bench_slow_link,
+        "nginx_link": bench_nginx_link,
         "fast_month": bench_fast_month,
         "scale": bench_scale,
         "noop": bench_noop,
