@@ -18,7 +18,10 @@ from contextlib import contextmanager
 
 @contextmanager
 def loading() -> Iterator[None]:
-    """Run imports inside; the collector is back as it was when they are done."""
+    """Run imports inside; the collector is back as it was when they are done. Everything
+    tracked until then is frozen, garbage included: meant for start-up, once a process
+    (a process running many commands in itself, as the tests' CliRunner does, keeps what
+    each froze)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
