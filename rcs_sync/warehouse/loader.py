@@ -317,7 +317,7 @@ def apply(
         )
     quarantined += _drop_duplicates(con, stream, run_id, now)
     key_range = _find_known(con, stream)
-    _log_states(con, stream, observed_at)
+    _log_states(con, stream, observed_at, known=key_range is not None)
     updated = (
         _update_existing(con, stream, now, key_range, include_optional=include_optional)
         if key_range
@@ -351,15 +351,14 @@ def _find_known(con: duckdb.DuckDBPyConnection, stream: Stream) -> tuple[object,
     row = con.execute(f"SELECT min({key}), max({key}) FROM _batch").fetchone()
     low, high = (row[0], row[1]) if row else (None, None)
     state = f", t.{quote(stream.history.state)}" if stream.history else ""
-    con.execute(
+    found = con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _known AS
         SELECT t.{key}{state} FROM {quote(stream.table)} AS t
         WHERE t.{key} BETWEEN ? AND ? AND t.{key} IN (SELECT {key} FROM _batch)
         """,
         [low, high],
-    )
-    found = con.execute("SELECT count(*) FROM _known").fetchone()
+    ).fetchone()
     return (low, high) if found and found[0] else None
 
 
@@ -407,7 +406,7 @@ def _stage(
         extra_expr = f"CASE WHEN {all_null} THEN NULL ELSE {raw_expr(extra)} END"
     else:
         extra_expr = "NULL::JSON"
-    con.execute(
+    row = con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _batch AS
         SELECT {loaded}, {extra_expr} AS extra, _reason,
@@ -422,15 +421,14 @@ def _stage(
         )
         """,
         [[str(f) for f in files]],
-    )
-    row = con.execute("SELECT count(*) FROM _batch").fetchone()
+    ).fetchone()
     return int(row[0]) if row else 0
 
 
 def _quarantine_invalid(
     con: duckdb.DuckDBPyConnection, stream: Stream, run_id: int | None, now: datetime
 ) -> int:
-    con.execute(
+    row = con.execute(
         f"""
         INSERT INTO {quote(stream.quarantine_table)}
             (run_id, record_id, reason, raw, quarantined_at)
@@ -438,8 +436,7 @@ def _quarantine_invalid(
         FROM _batch WHERE _reason IS NOT NULL
         """,
         [run_id, now],
-    )
-    row = con.execute("SELECT count(*) FROM _batch WHERE _reason IS NOT NULL").fetchone()
+    ).fetchone()
     count = int(row[0]) if row else 0
     if count:
         con.execute("DELETE FROM _batch WHERE _reason IS NOT NULL")
@@ -519,24 +516,28 @@ def _changed(stream: Stream, old: str, new: str, *, include_optional: bool) -> s
     return " OR ".join(conditions)
 
 
-def _log_states(con: duckdb.DuckDBPyConnection, stream: Stream, observed_at: datetime) -> None:
+def _log_states(
+    con: duckdb.DuckDBPyConnection, stream: Stream, observed_at: datetime, *, known: bool
+) -> None:
     """Append first-seen states and state changes to the stream's history table, before
     the upsert overwrites the old states. A record first seen in its initial state is
     dated by its own timestamp (exact); any other observation by the fetch (the
-    resolution of the sync interval)."""
+    resolution of the sync interval). Without `known` records (`_known` is empty: every
+    window of a first backfill) there is no change to look for."""
     history = stream.history
     if history is None:
         return
     key, state = quote(stream.key), quote(history.state)
-    con.execute(
-        f"""
-        INSERT INTO {quote(history.table)}
-        SELECT b.{key}, k.{state}, b.{state}, ?
-        FROM _batch AS b JOIN _known AS k ON k.{key} = b.{key}
-        WHERE k.{state} <> b.{state}
-        """,
-        [observed_at],
-    )
+    if known:
+        con.execute(
+            f"""
+            INSERT INTO {quote(history.table)}
+            SELECT b.{key}, k.{state}, b.{state}, ?
+            FROM _batch AS b JOIN _known AS k ON k.{key} = b.{key}
+            WHERE k.{state} <> b.{state}
+            """,
+            [observed_at],
+        )
     con.execute(
         f"""
         INSERT INTO {quote(history.table)}
