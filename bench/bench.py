@@ -596,19 +596,7 @@ def bench_slow_link(env: dict[str, str], figures: dict[str, object]) -> None:
         ]
         allowed = sum(link) / RUNS / concurrency
         label = f"slow link, 30 days, concurrency {concurrency}"
-        report(figures, f"{label} (s)", f"slow_c{concurrency}_s", seconds[concurrency])
-        report(
-            figures,
-            f"{label}: what the link allows (s)",
-            f"slow_c{concurrency}_link_s",
-            round(allowed, 3),
-        )
-        report(
-            figures,
-            f"{label}: time / what the link allows",
-            f"slow_c{concurrency}_ratio_to_link",
-            round(seconds[concurrency] / allowed, 2),
-        )
+        report_link(figures, label, f"slow_c{concurrency}", seconds[concurrency], allowed)
         slotted = packed(link[: len(link) // RUNS], concurrency)
         report(
             figures,
@@ -638,11 +626,8 @@ def bench_nginx_link(env: dict[str, str], figures: dict[str, object]) -> None:
     with tempfile.TemporaryDirectory(prefix="rcs-nginx-") as tmp:
         server = nginx.Nginx(Path(tmp), TOKEN, routed=True, limit_rate=round(SLOW_BANDWIDTH))
         windows = cut(span, day)
-        daily = SLOW_RECORDS // len(windows)
-        for index, window in enumerate(windows):
-            # A day at a time: the bench's own peak RSS must stay under the backfill's.
-            rows = nginx.records(daily, window.start, day, seed=index, first_id=index * daily + 1)
-            nginx.duckdb_writer(rows, server.window_body(window))
+        # A day at a time, none kept: the bench's own peak RSS must stay under the backfill's.
+        total = sum(len(d) for d in server.serve_windows(windows, SLOW_RECORDS // len(windows)))
         server.start()
         try:
             bounds = span_from(span.start, span.span)
@@ -651,7 +636,7 @@ def bench_nginx_link(env: dict[str, str], figures: dict[str, object]) -> None:
                 api = "" if concurrency == DEFAULT_CONCURRENCY else f"concurrency = {concurrency}\n"
                 runs = checked(
                     bench_backfill(server.base_url, env, bounds, "1d", defaults=True, api=api),
-                    daily * len(windows),
+                    total,
                 )
                 sent = sum(int(line[3]) for line in server.served()[before:])
                 seconds[concurrency] = median([r.seconds for r in runs])
@@ -660,24 +645,26 @@ def bench_nginx_link(env: dict[str, str], figures: dict[str, object]) -> None:
             server.stop()
     for concurrency, taken in seconds.items():
         label = f"nginx link, 30 days, concurrency {concurrency}"
-        report(figures, f"{label} (s)", f"nginx_c{concurrency}_s", taken)
-        report(
-            figures,
-            f"{label}: what the link allows (s)",
-            f"nginx_c{concurrency}_link_s",
-            round(allowed[concurrency], 3),
-        )
-        report(
-            figures,
-            f"{label}: time / what the link allows",
-            f"nginx_c{concurrency}_ratio_to_link",
-            round(taken / allowed[concurrency], 2),
-        )
+        report_link(figures, label, f"nginx_c{concurrency}", taken, allowed[concurrency])
     report(
         figures,
         f"nginx link: concurrency 1 / concurrency {DEFAULT_CONCURRENCY}",
         "nginx_speedup",
         round(seconds[1] / seconds[DEFAULT_CONCURRENCY], 2),
+    )
+
+
+def report_link(
+    figures: dict[str, object], label: str, key: str, seconds: float, allowed: float
+) -> None:
+    """A backfill's time, what its link allows, and the one over the other."""
+    report(figures, f"{label} (s)", f"{key}_s", seconds)
+    report(figures, f"{label}: what the link allows (s)", f"{key}_link_s", round(allowed, 3))
+    report(
+        figures,
+        f"{label}: time / what the link allows",
+        f"{key}_ratio_to_link",
+        round(seconds / allowed, 2),
     )
 
 

@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -159,6 +159,19 @@ class Nginx:
     def window_body(self, window: Window) -> Path:
         """Where a `routed` server keeps the body of `window`."""
         return self.dir / "bodies" / body_name(window)
+
+    def serve_windows(
+        self, windows: list[Window], per_window: int
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Write each window's body (`per_window` records, ids following on, laid out by
+        `duckdb_writer`) for a `routed` server, yielding its records one window at a
+        time, so a caller that keeps none holds one window's worth."""
+        for index, window in enumerate(windows):
+            rows = records(
+                per_window, window.start, window.span, seed=index, first_id=index * per_window + 1
+            )
+            duckdb_writer(rows, self.window_body(window))
+            yield rows
 
 
 def body_name(window: Window) -> str:

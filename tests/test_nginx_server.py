@@ -93,13 +93,8 @@ def test_windows_fetched_together_from_a_bandwidth_capped_nginx_all_land(
 ) -> None:
     server = make_server(routed=True, limit_rate=1 << 20)
     span = Window(START, START + timedelta(days=6))
-    rows = nginx.records(18_000, span.start, span.span)
     windows = cut(span, timedelta(days=1))
-    for window in windows:
-        inside = [
-            r for r in rows if window.start <= datetime.fromisoformat(r["timestamp"]) < window.end
-        ]
-        nginx.duckdb_writer(inside, server.window_body(window))
+    rows = [r for day in server.serve_windows(windows, 3_000) for r in day]
     stored = backfill(tmp_path, server.base_url, span, 'window = "1d"')
     assert stored == nginx.stored_form(rows)
     served = server.served()
