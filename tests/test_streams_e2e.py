@@ -159,7 +159,7 @@ def test_a_backfill_of_the_test_stream_killed_mid_way_resumes_to_exactly_its_rec
     assert code == -signal.SIGKILL
     done_sql = "SELECT count(*) FROM sync_windows WHERE stream = 'test_widget_records'"
     [(done,)] = s.query(done_sql)
-    assert (3 if s.catalog is None else 1) <= done <= 6  # a lake's commits lag further
+    assert done >= (3 if s.catalog is None else 1)  # a lake's commits lag further
     # The requests the killed pass had in flight reach the simulator's log once their
     # latency has passed: let them, so that only the rerun's requests are counted.
     time.sleep(0.5)
@@ -167,6 +167,10 @@ def test_a_backfill_of_the_test_stream_killed_mid_way_resumes_to_exactly_its_rec
     rerun = s.ok("sync")
     assert rerun.stdout.startswith("all: backfill, "), rerun.stdout  # one stream: no name
     [(total,)] = s.query(done_sql)
+    # Requests go out four at a time, so the fifth may be logged with the eighth: how many
+    # windows committed before the kill depends on timing; that it came before the last
+    # commit does not (the next four responses are a latency away).
+    assert done < total, (done, total)
     assert len(widget_requests(s, before)) <= total - done + 1  # at most one window twice
     assert widgets(s) == s.sim.sim.endpoint_truth(ENDPOINT.path)
     assert s.query("SELECT count(*) FROM test_widget_quarantine") == [(0,)]
