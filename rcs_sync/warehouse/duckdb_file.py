@@ -42,6 +42,13 @@ STORAGE_VERSION = "v1.1.0"
 oldest whose format holds what the schema uses, so every 1.1+ client reads them (README,
 "Querying the data"). An existing file keeps the version it was created with until
 `rcs-sync migrate` rewrites it (`warehouse/storage.py`)."""
+CHECKPOINT_THRESHOLD = "32MB"
+"""WAL a commit may leave before DuckDB checkpoints it (its default: 16 MB). Windows
+under a row group (122,880 records) go through the WAL, and each checkpoint has a fixed
+cost: at 16 MB a 200k-record backfill checkpointed at its second commit and again at
+close. At 32 MB: 0.937 -> 0.875 s for those 200k (+5 MB peak RSS), 30 days of 1.5M
+254k -> 260k records/s (+10 MB); 64 MB gained 1 % more for +34 MB (medians of 7 and 5,
+trees alternating). A crash leaves at most this much WAL to replay."""
 LOCK_PID = re.compile(r"\(PID (\d+)\)")
 LOCK_WAIT_WARNING = 3.0
 """Seconds of waiting for DuckDB's file lock after which the wait is logged (a warning
@@ -99,6 +106,7 @@ class Warehouse(Bookkeeping):
             "memory_limit": memory_limit,
             "threads": threads,
             "storage_compatibility_version": storage_version,
+            "checkpoint_threshold": CHECKPOINT_THRESHOLD,
         }
         self._stop = stop or threading.Event()
 
