@@ -233,6 +233,44 @@ def signal_pass(
             proc.wait()
 
 
+def kill_after_commits(site: Site, args: tuple[str, ...], commits: int, timeout: float = 60) -> int:
+    """Start `rcs-sync ARGS` and SIGKILL it once it has logged `commits` committed windows.
+
+    A `window_loaded` line is written after its window's commit, so the kill comes that
+    far in on a quiet machine or a loaded one alike; a count of requests does not (up to
+    2 x concurrency windows are downloaded ahead of the writer). Returns the exit code."""
+    proc = subprocess.Popen(
+        site.command(*args),
+        env=site.env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    loaded = [0]
+
+    def count(lines: Iterator[str]) -> None:
+        for line in lines:
+            if '"window_loaded"' in line:
+                loaded[0] += 1
+
+    assert proc.stderr is not None
+    reader = threading.Thread(target=count, args=(proc.stderr,), daemon=True)
+    reader.start()
+    try:
+        wait_until(
+            lambda: loaded[0] >= commits or proc.poll() is not None,
+            timeout,
+            f"{commits} committed windows",
+        )
+        proc.send_signal(signal.SIGKILL)
+        return proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(timeout)
+
+
 COMMITTED_MARGIN = timedelta(hours=6)
 """Ledger rows read this long before the signalled pass began (by the server's clock)
 are older reads: the catch-up trial ages them by 50 hours."""
