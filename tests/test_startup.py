@@ -83,3 +83,32 @@ def test_a_command_runs_with_its_modules_frozen_and_the_collector_on(tmp_path: P
     assert (code, enabled) == ("0", "True"), done.stderr
     # The CLI, structlog, click, DuckDB and requests: well over 10k objects.
     assert int(frozen) > 10_000
+
+
+RICH_PROBE = """
+import sys
+from rcs_sync import startup
+with startup.loading():
+    import rcs_sync.cli
+loaded = sorted(name for name in sys.modules if name.split(".")[0] == "rich")
+import structlog
+from rcs_sync.logs import configure_logging
+configure_logging(json=False, level="debug", stream=sys.stdout)
+try:
+    raise ValueError("boom")
+except ValueError:
+    structlog.get_logger().exception("failed")
+import rich.progress
+print(loaded, rich.progress.Progress.__name__)
+"""
+
+
+def test_the_cli_imports_structlog_without_rich_and_exceptions_still_render() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", RICH_PROBE], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    *logged, last = done.stdout.splitlines()
+    assert last == "[] Progress"  # none of rich at import; all of it afterwards on demand
+    text = "\n".join(logged)
+    assert "failed" in text and "ValueError: boom" in text and "Traceback" in text, text
