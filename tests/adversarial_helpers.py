@@ -203,6 +203,38 @@ class KillTrial:
         )
 
 
+@contextlib.contextmanager
+def _running(
+    site: Site, args: tuple[str, ...], stderr: int = subprocess.DEVNULL
+) -> Iterator[subprocess.Popen[str]]:
+    """`rcs-sync ARGS` running (its stdout dropped), killed on the way out if still alive."""
+    proc = subprocess.Popen(
+        site.command(*args), env=site.env(), stdout=subprocess.DEVNULL, stderr=stderr, text=True
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _signal_when(
+    proc: subprocess.Popen[str],
+    ready: Callable[[], bool],
+    what: str,
+    sig: signal.Signals,
+    timeout: float,
+    delay: float = 0,
+) -> int:
+    """Once `ready()` (or the process has ended), wait `delay` s and send `sig`; the exit
+    code (negative: the signal's number, when it killed the process)."""
+    wait_until(lambda: ready() or proc.poll() is not None, timeout, what)
+    pause(delay)
+    proc.send_signal(sig)
+    return proc.wait(timeout=timeout)
+
+
 def signal_pass(
     site: Site,
     args: tuple[str, ...],
@@ -212,25 +244,17 @@ def signal_pass(
     timeout: float = 60,
 ) -> int:
     """Start `rcs-sync ARGS`; once the simulator has logged `after_requests` more
-    requests, wait `delay` s and send `sig`. Returns the pass's exit code (negative: the
-    signal's number, when it killed the process)."""
+    requests, wait `delay` s and send `sig`. Returns the pass's exit code."""
     base = len(site.sim.sim.requests)
-    proc = subprocess.Popen(
-        site.command(*args), env=site.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        wait_until(
-            lambda: len(site.sim.sim.requests) - base >= after_requests or proc.poll() is not None,
-            timeout,
+    with _running(site, args) as proc:
+        return _signal_when(
+            proc,
+            lambda: len(site.sim.sim.requests) - base >= after_requests,
             f"{after_requests} requests",
+            sig,
+            timeout,
+            delay,
         )
-        pause(delay)
-        proc.send_signal(sig)
-        return proc.wait(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def kill_after_commits(site: Site, args: tuple[str, ...], commits: int, timeout: float = 60) -> int:
@@ -239,13 +263,6 @@ def kill_after_commits(site: Site, args: tuple[str, ...], commits: int, timeout:
     A `window_loaded` line is written after its window's commit, so the kill comes that
     far in on a quiet machine or a loaded one alike; a count of requests does not (up to
     2 x concurrency windows are downloaded ahead of the writer). Returns the exit code."""
-    proc = subprocess.Popen(
-        site.command(*args),
-        env=site.env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
     loaded = [0]
 
     def count(lines: Iterator[str]) -> None:
@@ -253,22 +270,19 @@ def kill_after_commits(site: Site, args: tuple[str, ...], commits: int, timeout:
             if '"window_loaded"' in line:
                 loaded[0] += 1
 
-    assert proc.stderr is not None
-    reader = threading.Thread(target=count, args=(proc.stderr,), daemon=True)
-    reader.start()
-    try:
-        wait_until(
-            lambda: loaded[0] >= commits or proc.poll() is not None,
-            timeout,
+    with _running(site, args, stderr=subprocess.PIPE) as proc:
+        assert proc.stderr is not None
+        reader = threading.Thread(target=count, args=(proc.stderr,), daemon=True)
+        reader.start()
+        code = _signal_when(
+            proc,
+            lambda: loaded[0] >= commits,
             f"{commits} committed windows",
+            signal.SIGKILL,
+            timeout,
         )
-        proc.send_signal(signal.SIGKILL)
-        return proc.wait(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        reader.join(timeout)
+    reader.join(timeout)
+    return code
 
 
 COMMITTED_MARGIN = timedelta(hours=6)

@@ -89,9 +89,8 @@ def test_backfill_killed_mid_way_resumes_and_loses_nothing(site: SiteFactory) ->
     end = format_instant(s.sim.sim.now() + timedelta(hours=1))
     code = kill_after_commits(s, ("backfill", "--start", start, "--end", end), commits=10)
     assert code == -signal.SIGKILL
-    [(done,)] = s.query("SELECT count(*) FROM sync_windows")
-    assert 10 <= done < 42  # killed after its 10th commit, before its last
     committed = s.query("SELECT window_start, window_end FROM sync_windows")
+    assert 10 <= len(committed) < 42  # killed after its 10th commit, before its last
     before = len(s.sim.sim.requests)
     rerun = s.ok("backfill", "--start", start, "--end", end)
     assert "backfill" in summary(rerun)
