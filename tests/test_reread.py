@@ -19,9 +19,10 @@ from rcs_sync.model.reread import (
     default_tiers,
     due_cells,
     every_at,
+    last_fetch,
     plan_reread,
 )
-from rcs_sync.model.windows import Fetch, Window, checkpoint_after_full_pass
+from rcs_sync.model.windows import Fetch, Window, checkpoint_after_full_pass, freshness, gaps
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -121,6 +122,25 @@ def test_a_change_is_seen_within_its_tiers_every_plus_one_interval(
             now for now, due in log if now >= t and any(w.start <= stamp < w.end for w in due)
         )
         assert seen <= t + every + interval, (seen - t, every, interval)
+
+
+@given(st.lists(st.tuples(st.integers(0, 12), st.integers(1, 6), st.integers(0, 5)), max_size=8))
+def test_a_cells_last_fetch_is_the_oldest_of_the_latest_fetches_over_its_parts(
+    spans: list[tuple[int, int, int]],
+) -> None:
+    """The planner's sweep against the definition, written with `gaps` and `freshness`."""
+    cell = Window(T0 + 4 * MINUTE, T0 + 10 * MINUTE)
+    fetches = [
+        Fetch(Window(T0 + a * MINUTE, T0 + (a + n) * MINUTE), T0 + DAY + t * HOUR)
+        for a, n, t in spans
+    ]
+    reaching = [f for f in fetches if f.window.start < cell.end and f.window.end > cell.start]
+    expected = (
+        None
+        if gaps(cell, [f.window for f in reaching])
+        else min(seg.fetched_at for seg in freshness(cell, reaching))
+    )
+    assert last_fetch(cell, reaching) == expected
 
 
 def test_the_checkpoint_trails_by_about_the_last_tiers_every() -> None:

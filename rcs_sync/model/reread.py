@@ -50,13 +50,14 @@ tier's `every`; the bound above is the sharper statement for recent records.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from rcs_sync.model.windows import GRID_ANCHOR, Fetch, Window, cut, freshness, gaps
+from rcs_sync.model.windows import GRID_ANCHOR, Fetch, Window, cut
 
 
 @dataclass(frozen=True)
@@ -118,8 +119,10 @@ def every_at(tiers: Sequence[Tier], age: timedelta) -> timedelta | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)
 def _phase(cell: Window, every: timedelta) -> timedelta:
-    """A fixed offset in `[0, every)` for the cell's re-read grid, spread by its start."""
+    """A fixed offset in `[0, every)` for the cell's re-read grid, spread by its start
+    (cached: every pass asks it again for each cell of the horizon)."""
     digest = hashlib.blake2b(cell.start.isoformat().encode(), digest_size=8).digest()
     micros = every // timedelta(microseconds=1)
     return timedelta(microseconds=int.from_bytes(digest) % micros)
@@ -136,10 +139,22 @@ def next_grid_point(cell: Window, size: timedelta, every: timedelta, after: date
 
 def last_fetch(cell: Window, fetches: Sequence[Fetch]) -> datetime | None:
     """When the whole cell was last read: the oldest of the latest fetches covering its
-    parts; None if some part of it was never read."""
-    if gaps(cell, [f.window for f in fetches]):
-        return None
-    return min(seg.fetched_at for seg in freshness(cell, fetches))
+    parts; None if some part of it was never read.
+
+    The parts are the pieces between the fetches' bounds inside the cell: each fetch
+    covers a piece whole or not at all, so its start tells which fetches cover it."""
+    bounds = {cell.start}
+    for f in fetches:
+        bounds.update(b for b in (f.window.start, f.window.end) if cell.start < b < cell.end)
+    oldest: datetime | None = None
+    for lo in bounds:
+        covering = [f.fetched_at for f in fetches if f.window.start <= lo < f.window.end]
+        if not covering:
+            return None
+        latest = max(covering)
+        if oldest is None or latest < oldest:
+            oldest = latest
+    return oldest
 
 
 def horizon_span(now: datetime, end: datetime, update_horizon: timedelta) -> Window:
@@ -180,14 +195,19 @@ def due_cells(
             known = latest.get(f.window)
             if known is None or f.fetched_at > known.fetched_at:
                 latest[f.window] = f
-    # Ledger rows sorted by start: each cell looks only at the rows that reach into it.
+    # One sweep over the ledger rows sorted by start, keeping those that reach into the
+    # cell at hand: each cell looks only at its own rows (a pass plans in linear time).
     rows = sorted(latest.values(), key=lambda f: f.window.start)
     must: list[Window] = []
     overdue: list[tuple[datetime, Window]] = []
+    reaching: list[Fetch] = []
+    following = 0
     for window in cut(span, cell):
-        fetched = last_fetch(
-            window, [f for f in rows if f.window.start < window.end and f.window.end > window.start]
-        )
+        while following < len(rows) and rows[following].window.start < window.end:
+            reaching.append(rows[following])
+            following += 1
+        reaching = [f for f in reaching if f.window.end > window.start]
+        fetched = last_fetch(window, reaching)
         every = None if fetched is None else every_at(tiers, max(fetched - window.end, ZERO))
         if fetched is None or every == ZERO:
             must.append(window)
