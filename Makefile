@@ -4,6 +4,11 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# uv fills each virtualenv in seconds where pip takes ~45 s, and `make test` fills three
+# (README, "Development"); pip puts it in the main virtualenv first. --native-tls: the
+# system's certificates, as pip uses them (a proxy's CA included).
+UV     := $(BIN)/uv
+UV_PIP := $(UV) pip install --quiet --native-tls
 # The newest DuckDB 1.x CLI, in a venv of its own (its `duckdb` binary must not meet the
 # Python duckdb 2.x module): tests/test_duckdb_cli.py reads our files with it.
 CLI    := .venv-cli/bin/duckdb
@@ -15,24 +20,25 @@ LAKE_STAMP := $(LAKE)/.installed-stamp
 
 .PHONY: install lint test test-lake demo bench bench-peer soak clean .venv-cli
 
-$(STAMP): pyproject.toml
+$(UV):
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,charts]'
+	$(BIN)/python -m pip install --quiet 'uv>=0.9'
+
+$(STAMP): pyproject.toml | $(UV)
+	$(UV_PIP) --python $(BIN)/python -e '.[dev,charts]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
-$(LAKE_STAMP): pyproject.toml
-	test -x $(LAKE)/bin/python || $(PYTHON) -m venv $(LAKE)
-	$(LAKE)/bin/python -m pip install --quiet --upgrade pip
-	$(LAKE)/bin/python -m pip install --quiet -e '.[dev,charts,lake]'
+$(LAKE_STAMP): pyproject.toml | $(UV)
+	test -x $(LAKE)/bin/python || $(UV) venv --quiet --python $(PYTHON) $(LAKE)
+	$(UV_PIP) --python $(LAKE)/bin/python -e '.[dev,charts,lake]'
 	touch $(LAKE_STAMP)
 
-$(CLI):
-	test -x .venv-cli/bin/python || $(PYTHON) -m venv .venv-cli
-	.venv-cli/bin/python -m pip install --quiet 'duckdb-cli>=1.5,<2'
+$(CLI): | $(UV)
+	test -x .venv-cli/bin/python || $(UV) venv --quiet --python $(PYTHON) .venv-cli
+	$(UV_PIP) --python .venv-cli/bin/python 'duckdb-cli>=1.5,<2'
 	test -x $(CLI)
 
 .venv-cli: $(CLI)
@@ -70,9 +76,9 @@ bench: $(STAMP) $(LAKE_STAMP)
 
 # The peer (dlt) lives in a virtualenv of its own, so its dependencies never mix with ours.
 PEER := .venv-peer
-$(PEER)/.installed-stamp:
-	test -x $(PEER)/bin/python || $(PYTHON) -m venv $(PEER)
-	$(PEER)/bin/python -m pip install --quiet 'dlt[duckdb]' requests
+$(PEER)/.installed-stamp: | $(UV)
+	test -x $(PEER)/bin/python || $(UV) venv --quiet --python $(PYTHON) $(PEER)
+	$(UV_PIP) --python $(PEER)/bin/python 'dlt[duckdb]' requests
 	touch $@
 
 bench-peer: $(STAMP) $(PEER)/.installed-stamp
