@@ -59,7 +59,9 @@ def test_two_syncs_at_once_read_each_window_once(site: SiteFactory) -> None:
 
 @pytest.mark.any_kind
 def test_no_wait_exits_5_at_once_with_one_line(site: SiteFactory) -> None:
-    s = site(records=2_000, days=6, latency=1.0)  # ~7 s: outlasts the refused commands
+    # 31 windows at 1 s each, one at a time: the first sync holds the warehouse until the
+    # refused commands are done however slowly they start; then the latency goes.
+    s = site(records=2_000, days=30, latency=1.0, api={"concurrency": 1})
     first = subprocess.Popen(
         s.command("sync"), env=s.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -80,7 +82,9 @@ def test_no_wait_exits_5_at_once_with_one_line(site: SiteFactory) -> None:
             )
         # Readers never wait for the writer lock.
         assert s.run("status").returncode != 5
+        assert first.poll() is None, "the first sync ended before the refusals were checked"
     finally:
+        s.sim.sim.update_config(latency=0.0)
         first.communicate(timeout=120)
     assert first.returncode == 0
     # A refused command is no failed pass: status stays clean.
