@@ -174,9 +174,8 @@ def gapped_passes(
         if gap[0] <= n < gap[1]:
             continue
         now = T0 + n * interval
-        fetches = list(latest.values())
-        due = due_cells(now, now, HORIZON, tiers=tiers, fetches=fetches)
-        read = plan_reread(now, now, HORIZON, tiers=tiers, fetches=fetches)
+        due = due_cells(now, now, HORIZON, tiers=tiers, fetches=list(latest.values()))
+        read = due.read(BUDGET)
         latest.update((w, Fetch(w, now)) for w in read)
         log.append(Pass(now, read, len(due.must), due.overdue))
     return log

@@ -177,6 +177,12 @@ class Due:
     """Never (entirely) read, or in an every-0 tier."""
     overdue: list[Window]
 
+    def read(self, budget: int | None) -> list[Window]:
+        """What a pass reads, oldest first: the must-reads and at most `budget` of the
+        others (None: all), those that came due first."""
+        taken = self.overdue if budget is None else self.overdue[:budget]
+        return sorted([*self.must, *taken], key=lambda w: w.start)
+
 
 def due_cells(
     now: datetime,
@@ -235,7 +241,4 @@ def plan_reread(
     `end` is where full reads stop (`now + clock_skew`); the cell in progress is cut there.
     """
     due = due_cells(now, end, update_horizon, tiers=tiers, fetches=fetches, cell=cell)
-    taken = due.overdue
-    if budget is not None:
-        taken = taken[: budget_cells(update_horizon, cell, budget)]
-    return sorted([*due.must, *taken], key=lambda w: w.start)
+    return due.read(None if budget is None else budget_cells(update_horizon, cell, budget))
