@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -79,6 +80,23 @@ def test_with_hash_no_raw_number_is_anywhere_in_the_database_file(
     assert s.query("SELECT count(*) FROM rcs_quarantine") != [(0,)]
     files = [p for p in s.dir.iterdir() if p.is_file() and p.name.startswith("rcs.")]
     content = b"".join(p.read_bytes() for p in files)
-    digits = {n.encode() for n in numbers} | {n.lstrip("+").encode() for n in numbers}
-    leaked = [n for n in digits if n in content]
+    leaked = raw_numbers_in(content, {n.lstrip("+").encode() for n in numbers})
     assert not leaked, f"{len(leaked)} raw numbers in the database file, e.g. {leaked[:3]}"
+
+
+def raw_numbers_in(content: bytes, numbers: set[bytes]) -> list[bytes]:
+    """The numbers (digits only: a `+`-prefixed copy holds them too) found in `content`:
+    each is inside a run of digits, so only those runs are searched, at every offset,
+    not the whole content once per number (6,000 numbers in a 6 MB file: 11 s)."""
+    lengths = {len(n) for n in numbers}
+    found: set[bytes] = set()
+    for run in re.findall(rb"[0-9]{%d,}" % min(lengths), content):
+        for size in lengths:
+            found.update(run[i : i + size] for i in range(len(run) - size + 1))
+    return sorted(found & numbers)
+
+
+def test_raw_numbers_are_found_wherever_their_digits_lie() -> None:
+    numbers = {b"15550001111", b"15550002222", b"15550003333"}
+    content = b"\x00+15550001111\x0193155500022229\xff1555000333"
+    assert raw_numbers_in(content, numbers) == [b"15550001111", b"15550002222"]
