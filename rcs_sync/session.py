@@ -7,13 +7,11 @@ same machinery with the same settings.
 from __future__ import annotations
 
 import os
-import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import FrameType
 
 from rcs_sync.config import Settings, read_number_key, read_token
 from rcs_sync.engine.sync import Listener, Options, Scope, Syncer
@@ -22,6 +20,7 @@ from rcs_sync.model.streams import Stream, named
 from rcs_sync.model.throttle import Throttle
 from rcs_sync.model.windows import SyncPolicy
 from rcs_sync.source.client import ApiClient, RetryPolicy
+from rcs_sync.stop_signals import StopSignals
 from rcs_sync.warehouse.bookkeeping import failed_run
 from rcs_sync.warehouse.duckdb_file import Warehouse
 from rcs_sync.warehouse.lake import Lake
@@ -37,6 +36,7 @@ class App:
 
     def __post_init__(self) -> None:
         self.warehouse = self._backend()
+        self._signals: StopSignals | None = None
 
     def _backend(self) -> Warehouse | Lake:
         """The one place `[warehouse] kind` chooses the backend."""
@@ -119,18 +119,12 @@ class App:
         the daemon stops a pass, and how Ctrl-C stops a backfill. Replaces the start-up
         handler of `rcs_sync/__main__.py`. Without `interrupt` (while migrating) a stop
         only sets `stop` for the pass to see: `Warehouse.migrate` reports an interrupted
-        migration as a failure (exit 5), not a stop, and a migration is short.
-
-        The handler runs between two statements of the main thread, which may hold
-        structlog's output lock at that moment: logging from it would deadlock the pass."""
-
-        def handler(_signum: int, _frame: FrameType | None) -> None:
-            self.stop.set()
-            if interrupt:
-                self.warehouse.interrupt()
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, handler)
+        migration as a failure (exit 5), not a stop, and a migration is short. The
+        handler itself only wakes a thread that does this (`stop_signals.py`)."""
+        if self._signals is None:
+            self._signals = StopSignals(self.stop)
+            self._signals.install()
+        self._signals.on_stop = self.warehouse.interrupt if interrupt else None
 
     def token(self) -> str:
         """Read afresh for every request, so a rotated token file is used at once."""

@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from types import FrameType
 
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -44,6 +42,7 @@ from rcs_sync.model.errors import EXIT_STOPPED, WarehouseUnavailable
 from rcs_sync.model.events import PassFailed, ScopeFinished
 from rcs_sync.model.reread import checkpoint_lag_bound, stream_tiers
 from rcs_sync.model.streams import named
+from rcs_sync.stop_signals import StopSignals
 from rcs_sync.writer_lock import WriterLock
 
 log = structlog.get_logger(__name__)
@@ -121,7 +120,6 @@ class Service:
         self.metrics: Metrics | None = None
         self._lock: WriterLock | None = None
         self._process: PassProcess | None = None
-        self._stop_signal: str | None = None
         self._progress_at = time.monotonic()
         self._idle = threading.Event()
         self._idle.set()
@@ -132,9 +130,8 @@ class Service:
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; 0 once stopped cleanly."""
-        previous = {
-            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
-        }
+        signals = StopSignals(self.stop)
+        signals.install()
         try:
             # One daemon per warehouse: a second one waits here for the first to exit
             # (it would also find the metrics port taken).
@@ -159,12 +156,11 @@ class Service:
                 self._supervise()
             finally:
                 self.notifier.stopping("stopping")
-                log.info("daemon_stopping", signal=self._stop_signal)
+                log.info("daemon_stopping", signal=signals.received)
                 scheduler.shutdown(wait=False)
                 self._stop_pass()
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            signals.restore()
             if self.metrics is not None:
                 self.metrics.close()
             if self._lock is not None:
@@ -181,12 +177,6 @@ class Service:
         code = process.wait()
         if code != 0:
             raise WarehouseUnavailable(f"could not open or migrate the warehouse (exit {code})")
-
-    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        """Only flags the stop: logging here could deadlock on the logger's lock, held by
-        the code the signal interrupted. `daemon_stopping` names the signal."""
-        self._stop_signal = signal.Signals(signum).name
-        self.stop.set()
 
     def _stop_pass(self) -> None:
         """Ask a running pass to stop; kill it if it has not within the grace period."""
