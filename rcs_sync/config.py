@@ -176,6 +176,9 @@ class Settings:
     source: Path | None = None
     reread: Mapping[str, tuple[Tier, ...]] = field(default_factory=dict)
     """`[streams.NAME] reread`: the re-read tiers of streams without `modified_since`."""
+    reread_budget: Mapping[str, float] = field(default_factory=dict)
+    """`[streams.NAME] reread_budget`: the share of the horizon's cells their passes
+    re-read beyond the must-reads (`model/reread.py`, default `DEFAULT_BUDGET`)."""
 
 
 _SCHEMA = {
@@ -211,6 +214,7 @@ def load_settings(path: Path) -> Settings:
     tables = _split_sections(document, source.parent)
     api = _api(tables["api"])  # checked in this order: the first problem is the one named
     sync = _sync(tables["sync"])
+    reread, budgets = _stream_sections(document.get("streams", {}), sync)
     return Settings(
         api=api,
         sync=sync,
@@ -218,17 +222,20 @@ def load_settings(path: Path) -> Settings:
         metrics=_metrics(tables["metrics"]),
         maintenance=_maintenance(tables["maintenance"]),
         source=source,
-        reread=_reread(document.get("streams", {}), sync),
+        reread=reread,
+        reread_budget=budgets,
     )
 
 
-def _reread(value: object, sync: SyncSettings) -> dict[str, tuple[Tier, ...]]:
-    """`[streams.NAME] reread = [{ age = "1h", every = "0s" }, …]`, per stream without
-    `modified_since` (`model/reread.py`): checked against the update horizon, which
-    `age = "horizon"` names."""
+def _stream_sections(
+    value: object, sync: SyncSettings
+) -> tuple[dict[str, tuple[Tier, ...]], dict[str, float]]:
+    """`[streams.NAME]` of streams without `modified_since` (`model/reread.py`): their
+    `reread` tiers and `reread_budget`."""
     if not isinstance(value, dict):
         raise ConfigError("[streams]", f"expected a table of streams, got {_show(value)}")
-    result: dict[str, tuple[Tier, ...]] = {}
+    tiers: dict[str, tuple[Tier, ...]] = {}
+    budgets: dict[str, float] = {}
     for name, section in value.items():
         key = f"[streams.{name}]"
         if not any(s.name == name for s in registered()):
@@ -236,34 +243,51 @@ def _reread(value: object, sync: SyncSettings) -> dict[str, tuple[Tier, ...]]:
         stream = next(s for s in registered() if s.name == name)
         if not isinstance(section, dict):
             raise ConfigError(key, f"expected a table, got {_show(section)}")
-        unknown = sorted(set(section) - {"reread"})
+        unknown = sorted(set(section) - {"reread", "reread_budget"})
         if unknown:
-            raise ConfigError(f"{key} {unknown[0]}", "unknown key; known: reread")
-        if "reread" not in section:
-            continue
-        if stream.modified_since or not stream.windowed:
-            raise ConfigError(
-                f"{key} reread", "only streams read in windows without modified_since re-read"
-            )
-        tiers = section["reread"]
-        shape = "a list of tiers like [{ age = '1h', every = '0s' }, …]"
-        if not isinstance(tiers, list) or not all(isinstance(t, dict) for t in tiers):
-            raise ConfigError(f"{key} reread", f"expected {shape}, got {_show(tiers)}")
-        parsed = []
-        for tier in tiers:
-            if set(tier) != {"age", "every"}:
-                raise ConfigError(f"{key} reread", f"each tier has exactly age and every: {shape}")
-            try:
-                age = tier["age"]
-                until = sync.update_horizon if age == "horizon" else parse_duration(age)
-                parsed.append(Tier(until, parse_duration(tier["every"])))
-            except (ValueError, TypeError) as exc:
-                raise ConfigError(f"{key} reread", str(exc)) from None
-        problem = check_tiers(parsed, sync.update_horizon)
-        if problem:
-            raise ConfigError(f"{key} reread", problem)
-        result[name] = tuple(parsed)
-    return result
+            raise ConfigError(f"{key} {unknown[0]}", "unknown key; known: reread, reread_budget")
+        for option in sorted(set(section) & {"reread", "reread_budget"}):
+            if stream.modified_since or not stream.windowed:
+                raise ConfigError(
+                    f"{key} {option}",
+                    "only streams read in windows without modified_since re-read",
+                )
+        if "reread" in section:
+            tiers[name] = _tiers(f"{key} reread", section["reread"], sync)
+        if "reread_budget" in section:
+            budgets[name] = _budget(f"{key} reread_budget", section["reread_budget"])
+    return tiers, budgets
+
+
+def _budget(key: str, value: object) -> float:
+    """A share of the horizon's cells: above 0, at most 1 (1: every cell due)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise ConfigError(
+            key, f"expected a share of the horizon's cells in (0, 1], e.g. 0.1, got {_show(value)}"
+        )
+    return float(value)
+
+
+def _tiers(key: str, tiers: object, sync: SyncSettings) -> tuple[Tier, ...]:
+    """`reread = [{ age = "1h", every = "0s" }, …]`: checked against the update horizon,
+    which `age = "horizon"` names."""
+    shape = "a list of tiers like [{ age = '1h', every = '0s' }, …]"
+    if not isinstance(tiers, list) or not all(isinstance(t, dict) for t in tiers):
+        raise ConfigError(key, f"expected {shape}, got {_show(tiers)}")
+    parsed = []
+    for tier in tiers:
+        if set(tier) != {"age", "every"}:
+            raise ConfigError(key, f"each tier has exactly age and every: {shape}")
+        try:
+            age = tier["age"]
+            until = sync.update_horizon if age == "horizon" else parse_duration(age)
+            parsed.append(Tier(until, parse_duration(tier["every"])))
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(key, str(exc)) from None
+    problem = check_tiers(parsed, sync.update_horizon)
+    if problem:
+        raise ConfigError(key, problem)
+    return tuple(parsed)
 
 
 def read_token(api: ApiSettings, env: Mapping[str, str]) -> str:

@@ -168,6 +168,7 @@ class App:
             concurrency=self.settings.api.concurrency,
             target_records=s.target_records_per_request,
             reread=dict(self.settings.reread),
+            reread_budget=dict(self.settings.reread_budget),
         )
 
     def privacy(self) -> Privacy:

@@ -61,13 +61,20 @@ def requests_to(s: Site, path: str, since: int = 0) -> list[Any]:
     return [r for r in s.sim.sim.requests[since:] if r.path == path]
 
 
-def drain(s: Site) -> None:
+def drain(s: Site, budget: float = DEFAULT_BUDGET) -> None:
     """The passes that read a horizon all due (`age_ledger`): at most `budget_cells` of
-    its cells a pass beyond the must-reads, so ceil(N / B) passes for its N cells."""
+    its cells a pass beyond the must-reads, so ceil(N / B) passes for its N cells (one
+    with `[streams.text_records] reread_budget = 1`, `whole_horizon`)."""
     horizon = timedelta(days=int(s.sim.sim.config.days) + 2)  # Site's update_horizon
     cells = horizon // DEFAULT_CELL + 1  # and the cell in progress
-    for _ in range(-(-cells // budget_cells(horizon, DEFAULT_CELL, DEFAULT_BUDGET))):
+    for _ in range(-(-cells // budget_cells(horizon, DEFAULT_CELL, budget))):
         s.ok("sync")
+
+
+def whole_horizon(s: Site) -> float:
+    """Let a pass re-read every due cell of the SMS horizon: one pass drains it."""
+    s.write_config(**{"streams.text_records": {"reread_budget": 1.0}})
+    return 1.0
 
 
 def age_ledger(s: Site, stream: str, hours: float) -> None:
@@ -244,12 +251,13 @@ def test_a_killed_sms_reread_resumes_to_exactly_the_providers_records(
     sim.advance(60)
     sim.endpoint_mutate(SMS, 100)
 
+    budget = whole_horizon(s)
     code = signal_pass(s, ("sync",), after_requests=8, delay=0.05)
 
     assert code == -signal.SIGKILL
     rerun = s.ok("sync")
     assert rerun.stdout.startswith("all: incremental"), rerun.stdout
-    drain(s)
+    drain(s, budget)
     assert stored(s, "text_records") == sim.endpoint_truth(SMS)
     once = "SELECT count(*) = count(DISTINCT id) FROM text_records"
     assert s.query(once) == [(True,)]
@@ -275,7 +283,7 @@ def test_sms_under_faults_and_every_bounds_semantics_converges(site: SiteFactory
     sim.advance(120)
     sim.endpoint_mutate(SMS, 150)
     age_ledger(s, "text_records", 24.1)
-    drain(s)
+    drain(s, whole_horizon(s))
     assert stored(s, "text_records") == sim.endpoint_truth(SMS)
     assert s.query("SELECT count(*) FROM text_quarantine") == [(0,)]
     assert any(r.fault for r in sim.requests), "no fault was injected"

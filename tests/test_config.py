@@ -645,6 +645,19 @@ def test_reread_tiers_per_stream(tmp_path: Path) -> None:
     assert "unknown key" in str(config_error(tmp_path, base + typo))
 
 
+def test_reread_budget_per_stream(tmp_path: Path) -> None:
+    base = '[api]\nbase_url = "https://api.example.com"\n'
+    path = tmp_path / "rcs-sync.toml"
+    path.write_text(base + "[streams.call_records]\nreread_budget = 0.25\n", encoding="utf-8")
+    assert load_settings(path).reread_budget == {"call_records": 0.25}
+    for bad in ("0", "1.5", "-0.1", "true", '"10%"'):
+        error = config_error(tmp_path, base + f"[streams.text_records]\nreread_budget = {bad}\n")
+        assert error.key == "[streams.text_records] reread_budget", error
+        assert "a share of the horizon's cells in (0, 1]" in str(error)
+    rcs = "[streams.rcs_records]\nreread_budget = 0.5\n"
+    assert "without modified_since" in str(config_error(tmp_path, base + rcs))
+
+
 # --- a lake (kind = "ducklake") --------------------------------------------------------
 
 LAKE = MINIMAL + '[warehouse]\nkind = "ducklake"\n'

@@ -31,7 +31,14 @@ from rcs_sync.model.errors import (
     SuspectedTruncation,
 )
 from rcs_sync.model.events import Outcome, Planned, Progress, Summary, WindowLoaded
-from rcs_sync.model.reread import DEFAULT_CELL, Tier, horizon_span, plan_reread, stream_tiers
+from rcs_sync.model.reread import (
+    DEFAULT_BUDGET,
+    DEFAULT_CELL,
+    Tier,
+    horizon_span,
+    plan_reread,
+    stream_tiers,
+)
 from rcs_sync.model.responses import Deadline, Response
 from rcs_sync.model.streams import Stream
 from rcs_sync.model.windows import (
@@ -83,9 +90,15 @@ class Options:
     `default_tiers` of the update horizon)."""
     reread_cell: timedelta = DEFAULT_CELL
     """The grid cell those streams' horizons are re-read in."""
+    reread_budget: dict[str, float] = field(default_factory=dict)
+    """The share of the horizon's cells a pass re-reads beyond its must-reads, by stream
+    name (default `DEFAULT_BUDGET`)."""
 
     def tiers(self, stream: Stream) -> tuple[Tier, ...]:
         return stream_tiers(self.reread, stream.name, self.policy.update_horizon)
+
+    def budget(self, stream: Stream) -> float:
+        return self.reread_budget.get(stream.name, DEFAULT_BUDGET)
 
 
 @dataclass
@@ -337,6 +350,7 @@ class Syncer:
             tiers=self.options.tiers(self.stream),
             fetches=fetches,
             cell=self.options.reread_cell,
+            budget=self.options.budget(self.stream),
         )
         self._listen(Planned(event="planned", scope=scope.key, windows=len(todo)))
         coverage = Coverage(
