@@ -72,7 +72,8 @@ def drain(s: Site, budget: float = DEFAULT_BUDGET) -> None:
 
 
 def whole_horizon(s: Site) -> float:
-    """Let a pass re-read every due cell of the SMS horizon: one pass drains it."""
+    """Let a pass re-read every due cell of the SMS horizon (one pass then drains it);
+    the budget set, for `drain`."""
     s.write_config(**{"streams.text_records": {"reread_budget": 1.0}})
     return 1.0
 

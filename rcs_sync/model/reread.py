@@ -141,8 +141,8 @@ def last_fetch(cell: Window, fetches: Sequence[Fetch]) -> datetime | None:
     """When the whole cell was last read: the oldest of the latest fetches covering its
     parts; None if some part of it was never read.
 
-    The parts are the pieces between the fetches' bounds inside the cell: each fetch
-    covers a piece whole or not at all, so its start tells which fetches cover it."""
+    The parts are the pieces between the fetches' bounds inside the cell: a fetch covers
+    a piece whole or not at all, so the fetches holding a piece's start are its own."""
     bounds = {cell.start}
     for f in fetches:
         bounds.update(b for b in (f.window.start, f.window.end) if cell.start < b < cell.end)
