@@ -44,28 +44,31 @@ def load_all(directory: Path, bodies: list[bytes], part_bytes: int | None) -> Sn
     part) or, with `part_bytes` None, whole; what the warehouse then holds."""
     directory.mkdir()
     wh = Warehouse(directory / "rcs.duckdb", lock_timeout=5)
-    wh.migrate()
-    results = []
-    for index, body in enumerate(bodies):
-        if part_bytes is None:
-            path = directory / f"body-{index}.json"
-            path.write_bytes(body)
-            spool = Spool.of(path)
-        else:
-            spool = cut(directory / f"spool-{index}", body, part_bytes)
-        run_id = wh.start_run(RCS_RECORDS, "all", "test", "backfill")
-        commit = Commit(RCS_RECORDS, "all", run_id, T0, window=None)
-        results.append(wh.commit_batch(spool, commit, include_optional=True, server_limit=None))
-    return (
-        results,
-        wh.query(
-            "SELECT id, campaign, number, reference, portal, state, timestamp, "
-            "content_message, extra FROM rcs_records ORDER BY id"
-        ),
-        wh.query(f"SELECT record_id, reason, raw FROM {RCS_RECORDS.quarantine_table} ORDER BY ALL"),
-        wh.query("SELECT * FROM rcs_state_changes ORDER BY ALL"),
-        wh.query("SELECT received, inserted, updated, quarantined FROM sync_runs ORDER BY ALL"),
-    )
+    with wh.held():  # one connection for it all, as a pass holds one
+        wh.migrate()
+        results = []
+        for index, body in enumerate(bodies):
+            if part_bytes is None:
+                path = directory / f"body-{index}.json"
+                path.write_bytes(body)
+                spool = Spool.of(path)
+            else:
+                spool = cut(directory / f"spool-{index}", body, part_bytes)
+            run_id = wh.start_run(RCS_RECORDS, "all", "test", "backfill")
+            commit = Commit(RCS_RECORDS, "all", run_id, T0, window=None)
+            results.append(wh.commit_batch(spool, commit, include_optional=True, server_limit=None))
+        return (
+            results,
+            wh.query(
+                "SELECT id, campaign, number, reference, portal, state, timestamp, "
+                "content_message, extra FROM rcs_records ORDER BY id"
+            ),
+            wh.query(
+                f"SELECT record_id, reason, raw FROM {RCS_RECORDS.quarantine_table} ORDER BY ALL"
+            ),
+            wh.query("SELECT * FROM rcs_state_changes ORDER BY ALL"),
+            wh.query("SELECT received, inserted, updated, quarantined FROM sync_runs ORDER BY ALL"),
+        )
 
 
 def same_as_whole(tmp_path: Path, bodies: list[bytes], part_bytes: int) -> Snapshot:
