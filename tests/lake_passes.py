@@ -1,5 +1,5 @@
 """Many small passes into a real lake with maintenance between them: the lake's files
-stay bounded. `tests/test_maintenance.py` runs 300 of them, `bench/lake_bench.py` 1,000
+stay bounded. `tests/test_maintenance.py` runs 150 of them, `bench/lake_bench.py` 1,000
 (the issue's figure; a DuckLake commit on a PostgreSQL catalog costs ~0.12-0.18 s here,
 too slow for 1,000 in `make test`)."""
 
