@@ -8,8 +8,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
+
+from rcs_sync.warehouse.duckdb_file import Warehouse
 
 # The main thread takes the lock `Event.wait` holds between its checks, and the signal
 # is delivered there: its handler runs before `raise_signal` returns.
@@ -71,3 +74,15 @@ def test_a_handler_setting_the_event_itself_deadlocks_there() -> None:
     """What the watching thread is for: without it, the same moment never ends."""
     with pytest.raises(subprocess.TimeoutExpired):
         run(DIRECT, timeout=3)
+
+
+def test_a_pass_interrupted_from_that_thread_may_find_its_connection_closed(
+    tmp_path: Path,
+) -> None:
+    """The thread interrupts the pass's running statement; the pass may have closed that
+    connection a moment before (a failure discards it before letting go of it)."""
+    wh = Warehouse(tmp_path / "rcs.duckdb")
+    wh.migrate()
+    with wh.connect() as con:
+        con.close()
+        wh.interrupt()

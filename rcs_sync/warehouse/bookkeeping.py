@@ -14,7 +14,7 @@ import secrets
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -101,10 +101,13 @@ class Bookkeeping(ABC):
 
     def interrupt(self) -> None:
         """Abort the statement running on the open connection, if any (for shutdown):
-        its transaction rolls back and the caller sees `Stopped`."""
+        its transaction rolls back and the caller sees `Stopped`. Called from another
+        thread (`stop_signals.py`), it may find the connection closed meanwhile: then no
+        statement is left to abort."""
         con = self._active
         if con is not None:
-            con.interrupt()
+            with suppress(duckdb.ConnectionException):
+                con.interrupt()
 
     @contextmanager
     def held(self) -> Iterator[None]:
