@@ -57,7 +57,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from rcs_sync.model.windows import GRID_ANCHOR, Fetch, Window, cut
+from rcs_sync.model.windows import GRID_ANCHOR, Fetch, Window, cut, newest_over_pieces
 
 
 @dataclass(frozen=True)
@@ -139,21 +139,13 @@ def next_grid_point(cell: Window, size: timedelta, every: timedelta, after: date
 
 def last_fetch(cell: Window, fetches: Sequence[Fetch]) -> datetime | None:
     """When the whole cell was last read: the oldest of the latest fetches covering its
-    parts; None if some part of it was never read.
-
-    The parts are the pieces between the fetches' bounds inside the cell: a fetch covers
-    a piece whole or not at all, so the fetches holding a piece's start are its own."""
-    bounds = {cell.start}
-    for f in fetches:
-        bounds.update(b for b in (f.window.start, f.window.end) if cell.start < b < cell.end)
+    parts; None if some part of it was never read."""
     oldest: datetime | None = None
-    for lo in bounds:
-        covering = [f.fetched_at for f in fetches if f.window.start <= lo < f.window.end]
-        if not covering:
+    for _lo, _hi, newest in newest_over_pieces(cell, fetches):
+        if newest is None:
             return None
-        latest = max(covering)
-        if oldest is None or latest < oldest:
-            oldest = latest
+        if oldest is None or newest < oldest:
+            oldest = newest
     return oldest
 
 

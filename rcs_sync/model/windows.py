@@ -13,7 +13,7 @@ Vocabulary
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
@@ -255,23 +255,33 @@ def plan_pass(checkpoint: datetime | None, now: datetime, policy: SyncPolicy) ->
     )
 
 
-def freshness(span: Window, fetches: Iterable[Fetch]) -> list[Fetch]:
-    """Split `span` into segments, each with the latest fetch time covering it.
-
-    Parts of `span` no fetch covers are left out; callers check coverage with `gaps`.
-    """
+def newest_over_pieces(
+    span: Window, fetches: Iterable[Fetch]
+) -> Iterator[tuple[datetime, datetime, datetime | None]]:
+    """The pieces of `span` between the fetches' bounds, in order, each with the latest
+    fetch time covering it (None: no fetch does). A fetch covers a piece whole or not at
+    all."""
     relevant = [f for f in fetches if f.window.end > span.start and f.window.start < span.end]
     points = sorted(
         {span.start, span.end}
         | {max(span.start, f.window.start) for f in relevant}
         | {min(span.end, f.window.end) for f in relevant}
     )
-    segments: list[Fetch] = []
     for lo, hi in pairwise(points):
         times = [f.fetched_at for f in relevant if f.window.start <= lo and f.window.end >= hi]
-        if times:
-            segments.append(Fetch(Window(lo, hi), max(times)))
-    return segments
+        yield lo, hi, max(times, default=None)
+
+
+def freshness(span: Window, fetches: Iterable[Fetch]) -> list[Fetch]:
+    """Split `span` into segments, each with the latest fetch time covering it.
+
+    Parts of `span` no fetch covers are left out; callers check coverage with `gaps`.
+    """
+    return [
+        Fetch(Window(lo, hi), newest)
+        for lo, hi, newest in newest_over_pieces(span, fetches)
+        if newest is not None
+    ]
 
 
 def checkpoint_after_full_pass(
