@@ -8,6 +8,7 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -33,25 +34,40 @@ def holding(s: Site) -> bool:
     return path.exists() and path.read_text().strip().isdigit()
 
 
-def test_two_syncs_at_once_read_each_window_once(site: SiteFactory) -> None:
-    # ~21 windows at 1 s each, [api] concurrency at a time: the first sync outlasts the
-    # start of the second by seconds.
-    s = site(records=3_000, days=20, latency=1.0)
-    first = subprocess.Popen(
-        s.command("sync"), env=s.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    wait_for(lambda: len(s.sim.sim.requests) >= 1, 30, "the first sync's first request")
-    assert holding(s)
-    second = s.run("sync")
-    out, err = first.communicate(timeout=120)
-    assert first.returncode == 0, err[-2000:]
-    assert second.returncode == 0, second.stderr[-2000:]
+def test_two_syncs_at_once_read_each_window_once(site: SiteFactory, tmp_path: Path) -> None:
+    # 61 windows at 1 s each, [api] concurrency at a time: the first sync holds the
+    # warehouse until the second is seen waiting for it, however slowly that one starts;
+    # then the latency goes.
+    s = site(records=3_000, days=60, latency=1.0)
+    first_err, second_err = tmp_path / "first.stderr", tmp_path / "second.stderr"
+    with first_err.open("w") as err1, second_err.open("w") as err2:
+        first = subprocess.Popen(
+            s.command("sync"), env=s.env(), stdout=subprocess.PIPE, stderr=err1, text=True
+        )
+        try:
+            wait_for(lambda: len(s.sim.sim.requests) >= 1, 30, "the first sync's first request")
+            assert holding(s)
+            second = subprocess.Popen(
+                s.command("sync"), env=s.env(), stdout=subprocess.PIPE, stderr=err2, text=True
+            )
+            wait_for(
+                lambda: "writer_lock_wait" in second_err.read_text() or second.poll() is not None,
+                60,
+                "the second sync to wait for the first",
+            )
+            assert first.poll() is None, "the first sync ended before the second waited"
+        finally:
+            s.sim.sim.update_config(latency=0.0)
+            out, _ = first.communicate(timeout=120)
+        second_out, _ = second.communicate(timeout=120)
+    assert first.returncode == 0, first_err.read_text()[-2000:]
+    assert second.returncode == 0, second_err.read_text()[-2000:]
     windows = full_windows(s)
     assert windows and max(windows.values()) == 1, "a window was read twice"
     served = sum(r.records for r in s.sim.sim.requests)
     assert served <= len(s.sim.sim.truth()) * 1.1
-    assert "backfill" in out and "incremental" in second.stdout
-    waits = [e for e in log_lines(second.stderr) if e["event"] == "writer_lock_wait"]
+    assert "backfill" in out and "incremental" in second_out
+    waits = [e for e in log_lines(second_err.read_text()) if e["event"] == "writer_lock_wait"]
     assert len(waits) == 1 and waits[0]["holder_pid"] == first.pid
     assert waits[0]["level"] == "warning"
     s.assert_converged()
