@@ -20,6 +20,7 @@ from rcs_sync.model.reread import (
     due_cells,
     every_at,
     last_fetch,
+    latest_reads,
     plan_reread,
 )
 from rcs_sync.model.windows import Fetch, Window, checkpoint_after_full_pass, freshness, gaps
@@ -53,6 +54,25 @@ def cached_passes(
     tiers: tuple[Tier, ...], passes: int, interval: timedelta
 ) -> tuple[list[Fetch], list[tuple[datetime, list[Window]]]]:
     return run_passes(tiers, T0, passes, interval)
+
+
+def test_latest_reads_keeps_the_newest_read_of_each_window_reaching_into_the_span() -> None:
+    span = Window(T0, T0 + DAY)
+    inside, across = Window(T0, T0 + HOUR), Window(T0 - HOUR, T0 + HOUR)
+    before, after = Window(T0 - HOUR, T0), Window(T0 + DAY, T0 + DAY + HOUR)
+    fetches = [
+        Fetch(inside, T0 + 2 * HOUR),
+        Fetch(inside, T0 + 5 * HOUR),
+        Fetch(inside, T0 + 3 * HOUR),
+        Fetch(across, T0 + HOUR),
+        Fetch(before, T0 + 9 * HOUR),  # ends where the span starts: half-open, not in it
+        Fetch(after, T0 + 9 * HOUR),
+    ]
+    assert sorted(latest_reads(fetches, span), key=lambda f: f.window.start) == [
+        Fetch(across, T0 + HOUR),
+        Fetch(inside, T0 + 5 * HOUR),
+    ]
+    assert latest_reads([], span) == []
 
 
 def test_default_tiers_and_their_checks() -> None:

@@ -36,6 +36,7 @@ from rcs_sync.model.reread import (
     DEFAULT_CELL,
     Tier,
     horizon_span,
+    latest_reads,
     plan_reread,
     stream_tiers,
 )
@@ -335,13 +336,7 @@ class Syncer:
         fetch among its cells: every change made before it is in."""
         # The ledger grows by the cells each pass reads: only the latest read of each
         # window reaching into the horizon matters, to the plan and to the checkpoint.
-        latest: dict[Window, Fetch] = {}
-        for f in self.warehouse.fetches(self.stream, scope.key):
-            if f.window.end > plan.span.start and f.window.start < plan.span.end:
-                known = latest.get(f.window)
-                if known is None or f.fetched_at > known.fetched_at:
-                    latest[f.window] = f
-        fetches = list(latest.values())
+        fetches = latest_reads(self.warehouse.fetches(self.stream, scope.key), plan.span)
         horizon = self.options.policy.update_horizon
         todo = plan_reread(
             datetime.now(UTC),

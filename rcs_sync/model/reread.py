@@ -176,6 +176,18 @@ class Due:
         return sorted([*self.must, *taken], key=lambda w: w.start)
 
 
+def latest_reads(fetches: Sequence[Fetch], span: Window) -> list[Fetch]:
+    """The latest read of each window reaching into `span`. The ledger holds a row per
+    read of a cell; only the newest says how fresh the cell is."""
+    latest: dict[Window, Fetch] = {}
+    for f in fetches:
+        if f.window.end > span.start and f.window.start < span.end:
+            known = latest.get(f.window)
+            if known is None or f.fetched_at > known.fetched_at:
+                latest[f.window] = f
+    return list(latest.values())
+
+
 def due_cells(
     now: datetime,
     end: datetime,
@@ -187,15 +199,9 @@ def due_cells(
 ) -> Due:
     """Every cell of the horizon due at `now` (server time), before any budget."""
     span = horizon_span(now, end, update_horizon)
-    latest: dict[Window, Fetch] = {}
-    for f in fetches:
-        if f.window.end > span.start and f.window.start < span.end:
-            known = latest.get(f.window)
-            if known is None or f.fetched_at > known.fetched_at:
-                latest[f.window] = f
     # One sweep over the ledger rows sorted by start, keeping those that reach into the
     # cell at hand: each cell looks only at its own rows (a pass plans in linear time).
-    rows = sorted(latest.values(), key=lambda f: f.window.start)
+    rows = sorted(latest_reads(fetches, span), key=lambda f: f.window.start)
     must: list[Window] = []
     overdue: list[tuple[datetime, Window]] = []
     reaching: list[Fetch] = []
