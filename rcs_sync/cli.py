@@ -51,6 +51,7 @@ from rcs_sync.model.streams import Stream
 from rcs_sync.model.windows import Window
 
 if TYPE_CHECKING:
+    from rcs_sync.backend import Backend
     from rcs_sync.daemon.passes import PassEntry
     from rcs_sync.engine.sync import Listener, PassResult, ScopeOutcome
     from rcs_sync.session import App
@@ -128,6 +129,14 @@ def _app(ctx: click.Context) -> App:
         from rcs_sync.session import App
 
     return App(_settings(ctx))
+
+
+def _backend(ctx: click.Context) -> Backend:
+    """The warehouse alone, for commands that never talk to the API."""
+    with startup.loading():
+        from rcs_sync.backend import Backend
+
+    return Backend(_settings(ctx))
 
 
 def _emitter() -> Emit:
@@ -315,7 +324,7 @@ def maintain(ctx: click.Context, no_wait: bool) -> None:
     only checkpointed. Prints what it did: text on a terminal, else one JSON line."""
     from rcs_sync.warehouse import maintenance
 
-    app = _app(ctx)
+    app = _backend(ctx)
     with app.writer(wait=not no_wait):
         if not app.warehouse.exists():
             raise WarehouseUnavailable(
@@ -414,7 +423,7 @@ def migrate(ctx: click.Context) -> None:
     from rcs_sync.warehouse.duckdb_file import Warehouse
     from rcs_sync.warehouse.snapshot import publish_from
 
-    app = _app(ctx)
+    app = _backend(ctx)
     file = app.warehouse if isinstance(app.warehouse, Warehouse) else None  # a lake: neither
     with app.writer():
         converted = storage.convert(file) if file else None
@@ -440,7 +449,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     refused), so it doubles as a monitoring probe."""
     from rcs_sync.warehouse import status as status_report
 
-    app = _app(ctx)
+    app = _backend(ctx)
     report = status_report.collect(app.warehouse, app.settings.sync.interval)
     click.echo(json.dumps(report, indent=2) if as_json else status_report.render(report))
     if not report["healthy"]:

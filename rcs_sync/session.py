@@ -1,58 +1,34 @@
 """Wiring: settings in, a ready API client, warehouse and syncer out.
 
 The CLI commands and the daemon build their objects here, so both run exactly the
-same machinery with the same settings.
+same machinery with the same settings. The warehouse side alone is `backend.py`.
 """
 
 from __future__ import annotations
 
-import os
-import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from rcs_sync.config import Settings, read_number_key, read_token
+from rcs_sync.backend import Backend
+from rcs_sync.config import read_number_key, read_token
 from rcs_sync.engine.sync import Listener, Options, Scope, Syncer
 from rcs_sync.model.errors import Stopped, WarehouseBusy
-from rcs_sync.model.streams import Stream, named
+from rcs_sync.model.streams import Stream
 from rcs_sync.model.throttle import Throttle
 from rcs_sync.model.windows import SyncPolicy
 from rcs_sync.source.client import ApiClient, RetryPolicy
 from rcs_sync.stop_signals import StopSignals
 from rcs_sync.warehouse.bookkeeping import failed_run
-from rcs_sync.warehouse.duckdb_file import Warehouse
-from rcs_sync.warehouse.lake import Lake
 from rcs_sync.warehouse.privacy import PLAIN, Privacy
-from rcs_sync.writer_lock import WriterLock
 
 
-@dataclass
-class App:
-    settings: Settings
-    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
-    stop: threading.Event = field(default_factory=threading.Event)
+class App(Backend):
+    """The backend, and what a pass adds to it: the token, the API client, the syncer."""
 
     def __post_init__(self) -> None:
-        self.warehouse = self._backend()
+        super().__post_init__()
         self._signals: StopSignals | None = None
-
-    def _backend(self) -> Warehouse | Lake:
-        """The one place `[warehouse] kind` chooses the backend."""
-        wh = self.settings.warehouse
-        if wh.kind == "ducklake":
-            return Lake.from_settings(wh, streams=self.streams(), env=self.env)
-        return Warehouse(
-            wh.path,
-            lock_timeout=wh.lock_timeout.total_seconds(),
-            memory_limit=wh.memory_limit,
-            threads=wh.threads,
-            stop=self.stop,
-            streams=self.streams(),
-            snapshot=wh.snapshot_file,
-            storage_version=wh.storage_version,
-        )
 
     @contextmanager
     def session(
@@ -104,15 +80,6 @@ class App:
                             failed_run(stream.name, key, command, exc, started)
                         )
             raise
-
-    def writer(
-        self, *, wait: bool = True, on_wait: Callable[[int | None, float], None] | None = None
-    ) -> WriterLock:
-        """The one-writer lock of the warehouse (`writer_lock.py`)."""
-        wh = self.settings.warehouse
-        return WriterLock(
-            wh.lock_anchor, wait=wait, stop=self.stop, on_wait=on_wait, label=wh.label
-        )
 
     def _stop_on_signals(self, *, interrupt: bool) -> None:
         """SIGTERM/SIGINT finish or roll back the window in hand, then exit: this is how
@@ -176,10 +143,6 @@ class App:
         if wh.number == "hash":
             return Privacy("hash", read_number_key(wh, self.env))
         return Privacy("mask") if wh.number == "mask" else PLAIN
-
-    def streams(self) -> tuple[Stream, ...]:
-        """The declarations `[sync] streams` names, in its order."""
-        return tuple(named(name) for name in self.settings.sync.streams)
 
     def syncer(self, api: ApiClient, stream: Stream, listener: Listener | None = None) -> Syncer:
         return Syncer(

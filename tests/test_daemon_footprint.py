@@ -1,4 +1,5 @@
-"""What the long-lived `rcs-sync run` process holds: its module list, read from inside it.
+"""What the long-lived `rcs-sync run` process holds, and what the commands that never talk
+to the API load: their module lists, read from inside them.
 
 import-linter checks the imports the source code states; this checks the running
 daemon, lazy imports and third-party chains included. A `sitecustomize` on the daemon's
@@ -84,3 +85,42 @@ def test_the_daemon_holds_no_record_machinery_charts_or_simulator(
     assert heavy(at_ready) == []
     assert heavy(after_pass) == []
     assert s.query("SELECT count(*) FROM rcs_records") == [(2_000,)]
+
+
+AT_EXIT = """
+import atexit, json, os, sys
+
+def _dump():
+    with open(os.path.join(os.environ["FOOTPRINT_DIR"], f"{os.getpid()}.json"), "w") as out:
+        json.dump(sorted(sys.modules), out)
+
+atexit.register(_dump)
+"""
+
+API_SIDE = ("requests", "urllib3", "rcs_sync.source", "rcs_sync.engine", "rcs_sync.session")
+"""What only a pass needs: the HTTP stack, the engine and the session that wires them."""
+
+
+def test_status_migrate_and_maintain_load_no_http_stack_or_engine(
+    site: SiteFactory, tmp_path: Path
+) -> None:
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(AT_EXIT)
+    s = site(records=500)
+    s.ok("sync")
+    path = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH")) if p)
+    env = s.env(PYTHONPATH=path, FOOTPRINT_DIR=str(tmp_path))
+    for command in ("status", "migrate", "maintain", "sync"):
+        for dump in tmp_path.glob("*.json"):
+            dump.unlink()
+        done = s.run(command, env=env)
+        assert done.returncode == 0, done.stderr
+        (dump,) = tmp_path.glob("*.json")
+        modules: list[str] = json.loads(dump.read_text())
+        assert "rcs_sync.warehouse.duckdb_file" in modules, command
+        loaded = [m for m in modules if any(m == a or m.startswith(a + ".") for a in API_SIDE)]
+        if command == "sync":  # the check can see them
+            assert "requests" in loaded and "rcs_sync.session" in loaded
+        else:
+            assert loaded == [], command
