@@ -61,19 +61,26 @@ def modules_of(pid: int, directory: Path) -> list[str]:
     return modules
 
 
-def heavy(modules: list[str]) -> list[str]:
-    return [m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY)]
+def among(modules: list[str], packages: tuple[str, ...]) -> list[str]:
+    """The modules that are one of `packages` or inside one."""
+    return [m for m in modules if any(m == p or m.startswith(p + ".") for p in packages)]
+
+
+def hooked_env(s: Site, tmp_path: Path, hook_source: str) -> dict[str, str]:
+    """`s`'s environment with `hook_source` as a sitecustomize on PYTHONPATH, dumping
+    into `tmp_path`."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(hook_source)
+    path = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH")) if p)
+    return s.env(PYTHONPATH=path, FOOTPRINT_DIR=str(tmp_path))
 
 
 def test_the_daemon_holds_no_record_machinery_charts_or_simulator(
     site: SiteFactory, tmp_path: Path
 ) -> None:
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
     s = site(records=2_000, latency=0.5, sync={"interval": "1h"})
-    path = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH")) if p)
-    env = s.env(PYTHONPATH=path, FOOTPRINT_DIR=str(tmp_path))
+    env = hooked_env(s, tmp_path, SITECUSTOMIZE)
     with daemon(s, env=env) as d:
         d.wait_message("READY", value="1")
         at_ready = modules_of(d.proc.pid, tmp_path)
@@ -82,8 +89,8 @@ def test_the_daemon_holds_no_record_machinery_charts_or_simulator(
         assert d.stop()[0] == 0
 
     assert "rcs_sync.daemon.service" in at_ready, "the dump must come from the daemon"
-    assert heavy(at_ready) == []
-    assert heavy(after_pass) == []
+    assert among(at_ready, HEAVY) == []
+    assert among(after_pass, HEAVY) == []
     assert s.query("SELECT count(*) FROM rcs_records") == [(2_000,)]
 
 
@@ -104,13 +111,9 @@ API_SIDE = ("requests", "urllib3", "rcs_sync.source", "rcs_sync.engine", "rcs_sy
 def test_status_migrate_and_maintain_load_no_http_stack_or_engine(
     site: SiteFactory, tmp_path: Path
 ) -> None:
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(AT_EXIT)
     s = site(records=500)
     s.ok("sync")
-    path = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH")) if p)
-    env = s.env(PYTHONPATH=path, FOOTPRINT_DIR=str(tmp_path))
+    env = hooked_env(s, tmp_path, AT_EXIT)
     for command in ("status", "migrate", "maintain", "sync"):
         for dump in tmp_path.glob("*.json"):
             dump.unlink()
@@ -119,7 +122,7 @@ def test_status_migrate_and_maintain_load_no_http_stack_or_engine(
         (dump,) = tmp_path.glob("*.json")
         modules: list[str] = json.loads(dump.read_text())
         assert "rcs_sync.warehouse.duckdb_file" in modules, command
-        loaded = [m for m in modules if any(m == a or m.startswith(a + ".") for a in API_SIDE)]
+        loaded = among(modules, API_SIDE)
         if command == "sync":  # the check can see them
             assert "requests" in loaded and "rcs_sync.session" in loaded
         else:
