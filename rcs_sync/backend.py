@@ -1,7 +1,7 @@
 """The warehouse `[warehouse] kind` names and its one-writer lock: what every command
 that touches the warehouse needs. `status`, `migrate` and `maintain` need nothing else,
 so they start without the HTTP stack and the engine a pass loads (`session.py`, which
-builds on this): ~0.1 s less of a monitoring probe's start-up."""
+builds on this): `status`, a monitoring probe, took 0.45 s instead of 0.70 (README)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from rcs_sync.writer_lock import WriterLock
 
 @dataclass
 class Backend:
+    """The warehouse the settings name (`warehouse`), and its writer lock."""
+
     settings: Settings
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     stop: threading.Event = field(default_factory=threading.Event)
