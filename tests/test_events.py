@@ -9,7 +9,7 @@ from rcs_sync.model import events
 
 def test_every_kind_round_trips_through_one_json_line() -> None:
     written: list[events.PassEvent] = [
-        events.Planned(event="planned", scope="all", windows=3),
+        events.Planned(event="planned", scope="all", windows=3, seconds=259_200.0),
         events.ApiResponse(event="api_response", status=None),
         events.SnapshotPublished(event="snapshot", seconds=0.25, mode="refresh"),
         events.ScopeFinished(

@@ -297,7 +297,7 @@ class Syncer:
         ]
         splits = self.warehouse.splits(self.stream, scope.key)
         todo = plan_windows(plan.span, fresh, self.options.policy.window, None, splits)
-        self._listen(Planned(event="planned", scope=scope.key, windows=len(todo)))
+        self._planned(scope, todo)
         horizon = self.options.policy.update_horizon
         coverage = Coverage(
             plan.span,
@@ -347,7 +347,7 @@ class Syncer:
             cell=self.options.reread_cell,
             budget=self.options.budget(self.stream),
         )
-        self._listen(Planned(event="planned", scope=scope.key, windows=len(todo)))
+        self._planned(scope, todo)
         coverage = Coverage(
             plan.span,
             fetches,
@@ -361,7 +361,7 @@ class Syncer:
     def _replace(self, scope: Scope, plan: PassPlan, run_id: int, result: PassResult) -> None:
         """A stream without windows: one request for everything, loaded in one
         transaction that also deletes the rows the response no longer holds."""
-        self._listen(Planned(event="planned", scope=scope.key, windows=1))
+        self._planned(scope, [plan.span])
         coverage = Coverage(plan.span, [], checkpoint_after_incremental)
         budget = self.api.retry_budget.total_seconds()
         ctx = _Pass(
@@ -375,7 +375,7 @@ class Syncer:
         Recorded splits are neither used nor written here: an incremental response holds
         the records changed since the checkpoint, so its size depends on how long ago that
         was, not on the period, and its span moves with the clock anyway."""
-        self._listen(Planned(event="planned", scope=scope.key, windows=1))
+        self._planned(scope, [plan.span])
         coverage = Coverage(plan.span, [], checkpoint_after_incremental)
         budget = self.api.retry_budget.total_seconds()
         ctx = _Pass(
@@ -388,6 +388,12 @@ class Syncer:
             retry_budget=budget,
         )
         self._read(ctx, plan.span, _here, [])
+
+    def _planned(self, scope: Scope, windows: list[Window]) -> None:
+        seconds = sum(w.span.total_seconds() for w in windows)
+        self._listen(
+            Planned(event="planned", scope=scope.key, windows=len(windows), seconds=seconds)
+        )
 
     def _next(self, ctx: _Pass, pending: deque[Window]) -> Window:
         """The next window to fetch, cut first where the density seen says it would

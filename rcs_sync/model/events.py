@@ -37,6 +37,9 @@ class Planned(TypedDict):
     event: Literal["planned"]
     scope: str
     windows: int
+    seconds: float
+    """The span they cover together: a window planned smaller or split changes how many
+    are read, never the span they cover, so progress is measured in it."""
 
 
 class WindowLoaded(TypedDict):
