@@ -103,6 +103,8 @@ class SyncSettings:
     clock_skew: timedelta = timedelta(minutes=5)
     target_records_per_request: int = 500_000  # windows are planned from the density
     # already seen to stay under this; a larger response is still loaded, never re-read
+    min_records_per_request: int = 20_000  # consecutive windows expected to hold fewer
+    # together are read as one request (at most 16 windows; 0: never)
     min_window: timedelta = timedelta(seconds=1)  # splitting stops here
     streams: tuple[str, ...] = (RCS_RECORDS.name,)  # registered stream names, synced in order
 
@@ -583,6 +585,9 @@ def _sync(table: _Table) -> SyncSettings:
         clock_skew=table.duration("clock_skew", SyncSettings.clock_skew, minimum=timedelta()),
         target_records_per_request=table.integer(
             "target_records_per_request", SyncSettings.target_records_per_request, minimum=1
+        ),
+        min_records_per_request=table.integer(
+            "min_records_per_request", SyncSettings.min_records_per_request, minimum=0
         ),
         min_window=table.duration("min_window", SyncSettings.min_window, minimum=_SECOND),
         streams=_streams(table),

@@ -134,6 +134,7 @@ class App(Backend):
             privacy=self.privacy(),
             concurrency=self.settings.api.concurrency,
             target_records=s.target_records_per_request,
+            join_below=s.min_records_per_request,
             reread=dict(self.settings.reread),
             reread_budget=dict(self.settings.reread_budget),
         )

@@ -172,6 +172,7 @@ def test_defaults(tmp_path: Path) -> None:
         overlap=timedelta(minutes=2),
         clock_skew=timedelta(minutes=5),
         target_records_per_request=500_000,
+        min_records_per_request=20_000,
         min_window=timedelta(seconds=1),
         streams=("rcs_records",),
     )
@@ -226,6 +227,7 @@ def test_every_key_can_be_set(tmp_path: Path) -> None:
         overlap = "30s"
         clock_skew = "0s"
         target_records_per_request = 1000
+        min_records_per_request = 0
         min_window = "1m"
         streams = ["rcs_records"]
 
@@ -257,6 +259,7 @@ def test_every_key_can_be_set(tmp_path: Path) -> None:
         overlap=timedelta(seconds=30),
         clock_skew=timedelta(),
         target_records_per_request=1000,
+        min_records_per_request=0,
         min_window=timedelta(minutes=1),
     )
     assert settings.warehouse == WarehouseSettings(
@@ -420,6 +423,7 @@ def test_section_that_is_not_a_table(tmp_path: Path) -> None:
         ("sync", "clock_skew", '"x"', "expected a duration like"),
         ("sync", "target_records_per_request", "0", "must be at least 1"),
         ("sync", "target_records_per_request", "1.5", "expected an integer"),
+        ("sync", "min_records_per_request", "-1", "must be at least 0"),
         ("sync", "max_records_per_request", "1000", "removed: a response is never re-read"),
         ("api", "concurrency", "0", "must be at least 1"),
         ("api", "server_limit", "0", "must be at least 1"),

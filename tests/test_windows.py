@@ -14,6 +14,7 @@ from rcs_sync.model.windows import (
     CATCHUP_FRESHNESS,
     GRID_ANCHOR,
     INCREMENTAL_LEAD,
+    JOIN_MOST,
     MODIFIED_SINCE_LIMIT,
     Fetch,
     Split,
@@ -24,6 +25,7 @@ from rcs_sync.model.windows import (
     cut,
     freshness,
     gaps,
+    joinable,
     merge,
     nested_size,
     plan_pass,
@@ -290,3 +292,34 @@ def test_full_pass_checkpoint_never_passes_an_uncommitted_change(
     for segment in freshness(span, done):
         if segment.window.end + horizon > segment.fetched_at:
             assert checkpoint <= segment.fetched_at
+
+
+def days(first: int, count: int) -> list[Window]:
+    return [Window(T0 + (first + i) * DAY, T0 + (first + i + 1) * DAY) for i in range(count)]
+
+
+def test_sparse_windows_are_joined_while_they_hold_fewer_records_than_asked() -> None:
+    window, *following = days(0, 40)
+    seen = [Fetch(Window(T0 - DAY, T0), T0, records=100)]  # 100 records a day
+    assert joinable(window, following, seen, 1_000) == 8  # 9 days: 900; 10 hold 1,000
+    assert joinable(window, following, seen, 1_001) == 9
+    assert joinable(window, following, seen, 1_000_000) == JOIN_MOST - 1
+    empty = [Fetch(Window(T0 - DAY, T0), T0, records=0)]
+    assert joinable(window, following, empty, 1) == JOIN_MOST - 1
+    # Not without an observation, nor when turned off, nor past a dense day seen nearer.
+    assert joinable(window, following, [], 1_000) == 0
+    assert joinable(window, following, seen, 0) == 0
+    dense = [*seen, Fetch(Window(T0, T0 + HOUR), T0, records=10_000)]
+    assert joinable(window, following, dense, 1_000) == 0
+
+
+def test_only_whole_windows_in_a_row_outside_recorded_splits_are_joined() -> None:
+    window, *following = days(0, 10)
+    seen = [Fetch(Window(T0 - DAY, T0), T0, records=0)]
+    gap = [*following[:3], *following[4:]]
+    assert joinable(window, gap, seen, 1_000) == 3
+    short = [*following[:2], Window(following[2].start, following[2].start + HOUR)]
+    assert joinable(window, short, seen, 1_000) == 2
+    split = [Split(following[4], HOUR)]
+    assert joinable(window, following, seen, 1_000, split) == 4
+    assert joinable(following[4], following[5:], seen, 1_000, split) == 0

@@ -8,6 +8,7 @@ request in flight.
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 import time
@@ -45,6 +46,7 @@ from rcs_sync.model.streams import Stream
 from rcs_sync.model.windows import (
     GRID_ANCHOR,
     INCREMENTAL_LEAD,
+    JOIN_MOST,
     Fetch,
     PassPlan,
     Split,
@@ -55,6 +57,7 @@ from rcs_sync.model.windows import (
     cut,
     density_size,
     gaps,
+    joinable,
     plan_pass,
     plan_windows,
 )
@@ -86,6 +89,9 @@ class Options:
     """Windows a full pass fetches at once; loads stay one at a time (`_Writer`)."""
     target_records: int | None = None
     """Full passes cut windows ahead, from the density seen, to hold about this many."""
+    join_below: int = 0
+    """Backfills and catch-ups read consecutive windows as one request while the density
+    seen says they hold fewer records than this together (`windows.joinable`; 0: never)."""
     reread: dict[str, tuple[Tier, ...]] = field(default_factory=dict)
     """Re-read tiers by stream name, for streams without `modified_since` (default:
     `default_tiers` of the update horizon)."""
@@ -179,6 +185,10 @@ class _Pass:
     observed: list[Fetch] = field(default_factory=list)
     """Fetches with their record counts (the ledger's, then this pass's): the density
     the next windows are planned by."""
+    join_below: int = 0
+    """Windows are joined while they hold fewer records than this (0: never)."""
+    splits: list[Split] = field(default_factory=list)
+    """The scope's recorded splits: no window is joined over one."""
     deadline: float = field(init=False)
     """`time.monotonic()` at which the current budget runs out."""
 
@@ -306,7 +316,9 @@ class Syncer:
             if sets_checkpoint
             else None,
         )
-        self._windows(scope, run_id, result, coverage, todo)
+        self._windows(
+            scope, run_id, result, coverage, todo, join_below=self.options.join_below, splits=splits
+        )
         if not todo and sets_checkpoint:
             # Every window was read before (e.g. by `backfill` up to a future end): the
             # checkpoint those reads earned was never written by a commit of this pass.
@@ -314,11 +326,30 @@ class Syncer:
             self.warehouse.set_checkpoint(self.stream, scope.key, result.checkpoint, run_id)
 
     def _windows(
-        self, scope: Scope, run_id: int, result: PassResult, coverage: Coverage, todo: list[Window]
+        self,
+        scope: Scope,
+        run_id: int,
+        result: PassResult,
+        coverage: Coverage,
+        todo: list[Window],
+        *,
+        join_below: int = 0,
+        splits: list[Split] | None = None,
     ) -> None:
-        """Read and record `todo`, as full windows, concurrently where allowed."""
+        """Read and record `todo`, as full windows, concurrently where allowed; sparse
+        ones joined with `join_below` (re-reads keep their cells: never)."""
         budget = self.api.retry_budget.total_seconds()
-        ctx = _Pass(scope, run_id, result, coverage, None, record_windows=True, retry_budget=budget)
+        ctx = _Pass(
+            scope,
+            run_id,
+            result,
+            coverage,
+            None,
+            record_windows=True,
+            retry_budget=budget,
+            join_below=join_below,
+            splits=splits or [],
+        )
         ctx.observed = [f for f in self.warehouse.fetches(self.stream, scope.key) if f.records]
         if self.options.concurrency > 1 and len(todo) > 1:
             self._concurrently(ctx, todo)
@@ -397,14 +428,15 @@ class Syncer:
 
     def _next(self, ctx: _Pass, pending: deque[Window]) -> Window:
         """The next window to fetch, cut first where the density seen says it would
-        hold more than the target (the rest of it goes back to the front of the queue)."""
+        hold more than the target (the rest of it goes back to the front of the queue),
+        or joined with the windows after it where they hold few records together."""
         window = pending.popleft()
         target = self.options.target_records
-        if target is None or not ctx.record_windows:
+        if not ctx.record_windows:
             return window
-        size = density_size(window, ctx.observed, target)
+        size = window.span if target is None else density_size(window, ctx.observed, target)
         if size >= window.span:
-            return window
+            return self._joined(ctx, window, pending)
         pieces = cut(window, max(size, self.options.min_window))
         log.info(
             "window_planned_smaller",
@@ -416,6 +448,25 @@ class Syncer:
         )
         pending.extendleft(reversed(pieces[1:]))
         return pieces[0]
+
+    def _joined(self, ctx: _Pass, window: Window, pending: deque[Window]) -> Window:
+        """`window` and the windows after it `windows.joinable` allows, as one window
+        (taken off the queue)."""
+        following = list(itertools.islice(pending, JOIN_MOST - 1))
+        joined = joinable(window, following, ctx.observed, ctx.join_below, ctx.splits)
+        if not joined:
+            return window
+        for _ in range(joined):
+            pending.popleft()
+        log.info(
+            "windows_joined",
+            scope=ctx.scope.key,
+            window_start=format_instant(window.start),
+            window_end=format_instant(following[joined - 1].end),
+            windows=joined + 1,
+            below=ctx.join_below,
+        )
+        return Window(window.start, following[joined - 1].end)
 
     def _concurrently(self, ctx: _Pass, todo: list[Window]) -> None:
         """Download up to `concurrency` windows at once (fewer while the server pushes

@@ -41,6 +41,10 @@ filters on record timestamps and no record is stamped after the server's now, so
 `end` costs nothing, while `now + clock_skew` would hold back, for a pass, the newest
 records of a server whose clock runs further ahead of ours than `clock_skew`."""
 
+JOIN_MOST = 16
+"""Windows read as one request at most, however sparse the stretch (`joinable`): where
+a sparse stretch turns dense, one response holds at most this many windows of it."""
+
 
 @dataclass(frozen=True, order=True)
 class Window:
@@ -207,26 +211,66 @@ def plan_windows(
     ]
 
 
-def density_size(window: Window, observed: Sequence[Fetch], target: int) -> timedelta:
-    """The window size (`window.span / 2**k`) that should hold at most about `target`
-    records, judging by the density of the observed fetch nearest to `window`.
-
-    The estimate is a plan, not evidence: a response above the target is loaded anyway.
-    Without an observation (or below the target) the window stays whole."""
+def _density(window: Window, observed: Sequence[Fetch]) -> float | None:
+    """Records per second of the observed fetch nearest to `window`, if any."""
     known = [f for f in observed if f.records is not None]
     if not known:
-        return window.span
+        return None
     middle = window.start + window.span / 2
 
     def distance(f: Fetch) -> timedelta:
         return abs(f.window.start + f.window.span / 2 - middle)
 
     nearest = min(known, key=distance)
-    per_second = (nearest.records or 0) / nearest.window.span.total_seconds()
+    return (nearest.records or 0) / nearest.window.span.total_seconds()
+
+
+def density_size(window: Window, observed: Sequence[Fetch], target: int) -> timedelta:
+    """The window size (`window.span / 2**k`) that should hold at most about `target`
+    records, judging by the density of the observed fetch nearest to `window`.
+
+    The estimate is a plan, not evidence: a response above the target is loaded anyway.
+    Without an observation (or below the target) the window stays whole."""
+    per_second = _density(window, observed)
+    if per_second is None:
+        return window.span
     expected = per_second * window.span.total_seconds()
     if expected <= target:
         return window.span
     return nested_size(window.span, window.span * (target / expected))
+
+
+def joinable(
+    window: Window,
+    following: Sequence[Window],
+    observed: Sequence[Fetch],
+    fewest: int,
+    splits: Sequence[Split] = (),
+) -> int:
+    """How many of the windows `following` `window` to read with it, as one request:
+    windows of its size, each starting where the last ends, no recorded split over any
+    of them, at most `JOIN_MOST` in all, while the density of the observed fetch
+    nearest to `window` says they hold fewer than `fewest` records together.
+
+    A sparse stretch then costs a request per `JOIN_MOST` windows rather than per
+    window. Like `density_size`, a plan: a response above it is loaded anyway."""
+    per_second = _density(window, observed)
+    if per_second is None or fewest <= 0:
+        return 0
+
+    def split_over(w: Window) -> bool:
+        return any(s.period.end > w.start and s.period.start < w.end for s in splits)
+
+    if split_over(window):
+        return 0
+    joined, end = 0, window.end
+    for w in following[: JOIN_MOST - 1]:
+        if w.start != end or w.span != window.span or split_over(w):
+            break
+        if per_second * (w.end - window.start).total_seconds() >= fewest:
+            break
+        joined, end = joined + 1, w.end
+    return joined
 
 
 def plan_pass(checkpoint: datetime | None, now: datetime, policy: SyncPolicy) -> PassPlan:

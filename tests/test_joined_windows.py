@@ -1,0 +1,77 @@
+"""Sparse stretches read as joined windows (`[sync] min_records_per_request`): fewer
+requests, the same rows, a ledger that still covers the span, and a killed backfill
+that resumes where it stopped."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+
+import pytest
+
+from rcs_sync.model.durations import parse_instant
+from rcs_sync.model.windows import BOUNDARY_PAD, JOIN_MOST, Window, gaps
+from tests.adversarial_helpers import kill_after_commits
+from tests.conftest import Site
+
+pytestmark = pytest.mark.kinds
+
+SiteFactory = Callable[..., Site]
+
+
+def ledger(s: Site) -> list[Window]:
+    rows = s.query("SELECT window_start, window_end FROM sync_windows ORDER BY window_start")
+    return [Window(start, end) for start, end in rows]
+
+
+def full_reads(s: Site) -> int:
+    return sum(1 for r in s.sim.sim.requests if "modified_since" not in r.params)
+
+
+def test_a_sparse_backfill_joins_windows_and_stores_every_record(site: SiteFactory) -> None:
+    # 60 days of ~5 records: day windows alone would be 62 requests.
+    s = site(records=300, days=60, sync={"min_records_per_request": 20_000})
+    s.ok("sync")
+    reads = full_reads(s)
+    windows = ledger(s)
+    assert reads == len(windows) < 62 / 2
+    assert max(w.span for w in windows).days == JOIN_MOST
+    first = s.query("SELECT min(window_start), max(window_end) FROM sync_windows")[0]
+    assert gaps(Window(*first), windows) == []
+    s.assert_converged()
+    again = s.ok("sync")  # incremental now: nothing is read again in full
+    assert "incremental" in again.stdout and full_reads(s) == reads
+
+
+def test_at_zero_every_window_is_read_alone(site: SiteFactory) -> None:
+    s = site(records=300, days=20, sync={"min_records_per_request": 0})
+    s.ok("sync")
+    assert full_reads(s) == len(ledger(s)) >= 21
+    assert max(w.span for w in ledger(s)).days == 1
+    s.assert_converged()
+
+
+def test_a_killed_sparse_backfill_resumes_without_reading_a_window_twice(
+    site: SiteFactory,
+) -> None:
+    s = site(
+        records=400,
+        days=80,
+        latency=0.1,
+        sync={"min_records_per_request": 20_000},
+        api={"concurrency": 1},
+    )
+    assert kill_after_commits(s, ("sync",), commits=4) == -signal.SIGKILL
+    done = ledger(s)
+    assert done and any(w.span.days > 1 for w in done), "the kill came after a joined window"
+    sent = len(s.sim.sim.requests)
+    s.ok("sync")
+    resumed = [
+        Window(parse_instant(r.params["start"]) + BOUNDARY_PAD, parse_instant(r.params["end"]))
+        for r in s.sim.sim.requests[sent:]
+        if "modified_since" not in r.params
+    ]
+    assert resumed
+    for read in resumed:
+        assert all(read.end <= w.start or w.end <= read.start for w in done), read
+    s.assert_converged()
