@@ -75,3 +75,15 @@ def test_a_killed_sparse_backfill_resumes_without_reading_a_window_twice(
     for read in resumed:
         assert all(read.end <= w.start or w.end <= read.start for w in done), read
     s.assert_converged()
+
+
+def test_joined_windows_stay_under_half_a_known_server_limit(site: SiteFactory) -> None:
+    # ~5 records a day and a server cutting at 100: joined windows hold fewer than 50,
+    # so none comes back at exactly the limit and none has to be split.
+    s = site(records=300, days=60, truncate_at=100, api={"server_limit": 100})
+    s.ok("sync")
+    spans = [w.span.days for w in ledger(s)]
+    assert 1 < max(spans) <= 10
+    assert s.query("SELECT count(*) FROM sync_splits") == [(0,)]
+    assert max(r.records for r in s.sim.sim.requests) < 50
+    s.assert_converged()

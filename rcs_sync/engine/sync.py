@@ -316,9 +316,12 @@ class Syncer:
             if sets_checkpoint
             else None,
         )
-        self._windows(
-            scope, run_id, result, coverage, todo, join_below=self.options.join_below, splits=splits
-        )
+        # A server known to cut responses at a count must never be asked for a joined
+        # window that could reach it: exactly that many is taken as truncation.
+        join, limit = self.options.join_below, self.options.server_limit
+        if limit is not None:
+            join = min(join, limit // 2)
+        self._windows(scope, run_id, result, coverage, todo, join_below=join, splits=splits)
         if not todo and sets_checkpoint:
             # Every window was read before (e.g. by `backfill` up to a future end): the
             # checkpoint those reads earned was never written by a commit of this pass.
