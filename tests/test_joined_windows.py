@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable
+from datetime import timedelta
 
 import pytest
 
-from rcs_sync.model.durations import parse_instant
+from rcs_sync.model.durations import format_instant, parse_instant
 from rcs_sync.model.windows import BOUNDARY_PAD, JOIN_MOST, Window, gaps
 from tests.adversarial_helpers import kill_after_commits
 from tests.conftest import Site
@@ -79,8 +80,10 @@ def test_a_killed_sparse_backfill_resumes_without_reading_a_window_twice(
 
 def test_joined_windows_stay_under_half_a_known_server_limit(site: SiteFactory) -> None:
     # ~5 records a day and a server cutting at 100: joined windows hold fewer than 50,
-    # so none comes back at exactly the limit and none has to be split.
+    # so none comes back at exactly the limit and none has to be split. The backfill
+    # starts inside the records: an empty first day would make the next ones look empty.
     s = site(records=300, days=60, truncate_at=100, api={"server_limit": 100})
+    s.write_config(sync={"initial_start": format_instant(s.sim.sim.now() - timedelta(days=60))})
     s.ok("sync")
     spans = [w.span.days for w in ledger(s)]
     assert 1 < max(spans) <= 10

@@ -316,9 +316,12 @@ class Syncer:
             if sets_checkpoint
             else None,
         )
-        # A server known to cut responses at a count must never be asked for a joined
-        # window that could reach it: exactly that many is taken as truncation.
+        # Joined windows hold no more than a window is planned to (else the pieces of a
+        # window planned smaller would be joined again), nor, from a server known to cut
+        # responses at a count, as many as half of it: exactly that many is truncation.
         join, limit = self.options.join_below, self.options.server_limit
+        if self.options.target_records is not None:
+            join = min(join, self.options.target_records)
         if limit is not None:
             join = min(join, limit // 2)
         self._windows(scope, run_id, result, coverage, todo, join_below=join, splits=splits)
