@@ -38,6 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rcs_sim.population import BOUNDS, FAULT_KINDS
+from rcs_sync.config import SyncSettings
 from rcs_sync.model.durations import format_instant
 from tests.adversarial_helpers import (
     Comparison,
@@ -111,8 +112,11 @@ class Soak:
         return max(minimum, round(full * self.scale))
 
     def site(self, sync: dict[str, Any] | None = None, **sim: Any) -> Site:
+        """A site read as deployed: sparse windows joined (the tests' sites read every
+        window alone)."""
         self.sites += 1
-        return make_site(self.root / f"site-{self.sites}", sync=sync, **sim)
+        joined = {"min_records_per_request": SyncSettings.min_records_per_request, **(sync or {})}
+        return make_site(self.root / f"site-{self.sites}", sync=joined, **sim)
 
     def done(self, site: Site) -> None:
         site.sim.stop()

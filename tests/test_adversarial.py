@@ -314,8 +314,7 @@ def tmpfs_site_dir(path: Path, size: str) -> Iterator[None]:
 def _disk_full_setup(
     site: SiteFactory, api: dict[str, Any] | None = None
 ) -> tuple[Site, dict[int, int], list[Any]]:
-    # Day windows (~1.6 MB bodies), none joined: the sizes the disk is filled against.
-    s = site(records=60_000, days=6, api=api, sync={"min_records_per_request": 0})
+    s = site(records=60_000, days=6, api=api)
     now = s.sim.sim.now()
     s.ok(
         "backfill",

@@ -82,7 +82,13 @@ def test_joined_windows_stay_under_half_a_known_server_limit(site: SiteFactory) 
     # ~5 records a day and a server cutting at 100: joined windows hold fewer than 50,
     # so none comes back at exactly the limit and none has to be split. The backfill
     # starts inside the records: an empty first day would make the next ones look empty.
-    s = site(records=300, days=60, truncate_at=100, api={"server_limit": 100})
+    s = site(
+        records=300,
+        days=60,
+        truncate_at=100,
+        api={"server_limit": 100},
+        sync={"min_records_per_request": 20_000},
+    )
     s.write_config(sync={"initial_start": format_instant(s.sim.sim.now() - timedelta(days=60))})
     s.ok("sync")
     spans = [w.span.days for w in ledger(s)]

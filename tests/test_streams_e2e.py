@@ -86,7 +86,7 @@ def test_a_stream_declared_by_a_test_alone_backfills_then_syncs_changes(
     assert widgets(s) == truth
     s.assert_converged()
     requests = widget_requests(s)
-    assert len(requests) == scopes[0]["summary"]["windows"] > 1
+    assert len(requests) == scopes[0]["summary"]["windows"] >= 11
     assert all(set(r.params) == {"start", "end"} for r in requests)
     for table, columns in declared_columns(WIDGETS).items():
         assert described(s.db, table) == columns, table

@@ -42,12 +42,8 @@ def first_backfill(s: Site) -> tuple[subprocess.CompletedProcess[str], set[str]]
     return result, {f"backfill, {n} windows" for n in counts}
 
 
-DAY_WINDOWS = {"min_records_per_request": 0}
-"""Every window read alone (none joined), for the tests that count day windows."""
-
-
 def test_backfill_then_incremental_passes_converge(site: SiteFactory) -> None:
-    s = site(records=20_000, days=10, sync=DAY_WINDOWS)
+    s = site(records=20_000, days=10)
     first, expected = first_backfill(s)
     assert any(f"all: {e}" in summary(first) for e in expected), (expected, summary(first))
     s.assert_converged()
@@ -193,7 +189,6 @@ def test_fault_storm_with_state_changes_converges_exactly(site: SiteFactory) -> 
     s = site(
         records=210_000,
         days=32,
-        sync=DAY_WINDOWS,
         fault_rate=0.10,
         faults=("429", "500", "503", "drop", "truncate", "html", "reset"),
         seed=7,
