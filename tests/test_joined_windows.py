@@ -25,13 +25,17 @@ def ledger(s: Site) -> list[Window]:
     return [Window(start, end) for start, end in rows]
 
 
+JOINED = {"min_records_per_request": 20_000}
+"""The product's default (the tests' sites read every window alone)."""
+
+
 def full_reads(s: Site) -> int:
     return sum(1 for r in s.sim.sim.requests if "modified_since" not in r.params)
 
 
 def test_a_sparse_backfill_joins_windows_and_stores_every_record(site: SiteFactory) -> None:
     # 60 days of ~5 records: day windows alone would be 62 requests.
-    s = site(records=300, days=60, sync={"min_records_per_request": 20_000})
+    s = site(records=300, days=60, sync=JOINED)
     s.ok("sync")
     reads = full_reads(s)
     windows = ledger(s)
@@ -55,13 +59,7 @@ def test_at_zero_every_window_is_read_alone(site: SiteFactory) -> None:
 def test_a_killed_sparse_backfill_resumes_without_reading_a_window_twice(
     site: SiteFactory,
 ) -> None:
-    s = site(
-        records=400,
-        days=80,
-        latency=0.1,
-        sync={"min_records_per_request": 20_000},
-        api={"concurrency": 1},
-    )
+    s = site(records=400, days=80, latency=0.1, sync=JOINED, api={"concurrency": 1})
     assert kill_after_commits(s, ("sync",), commits=4) == -signal.SIGKILL
     done = ledger(s)
     assert done and any(w.span.days > 1 for w in done), "the kill came after a joined window"
@@ -82,13 +80,7 @@ def test_joined_windows_stay_under_half_a_known_server_limit(site: SiteFactory) 
     # ~5 records a day and a server cutting at 100: joined windows hold fewer than 50,
     # so none comes back at exactly the limit and none has to be split. The backfill
     # starts inside the records: an empty first day would make the next ones look empty.
-    s = site(
-        records=300,
-        days=60,
-        truncate_at=100,
-        api={"server_limit": 100},
-        sync={"min_records_per_request": 20_000},
-    )
+    s = site(records=300, days=60, truncate_at=100, api={"server_limit": 100}, sync=JOINED)
     s.write_config(sync={"initial_start": format_instant(s.sim.sim.now() - timedelta(days=60))})
     s.ok("sync")
     spans = [w.span.days for w in ledger(s)]
