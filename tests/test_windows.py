@@ -323,3 +323,9 @@ def test_only_whole_windows_in_a_row_outside_recorded_splits_are_joined() -> Non
     split = [Split(following[4], HOUR)]
     assert joinable(window, following, seen, 1_000, split) == 4
     assert joinable(following[4], following[5:], seen, 1_000, split) == 0
+
+
+def test_windows_overlap_when_they_share_an_instant_not_when_they_touch() -> None:
+    assert w(0, 2).overlaps(w(1, 3)) and w(1, 3).overlaps(w(0, 2))
+    assert w(0, 4).overlaps(w(1, 2)) and w(1, 2).overlaps(w(0, 4))
+    assert not w(0, 1).overlaps(w(1, 2)) and not w(1, 2).overlaps(w(0, 1))

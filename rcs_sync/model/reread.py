@@ -181,7 +181,7 @@ def latest_reads(fetches: Sequence[Fetch], span: Window) -> list[Fetch]:
     read of a cell; only the newest says how fresh the cell is."""
     latest: dict[Window, Fetch] = {}
     for f in fetches:
-        if f.window.end > span.start and f.window.start < span.end:
+        if f.window.overlaps(span):
             known = latest.get(f.window)
             if known is None or f.fetched_at > known.fetched_at:
                 latest[f.window] = f

@@ -59,6 +59,10 @@ class Window:
     def span(self) -> timedelta:
         return self.end - self.start
 
+    def overlaps(self, other: Window) -> bool:
+        """Whether the two share an instant (half-open: touching is not overlapping)."""
+        return self.end > other.start and self.start < other.end
+
     def halves(self) -> tuple[Window, Window]:
         middle = self.start + (self.span / 2)
         return Window(self.start, middle), Window(middle, self.end)
@@ -175,7 +179,7 @@ def nested_size(size: timedelta, limit: timedelta) -> timedelta:
 def sizes(span: Window, size: timedelta, splits: Iterable[Split]) -> list[tuple[Window, timedelta]]:
     """Split `span` into segments, each with the window size it needs: `size`, or less
     where a recorded split covers it (the smallest, on the nested grid)."""
-    relevant = [s for s in splits if s.period.end > span.start and s.period.start < span.end]
+    relevant = [s for s in splits if s.period.overlaps(span)]
     points = sorted(
         {span.start, span.end}
         | {max(span.start, s.period.start) for s in relevant}
@@ -259,7 +263,7 @@ def joinable(
         return 0
 
     def split_over(w: Window) -> bool:
-        return any(s.period.end > w.start and s.period.start < w.end for s in splits)
+        return any(s.period.overlaps(w) for s in splits)
 
     if split_over(window):
         return 0
@@ -305,7 +309,7 @@ def newest_over_pieces(
     """The pieces of `span` between the fetches' bounds, in order, each with the latest
     fetch time covering it (None: no fetch does). A fetch covers a piece whole or not at
     all."""
-    relevant = [f for f in fetches if f.window.end > span.start and f.window.start < span.end]
+    relevant = [f for f in fetches if f.window.overlaps(span)]
     points = sorted(
         {span.start, span.end}
         | {max(span.start, f.window.start) for f in relevant}
